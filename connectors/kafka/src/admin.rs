@@ -1,0 +1,170 @@
+//! Topic administration: create, describe, count partitions.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::{KafkaConfig, KafkaError, Result};
+
+/// A topic to create. Retention and cleanup policy are always set explicitly,
+/// because some brokers (Tansu) only report configs that were set at creation.
+#[derive(Debug, Clone)]
+pub struct TopicSpec {
+    /// Topic name.
+    pub name: String,
+    /// Number of partitions.
+    pub partitions: i32,
+    /// Replication factor.
+    pub replication: i32,
+    /// `retention.ms`; -1 keeps records forever.
+    pub retention_ms: i64,
+    /// `cleanup.policy`: `delete` or `compact`.
+    pub cleanup_policy: String,
+}
+
+impl TopicSpec {
+    /// A `delete`-policy topic kept for 7 days, replication 1.
+    pub fn new(name: impl Into<String>, partitions: i32) -> Self {
+        TopicSpec {
+            name: name.into(),
+            partitions,
+            replication: 1,
+            retention_ms: 7 * 24 * 3600 * 1000,
+            cleanup_policy: "delete".into(),
+        }
+    }
+
+    /// Sets the replication factor.
+    pub fn replication(mut self, replication: i32) -> Self {
+        self.replication = replication;
+        self
+    }
+
+    /// Sets `retention.ms`.
+    pub fn retention_ms(mut self, retention_ms: i64) -> Self {
+        self.retention_ms = retention_ms;
+        self
+    }
+
+    /// Makes this a compacted topic.
+    pub fn compacted(mut self) -> Self {
+        self.cleanup_policy = "compact".into();
+        self
+    }
+}
+
+/// Administrative operations on one cluster.
+pub struct Admin {
+    admin: AdminClient<DefaultClientContext>,
+    metadata: BaseConsumer,
+    brokers: String,
+    timeout: Duration,
+}
+
+impl Admin {
+    /// Connects (lazily) to the cluster described by `config`.
+    pub fn new(config: &KafkaConfig) -> Result<Self> {
+        let client_config = config.client_config(&[]);
+        let admin = client_config
+            .create()
+            .map_err(|e| KafkaError::client("creating admin client", e))?;
+        let metadata = client_config
+            .create()
+            .map_err(|e| KafkaError::client("creating metadata client", e))?;
+        Ok(Admin {
+            admin,
+            metadata,
+            brokers: config.brokers().to_string(),
+            timeout: Duration::from_secs(30),
+        })
+    }
+
+    /// Creates a topic; an existing topic with that name is left as it is.
+    pub async fn create_topic(&self, spec: &TopicSpec) -> Result<()> {
+        let retention = spec.retention_ms.to_string();
+        let topic = NewTopic::new(
+            &spec.name,
+            spec.partitions,
+            TopicReplication::Fixed(spec.replication),
+        )
+        .set("retention.ms", &retention)
+        .set("cleanup.policy", &spec.cleanup_policy);
+        let options = AdminOptions::new().operation_timeout(Some(self.timeout));
+        let results = self
+            .admin
+            .create_topics([&topic], &options)
+            .await
+            .map_err(|e| KafkaError::client(format!("creating topic '{}'", spec.name), e))?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => {
+                    return Err(KafkaError::client(
+                        format!("creating topic '{name}'"),
+                        rdkafka::error::KafkaError::AdminOp(code),
+                    ))
+                }
+            }
+        }
+        self.wait_for_topic(&spec.name, Duration::from_secs(30))
+            .await
+            .map(|_| ())
+    }
+
+    /// The partition count of `topic`, or `None` when it does not exist.
+    pub fn partition_count(&self, topic: &str) -> Result<Option<i32>> {
+        let metadata = self
+            .metadata
+            .fetch_metadata(Some(topic), self.timeout)
+            .map_err(|e| KafkaError::client(format!("fetching metadata of topic '{topic}'"), e))?;
+        Ok(metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .and_then(|t| {
+                if t.error().is_some() || t.partitions().is_empty() {
+                    None
+                } else {
+                    Some(t.partitions().len() as i32)
+                }
+            }))
+    }
+
+    /// The partition count of `topic`, or a clear error when it does not exist.
+    pub fn require_topic(&self, topic: &str) -> Result<i32> {
+        self.partition_count(topic)?
+            .ok_or_else(|| KafkaError::UnknownTopic {
+                topic: topic.to_string(),
+                brokers: self.brokers.clone(),
+            })
+    }
+
+    /// Waits until `topic` shows up in metadata with all its partitions.
+    pub async fn wait_for_topic(&self, topic: &str, deadline: Duration) -> Result<i32> {
+        let start = Instant::now();
+        loop {
+            if let Some(count) = self.partition_count(topic)? {
+                return Ok(count);
+            }
+            if start.elapsed() > deadline {
+                return Err(KafkaError::Timeout {
+                    what: format!("topic '{topic}' to appear in metadata"),
+                    waited_ms: start.elapsed().as_millis(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The low and high watermarks (first offset, next offset) of one partition.
+    pub fn watermarks(&self, topic: &str, partition: i32) -> Result<(i64, i64)> {
+        self.metadata
+            .fetch_watermarks(topic, partition, self.timeout)
+            .map_err(|e| {
+                KafkaError::client(format!("fetching watermarks of {topic}/{partition}"), e)
+            })
+    }
+}

@@ -1,0 +1,219 @@
+//! A consumer-group member with manual offset commits and rebalance callbacks.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::BorrowedMessage;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use crate::{KafkaConfig, KafkaError, Result};
+
+/// One partition of one topic.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicPartition {
+    /// Topic name.
+    pub topic: String,
+    /// Partition number.
+    pub partition: i32,
+}
+
+impl TopicPartition {
+    /// `topic`/`partition`.
+    pub fn new(topic: impl Into<String>, partition: i32) -> Self {
+        TopicPartition {
+            topic: topic.into(),
+            partition,
+        }
+    }
+}
+
+impl std::fmt::Display for TopicPartition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.topic, self.partition)
+    }
+}
+
+/// Receives partition assignments and revocations, on the polling thread, while
+/// the rebalance is in progress.
+pub trait RebalanceListener: Send + Sync + 'static {
+    /// Partitions were assigned to this member.
+    fn on_assign(&self, partitions: &[TopicPartition]);
+    /// Partitions are being taken away. Finish their in-flight work and return the
+    /// offsets (next offset to read) to commit before they go.
+    fn on_revoke(&self, partitions: &[TopicPartition]) -> Vec<(TopicPartition, i64)>;
+}
+
+/// Consumer context forwarding rebalances to a [`RebalanceListener`].
+pub struct ListenerContext {
+    listener: Arc<dyn RebalanceListener>,
+}
+
+impl ClientContext for ListenerContext {}
+
+fn partitions_of(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
+    tpl.elements()
+        .iter()
+        .map(|e| TopicPartition::new(e.topic(), e.partition()))
+        .collect()
+}
+
+fn offsets_list(offsets: &[(TopicPartition, i64)]) -> Result<TopicPartitionList> {
+    let mut tpl = TopicPartitionList::new();
+    for (tp, offset) in offsets {
+        tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*offset))
+            .map_err(|e| KafkaError::client(format!("building commit for {tp}"), e))?;
+    }
+    Ok(tpl)
+}
+
+impl ConsumerContext for ListenerContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let partitions = partitions_of(tpl);
+            tracing::info!(?partitions, "partitions revoked");
+            let offsets = self.listener.on_revoke(&partitions);
+            if offsets.is_empty() {
+                return;
+            }
+            match offsets_list(&offsets) {
+                Ok(list) => {
+                    if let Err(error) = consumer.commit(&list, CommitMode::Sync) {
+                        tracing::warn!(%error, "committing offsets of revoked partitions failed; \
+                            their new owner re-reads the uncommitted records");
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "cannot build commit of revoked partitions"),
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let partitions = partitions_of(tpl);
+                tracing::info!(?partitions, "partitions assigned");
+                self.listener.on_assign(&partitions);
+            }
+            Rebalance::Error(error) => tracing::warn!(%error, "rebalance error"),
+            Rebalance::Revoke(_) => {}
+        }
+    }
+}
+
+/// Where a consumer starts when its group has no committed offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AutoOffsetReset {
+    /// Start from the oldest record (default).
+    #[default]
+    Earliest,
+    /// Start from the next record produced.
+    Latest,
+}
+
+impl AutoOffsetReset {
+    fn as_str(self) -> &'static str {
+        match self {
+            AutoOffsetReset::Earliest => "earliest",
+            AutoOffsetReset::Latest => "latest",
+        }
+    }
+}
+
+/// A member of a consumer group. Offsets are only committed when asked.
+pub struct GroupConsumer {
+    inner: BaseConsumer<ListenerContext>,
+    group: String,
+}
+
+impl GroupConsumer {
+    /// Creates a member of `group`; rebalances are reported to `listener`.
+    pub fn new(
+        config: &KafkaConfig,
+        group: &str,
+        reset: AutoOffsetReset,
+        listener: Arc<dyn RebalanceListener>,
+    ) -> Result<Self> {
+        let inner = config
+            .client_config(&[
+                ("group.id", group),
+                ("enable.auto.commit", "false"),
+                ("enable.auto.offset.store", "false"),
+                ("auto.offset.reset", reset.as_str()),
+                ("enable.partition.eof", "false"),
+                ("fetch.wait.max.ms", "100"),
+                ("queued.min.messages", "200000"),
+                ("fetch.max.bytes", "52428800"),
+            ])
+            .create_with_context(ListenerContext { listener })
+            .map_err(|e| KafkaError::client(format!("creating consumer of group '{group}'"), e))?;
+        Ok(GroupConsumer {
+            inner,
+            group: group.to_string(),
+        })
+    }
+
+    /// Subscribes to `topics`.
+    pub fn subscribe(&self, topics: &[&str]) -> Result<()> {
+        self.inner.subscribe(topics).map_err(|e| {
+            KafkaError::client(
+                format!("subscribing group '{}' to {topics:?}", self.group),
+                e,
+            )
+        })
+    }
+
+    /// Polls for the next record or event; rebalance callbacks run inside this call.
+    pub fn poll(&self, timeout: Duration) -> Option<Result<BorrowedMessage<'_>>> {
+        self.inner.poll(timeout).map(|r| {
+            r.map_err(|e| KafkaError::client(format!("polling group '{}'", self.group), e))
+        })
+    }
+
+    /// Commits `offsets` (each the next offset to read).
+    pub fn commit(&self, offsets: &[(TopicPartition, i64)], sync: bool) -> Result<()> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let list = offsets_list(offsets)?;
+        let mode = if sync {
+            CommitMode::Sync
+        } else {
+            CommitMode::Async
+        };
+        self.inner.commit(&list, mode).map_err(|e| {
+            KafkaError::client(format!("committing offsets of group '{}'", self.group), e)
+        })
+    }
+
+    /// The group's committed offsets for `partitions` (`None`: nothing committed).
+    pub fn committed(
+        &self,
+        partitions: &[TopicPartition],
+        timeout: Duration,
+    ) -> Result<Vec<(TopicPartition, Option<i64>)>> {
+        let mut tpl = TopicPartitionList::new();
+        for tp in partitions {
+            tpl.add_partition(&tp.topic, tp.partition);
+        }
+        let list = self.inner.committed_offsets(tpl, timeout).map_err(|e| {
+            KafkaError::client(format!("reading offsets of group '{}'", self.group), e)
+        })?;
+        Ok(list
+            .elements()
+            .iter()
+            .map(|e| {
+                let offset = match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                };
+                (TopicPartition::new(e.topic(), e.partition()), offset)
+            })
+            .collect())
+    }
+
+    /// Leaves the group (the partitions are revoked first).
+    pub fn unsubscribe(&self) {
+        self.inner.unsubscribe();
+    }
+}

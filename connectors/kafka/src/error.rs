@@ -1,0 +1,96 @@
+//! The error type of the Kafka connector.
+
+/// Everything that can go wrong in the Kafka connector.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaError {
+    /// A librdkafka call failed.
+    #[error("kafka: {context}: {source}")]
+    Client {
+        /// What was being done, with the topic / partition where known.
+        context: String,
+        /// The librdkafka error.
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// A topic that must exist does not.
+    #[error("kafka: topic '{topic}' does not exist (brokers: {brokers})")]
+    UnknownTopic {
+        /// The missing topic.
+        topic: String,
+        /// The brokers that were asked.
+        brokers: String,
+    },
+    /// A record could not be delivered to its topic.
+    #[error("kafka: delivery to topic '{topic}' failed: {reason} (retriable: {retriable})")]
+    Delivery {
+        /// The destination topic.
+        topic: String,
+        /// What the broker or client said.
+        reason: String,
+        /// Whether a retry could succeed.
+        retriable: bool,
+    },
+    /// A schema or format was declared in a way that cannot work.
+    #[error("kafka: invalid format: {0}")]
+    Format(String),
+    /// Encoding a record for output failed.
+    #[error("kafka: cannot encode a record for topic '{topic}': {reason}")]
+    Encode {
+        /// The destination topic.
+        topic: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// The broker did not answer within the deadline.
+    #[error("kafka: timed out after {waited_ms} ms waiting for {what}")]
+    Timeout {
+        /// What was awaited.
+        what: String,
+        /// How long we waited.
+        waited_ms: u128,
+    },
+}
+
+impl KafkaError {
+    /// Wraps a librdkafka error with what was being done.
+    pub fn client(context: impl Into<String>, source: rdkafka::error::KafkaError) -> Self {
+        KafkaError::Client {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// Whether retrying the operation could help.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            KafkaError::Client { source, .. } => source
+                .rdkafka_error_code()
+                .map(is_retriable_code)
+                .unwrap_or(false),
+            KafkaError::Delivery { retriable, .. } => *retriable,
+            KafkaError::Timeout { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+fn is_retriable_code(code: rdkafka::types::RDKafkaErrorCode) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        code,
+        C::BrokerTransportFailure
+            | C::AllBrokersDown
+            | C::OperationTimedOut
+            | C::RequestTimedOut
+            | C::NetworkException
+            | C::LeaderNotAvailable
+            | C::NotLeaderForPartition
+            | C::QueueFull
+            | C::CoordinatorLoadInProgress
+            | C::CoordinatorNotAvailable
+            | C::NotCoordinator
+    )
+}
+
+/// Result alias of the Kafka connector.
+pub type Result<T, E = KafkaError> = std::result::Result<T, E>;

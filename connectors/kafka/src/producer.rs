@@ -1,0 +1,184 @@
+//! An idempotent producer whose deliveries are tracked per batch.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::message::OwnedHeaders;
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer,
+};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientContext;
+use tokio::sync::Notify;
+
+use crate::{KafkaConfig, KafkaError, Result};
+
+/// Tracks the deliveries of a group of records (for example every output of one
+/// micro-batch), so the caller can wait until all of them are acknowledged.
+#[derive(Debug, Default)]
+pub struct DeliveryBatch {
+    pending: AtomicUsize,
+    failure: Mutex<Option<KafkaError>>,
+    done: Notify,
+}
+
+impl DeliveryBatch {
+    /// A new, empty batch.
+    pub fn new() -> Arc<Self> {
+        Arc::new(DeliveryBatch::default())
+    }
+
+    fn finish_one(&self, failure: Option<KafkaError>) {
+        if let Some(error) = failure {
+            if let Ok(mut slot) = self.failure.lock() {
+                slot.get_or_insert(error);
+            }
+        }
+        if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.done.notify_waiters();
+            self.done.notify_one();
+        }
+    }
+
+    /// Records still waiting for an acknowledgement.
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::Acquire)
+    }
+
+    /// Waits until every record sent with this batch is acknowledged; returns the
+    /// first delivery failure, if any.
+    pub async fn wait(&self) -> Result<()> {
+        loop {
+            let notified = self.done.notified();
+            if self.pending() == 0 {
+                break;
+            }
+            notified.await;
+        }
+        match self.failure.lock() {
+            Ok(mut slot) => slot.take().map_or(Ok(()), Err),
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+/// Producer context that settles [`DeliveryBatch`]es.
+pub struct DeliveryContext;
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = Arc<DeliveryBatch>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, batch: Self::DeliveryOpaque) {
+        let failure = match result {
+            Ok(_) => None,
+            Err((error, message)) => {
+                use rdkafka::Message;
+                Some(KafkaError::Delivery {
+                    topic: message.topic().to_string(),
+                    reason: error.to_string(),
+                    retriable: false,
+                })
+            }
+        };
+        batch.finish_one(failure);
+    }
+}
+
+/// One record to send.
+#[derive(Debug, Clone, Copy)]
+pub struct OutRecord<'a> {
+    /// Destination topic.
+    pub topic: &'a str,
+    /// Record key (`None`: no key).
+    pub key: Option<&'a [u8]>,
+    /// Record value (`None`: a tombstone).
+    pub value: Option<&'a [u8]>,
+    /// Record timestamp in epoch ms.
+    pub timestamp_ms: Option<i64>,
+    /// Destination partition (`None`: chosen by key, murmur2).
+    pub partition: Option<i32>,
+}
+
+/// An idempotent producer (`enable.idempotence=true`, `acks=all`) with a background
+/// polling thread. Keys are partitioned with murmur2, as the Java client does.
+pub struct Producer {
+    inner: ThreadedProducer<DeliveryContext>,
+}
+
+impl Producer {
+    /// Creates a producer; `extra` settings override the defaults.
+    pub fn new(config: &KafkaConfig) -> Result<Self> {
+        let inner = config
+            .client_config(&[
+                ("enable.idempotence", "true"),
+                ("acks", "all"),
+                ("linger.ms", "5"),
+                ("batch.num.messages", "10000"),
+                ("compression.type", "lz4"),
+                ("partitioner", "murmur2_random"),
+                ("queue.buffering.max.messages", "1000000"),
+            ])
+            .create_with_context(DeliveryContext)
+            .map_err(|e| KafkaError::client("creating producer", e))?;
+        Ok(Producer { inner })
+    }
+
+    /// Queues one record; its acknowledgement settles `batch`. Waits while the
+    /// local queue is full.
+    pub async fn send(
+        &self,
+        record: OutRecord<'_>,
+        headers: Option<OwnedHeaders>,
+        batch: &Arc<DeliveryBatch>,
+    ) -> Result<()> {
+        batch.pending.fetch_add(1, Ordering::AcqRel);
+        let mut headers = headers;
+        loop {
+            let mut base: BaseRecord<'_, [u8], [u8], Arc<DeliveryBatch>> =
+                BaseRecord::with_opaque_to(record.topic, Arc::clone(batch));
+            if let Some(key) = record.key {
+                base = base.key(key);
+            }
+            if let Some(value) = record.value {
+                base = base.payload(value);
+            }
+            if let Some(partition) = record.partition {
+                base = base.partition(partition);
+            }
+            if let Some(ts) = record.timestamp_ms {
+                base = base.timestamp(ts);
+            }
+            if let Some(h) = headers.take() {
+                base = base.headers(h);
+            }
+            match self.inner.send(base) {
+                Ok(()) => return Ok(()),
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                    returned,
+                )) => {
+                    headers = returned.headers;
+                    // The local queue drains as the broker acknowledges; wait a little.
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                Err((error, _)) => {
+                    batch.pending.fetch_sub(1, Ordering::AcqRel);
+                    return Err(KafkaError::client(
+                        format!("producing to topic '{}'", record.topic),
+                        error,
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Waits until every queued record is delivered or `timeout` passes.
+    pub fn flush(&self, timeout: Duration) -> Result<()> {
+        self.inner
+            .flush(timeout)
+            .map_err(|e| KafkaError::client("flushing producer", e))
+    }
+}

@@ -1,0 +1,114 @@
+//! `StreamingDataFrame`: the user-facing DSL.
+
+pub(crate) mod expr;
+
+use std::sync::{Arc, Mutex};
+
+use arrow::array::RecordBatch;
+use datafusion::logical_expr::Expr;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::operators::typed_map;
+use crate::plan::{BoxError, Node, Op, Output, SinkSpec};
+use crate::topic::Topic;
+
+/// The outputs registered so far, shared by every frame of an application.
+pub(crate) type Outputs = Arc<Mutex<Vec<Output>>>;
+
+/// An unbounded table of records flowing from a Kafka topic, transformed by
+/// operations. Every method returns a new frame and leaves `self` usable, so one
+/// frame can feed several outputs (branching).
+///
+/// Each frame carries metadata columns: `_key`, `_timestamp` (event time),
+/// `_partition` and `_offset`. `select` keeps them unless selected explicitly,
+/// and JSON outputs do not write them.
+#[derive(Clone)]
+pub struct StreamingDataFrame {
+    node: Arc<Node>,
+    outputs: Outputs,
+}
+
+impl StreamingDataFrame {
+    pub(crate) fn new(topic: &str, outputs: Outputs) -> Self {
+        StreamingDataFrame {
+            node: Node::source(topic),
+            outputs,
+        }
+    }
+
+    fn with(&self, op: Op) -> Self {
+        StreamingDataFrame {
+            node: Node::child(&self.node, op),
+            outputs: Arc::clone(&self.outputs),
+        }
+    }
+
+    /// Keeps the records for which `predicate` is true (null counts as false).
+    pub fn filter(&self, predicate: Expr) -> Self {
+        self.with(Op::Filter(predicate))
+    }
+
+    /// Replaces the columns with `exprs` (name them with `.alias(...)`).
+    pub fn select(&self, exprs: impl IntoIterator<Item = Expr>) -> Self {
+        self.with(Op::Select(exprs.into_iter().collect()))
+    }
+
+    /// Adds a column, or replaces the column of that name.
+    pub fn with_column(&self, name: impl Into<String>, expr: Expr) -> Self {
+        self.with(Op::WithColumn(name.into(), expr))
+    }
+
+    /// Removes columns.
+    pub fn drop<S: Into<String>>(&self, columns: impl IntoIterator<Item = S>) -> Self {
+        self.with(Op::Drop(columns.into_iter().map(Into::into).collect()))
+    }
+
+    /// Applies `f` to every micro-batch. An error stops the application and names
+    /// the topic, partition and offsets of the batch.
+    pub fn map_batches<F>(&self, f: F) -> Self
+    where
+        F: Fn(RecordBatch) -> Result<RecordBatch, BoxError> + Send + Sync + 'static,
+    {
+        self.with(Op::MapBatches("map_batches".into(), Arc::new(f)))
+    }
+
+    /// Maps every row through serde: rows are deserialized as `In` (extra columns
+    /// are ignored), mapped, and serialized back from `Out`. Metadata columns
+    /// are kept.
+    pub fn map<In, Out, F>(&self, f: F) -> Self
+    where
+        In: DeserializeOwned + 'static,
+        Out: Serialize + DeserializeOwned + 'static,
+        F: Fn(In) -> Out + Send + Sync + 'static,
+    {
+        let name = format!(
+            "map::<{}, {}>",
+            std::any::type_name::<In>(),
+            std::any::type_name::<Out>()
+        );
+        self.with(Op::MapBatches(name, typed_map(f)))
+    }
+
+    fn output(&self, sink: SinkSpec) {
+        let output = Output {
+            node: Arc::clone(&self.node),
+            sink,
+        };
+        match self.outputs.lock() {
+            Ok(mut outputs) => outputs.push(output),
+            Err(poisoned) => poisoned.into_inner().push(output),
+        }
+    }
+
+    /// Writes every record to `topic`. JSON values hold every non-metadata
+    /// column; the key is `topic`'s key column if set, else the input key.
+    pub fn to_topic(&self, topic: Topic) {
+        self.output(SinkSpec::Topic(topic));
+    }
+
+    /// Prints every micro-batch as a table on stdout.
+    pub fn print(&self) {
+        self.output(SinkSpec::Print);
+    }
+}

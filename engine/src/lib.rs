@@ -1,0 +1,70 @@
+//! # flumen
+//!
+//! A streaming-dataframe engine over Kafka. Build a pipeline with
+//! [`StreamingDataFrame`] operations (`filter`, `select`, `with_column`, `drop`,
+//! `map`, `map_batches`) on frames read from [`Topic`]s, end it with `to_topic` or
+//! `print`, and [`Application::run`] it. Records move as Arrow micro-batches per
+//! partition; expressions are DataFusion [`Expr`](expr::Expr)s; offsets are
+//! committed only after every output of the records they cover was delivered
+//! (at-least-once).
+//!
+//! Running needs a broker, so this example only builds the pipeline (see
+//! `examples/` in the repository for complete, runnable programs):
+//!
+//! ```
+//! use arrow::datatypes::{DataType, Field, Schema};
+//! use flumen::prelude::*;
+//!
+//! let app = Application::builder()
+//!     .brokers("127.0.0.1:9092")
+//!     .consumer_group("sensors")
+//!     .build()?;
+//! let schema = Schema::new(vec![
+//!     Field::new("device", DataType::Utf8, false),
+//!     Field::new("ts", DataType::Int64, false),
+//!     Field::new("temp", DataType::Float64, false),
+//! ]);
+//! let readings = app.dataframe(
+//!     Topic::json("readings")
+//!         .schema(schema)
+//!         .timestamp_field("ts")
+//!         .on_bad_input(BadInputPolicy::dead_letter("readings-dlq")),
+//! )?;
+//! let warm = readings.filter(col("temp").gt_eq(lit(20.0)));
+//! warm.select([col("device"), (col("temp") * lit(1.8) + lit(32.0)).alias("temp_f")])
+//!     .to_topic(Topic::json("warm-f"));
+//! readings.filter(col("temp").lt(lit(0.0))).to_topic(Topic::json("frozen"));
+//! // app.run().await?;  -- runs until SIGINT / SIGTERM
+//! # Ok::<(), flumen::Error>(())
+//! ```
+
+mod dataframe;
+mod error;
+mod operators;
+mod plan;
+mod runtime;
+mod topic;
+
+/// Expressions: DataFusion's `Expr` and functions to build them.
+pub mod expr {
+    pub use crate::dataframe::expr::*;
+}
+
+/// Record formats and bad-input kinds (from `flumen-kafka`).
+pub mod format {
+    pub use flumen_kafka::format::{BadInputKind, Format, TimestampSource};
+}
+
+pub use dataframe::StreamingDataFrame;
+pub use error::{Error, Result};
+pub use flumen_kafka::AutoOffsetReset;
+pub use plan::{BatchFn, BoxError};
+pub use runtime::{Application, ApplicationBuilder, Stats, StopHandle};
+pub use topic::{BadInputPolicy, Topic, DEFAULT_MAX_RECORD_BYTES};
+
+/// Everything a pipeline usually needs: `use flumen::prelude::*;`.
+pub mod prelude {
+    pub use crate::expr::{col, lit, Expr};
+    pub use crate::format::{BadInputKind, Format};
+    pub use crate::{Application, AutoOffsetReset, BadInputPolicy, StreamingDataFrame, Topic};
+}

@@ -1,0 +1,101 @@
+//! The logical plan: a tree of operations rooted at source topics, with outputs at the leaves.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use datafusion::logical_expr::Expr;
+
+use crate::topic::Topic;
+
+/// A user function over whole batches.
+pub type BatchFn = Arc<dyn Fn(RecordBatch) -> Result<RecordBatch, BoxError> + Send + Sync>;
+
+/// A boxed error from user code.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// One operation of a frame.
+#[derive(Clone)]
+pub(crate) enum Op {
+    Filter(Expr),
+    Select(Vec<Expr>),
+    WithColumn(String, Expr),
+    Drop(Vec<String>),
+    MapBatches(String, BatchFn),
+}
+
+impl Op {
+    pub(crate) fn name(&self) -> String {
+        match self {
+            Op::Filter(e) => format!("filter({e})"),
+            Op::Select(es) => format!(
+                "select({})",
+                es.iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Op::WithColumn(n, e) => format!("with_column({n}, {e})"),
+            Op::Drop(cs) => format!("drop({})", cs.join(", ")),
+            Op::MapBatches(n, _) => n.clone(),
+        }
+    }
+}
+
+static NEXT_NODE: AtomicUsize = AtomicUsize::new(0);
+
+/// A node of the plan: an operation applied to its parent's output, or a source.
+pub(crate) struct Node {
+    pub(crate) id: usize,
+    pub(crate) source: Arc<str>,
+    pub(crate) parent: Option<Arc<Node>>,
+    pub(crate) op: Option<Op>,
+}
+
+impl Node {
+    pub(crate) fn source(topic: &str) -> Arc<Node> {
+        Arc::new(Node {
+            id: NEXT_NODE.fetch_add(1, Ordering::Relaxed),
+            source: Arc::from(topic),
+            parent: None,
+            op: None,
+        })
+    }
+
+    pub(crate) fn child(parent: &Arc<Node>, op: Op) -> Arc<Node> {
+        Arc::new(Node {
+            id: NEXT_NODE.fetch_add(1, Ordering::Relaxed),
+            source: Arc::clone(&parent.source),
+            parent: Some(Arc::clone(parent)),
+            op: Some(op),
+        })
+    }
+
+    /// The nodes from the source (excluded) down to this one.
+    pub(crate) fn chain(self: &Arc<Node>) -> Vec<Arc<Node>> {
+        let mut chain = Vec::new();
+        let mut node = Some(Arc::clone(self));
+        while let Some(n) = node {
+            if n.op.is_some() {
+                chain.push(Arc::clone(&n));
+            }
+            node = n.parent.clone();
+        }
+        chain.reverse();
+        chain
+    }
+}
+
+/// Where an output goes.
+#[derive(Clone)]
+pub(crate) enum SinkSpec {
+    Topic(Topic),
+    Print,
+}
+
+/// A frame's leaf: a node and where its batches go.
+#[derive(Clone)]
+pub(crate) struct Output {
+    pub(crate) node: Arc<Node>,
+    pub(crate) sink: SinkSpec,
+}

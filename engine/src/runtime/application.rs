@@ -1,0 +1,381 @@
+//! `Application`: configuration, the frames of a pipeline, and running them.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use datafusion::prelude::SessionContext;
+use flumen_kafka::format::RecordDecoder;
+use flumen_kafka::{Admin, AutoOffsetReset, GroupConsumer, KafkaConfig, Producer};
+
+use crate::dataframe::{Outputs, StreamingDataFrame};
+use crate::plan::SinkSpec;
+use crate::runtime::pipeline::{PartitionPipeline, SourcePlan};
+use crate::runtime::stats::Stats;
+use crate::runtime::stop::StopHandle;
+use crate::runtime::worker::{BatchSettings, Rebalancer, Worker};
+use crate::topic::Topic;
+use crate::{Error, Result};
+
+/// Builds an [`Application`].
+#[derive(Debug, Clone)]
+pub struct ApplicationBuilder {
+    brokers: Option<String>,
+    group: Option<String>,
+    reset: AutoOffsetReset,
+    commit_interval: Duration,
+    max_batch_records: usize,
+    max_batch_bytes: usize,
+    max_batch_delay: Duration,
+    extra: Vec<(String, String)>,
+}
+
+impl Default for ApplicationBuilder {
+    fn default() -> Self {
+        ApplicationBuilder {
+            brokers: None,
+            group: None,
+            reset: AutoOffsetReset::Earliest,
+            commit_interval: Duration::from_secs(1),
+            max_batch_records: 10_000,
+            max_batch_bytes: 4 << 20,
+            max_batch_delay: Duration::from_millis(100),
+            extra: Vec::new(),
+        }
+    }
+}
+
+impl ApplicationBuilder {
+    /// Bootstrap brokers, `host:port[,host:port...]`. Required.
+    pub fn brokers(mut self, brokers: impl Into<String>) -> Self {
+        self.brokers = Some(brokers.into());
+        self
+    }
+
+    /// The consumer group; instances with the same group share the partitions. Required.
+    pub fn consumer_group(mut self, group: impl Into<String>) -> Self {
+        self.group = Some(group.into());
+        self
+    }
+
+    /// Where to start when the group has no committed offset (default: earliest).
+    pub fn auto_offset_reset(mut self, reset: AutoOffsetReset) -> Self {
+        self.reset = reset;
+        self
+    }
+
+    /// How often delivered offsets are committed (default 1 s).
+    pub fn commit_interval(mut self, interval: Duration) -> Self {
+        self.commit_interval = interval;
+        self
+    }
+
+    /// Largest micro-batch in records (default 10,000).
+    pub fn max_batch_records(mut self, records: usize) -> Self {
+        self.max_batch_records = records.max(1);
+        self
+    }
+
+    /// Largest micro-batch in key + value bytes (default 4 MiB).
+    pub fn max_batch_bytes(mut self, bytes: usize) -> Self {
+        self.max_batch_bytes = bytes.max(1);
+        self
+    }
+
+    /// Longest a record waits for its micro-batch to fill (default 100 ms).
+    pub fn max_batch_delay(mut self, delay: Duration) -> Self {
+        self.max_batch_delay = delay.max(Duration::from_millis(1));
+        self
+    }
+
+    /// An extra librdkafka property for every client (consumer, producer, admin),
+    /// e.g. `security.protocol` or `session.timeout.ms`.
+    pub fn config(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.extra.push((key.into(), value.into()));
+        self
+    }
+
+    /// Checks the settings and builds the application.
+    pub fn build(self) -> Result<Application> {
+        let brokers = self
+            .brokers
+            .clone()
+            .filter(|b| !b.trim().is_empty())
+            .ok_or_else(|| {
+                Error::Config("brokers are required (ApplicationBuilder::brokers)".into())
+            })?;
+        let group = self
+            .group
+            .clone()
+            .filter(|g| !g.trim().is_empty())
+            .ok_or_else(|| {
+                Error::Config(
+                    "a consumer group is required (ApplicationBuilder::consumer_group)".into(),
+                )
+            })?;
+        let mut kafka = KafkaConfig::new(brokers);
+        for (k, v) in &self.extra {
+            kafka.insert(k.clone(), v.clone());
+        }
+        Ok(Application {
+            kafka,
+            group,
+            settings: self,
+            topics: Mutex::new(HashMap::new()),
+            outputs: Arc::new(Mutex::new(Vec::new())),
+            stats: Arc::new(Stats::default()),
+            stop: StopHandle::default(),
+        })
+    }
+}
+
+/// A flumen application: one member of a consumer group running the frames
+/// created from it.
+///
+/// ```no_run
+/// use arrow::datatypes::{DataType, Field, Schema};
+/// use flumen::prelude::*;
+///
+/// # async fn run() -> flumen::Result<()> {
+/// let app = Application::builder()
+///     .brokers("localhost:9092")
+///     .consumer_group("sensors")
+///     .build()?;
+/// let schema = Schema::new(vec![
+///     Field::new("device", DataType::Utf8, false),
+///     Field::new("temp", DataType::Float64, false),
+/// ]);
+/// let readings = app.dataframe(Topic::json("readings").schema(schema))?;
+/// readings
+///     .filter(col("temp").gt_eq(lit(0.0)))
+///     .with_column("temp_f", col("temp") * lit(1.8) + lit(32.0))
+///     .to_topic(Topic::json("readings-f"));
+/// app.run().await // until SIGINT / SIGTERM
+/// # }
+/// ```
+pub struct Application {
+    kafka: KafkaConfig,
+    group: String,
+    settings: ApplicationBuilder,
+    topics: Mutex<HashMap<String, Topic>>,
+    outputs: Outputs,
+    stats: Arc<Stats>,
+    stop: StopHandle,
+}
+
+impl Application {
+    /// Starts building an application.
+    pub fn builder() -> ApplicationBuilder {
+        ApplicationBuilder::default()
+    }
+
+    /// A frame of the records of `topic`. Fails when the topic's value format is
+    /// not usable (a JSON topic without schema, a bad timestamp field).
+    pub fn dataframe(&self, topic: Topic) -> Result<StreamingDataFrame> {
+        if topic.value_format.is_none() {
+            return Err(Error::Config(format!(
+                "input topic '{}' is JSON without a schema: declare one with Topic::schema(...) \
+                 (or infer one with flumen::format::Format::json_inferred(samples))",
+                topic.name
+            )));
+        }
+        decoder_of(&topic)?;
+        let mut topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
+        if topics.contains_key(&topic.name) {
+            return Err(Error::Config(format!(
+                "topic '{}' is already an input of this application; branch the frame you have instead",
+                topic.name
+            )));
+        }
+        topics.insert(topic.name.clone(), topic.clone());
+        Ok(StreamingDataFrame::new(
+            &topic.name,
+            Arc::clone(&self.outputs),
+        ))
+    }
+
+    /// A handle that stops [`Application::run`] from elsewhere.
+    pub fn stop_handle(&self) -> StopHandle {
+        self.stop.clone()
+    }
+
+    /// Live counters of this application.
+    pub fn stats(&self) -> Arc<Stats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// The consumer group.
+    pub fn consumer_group(&self) -> &str {
+        &self.group
+    }
+
+    /// Runs until SIGINT or SIGTERM, then finishes in-flight batches, commits and returns.
+    pub async fn run(&self) -> Result<()> {
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// Runs until `until` completes (or a stop handle fires, or an error), then
+    /// finishes in-flight batches, commits and returns.
+    pub async fn run_until(&self, until: impl Future<Output = ()>) -> Result<()> {
+        let worker = Arc::new(self.prepare().await?);
+        let consumer = GroupConsumer::new(
+            &self.kafka,
+            &self.group,
+            self.settings.reset,
+            Arc::new(Rebalancer(Arc::downgrade(&worker))),
+        )?;
+        let topics: Vec<String> = worker.sources.keys().cloned().collect();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let thread_worker = Arc::clone(&worker);
+        std::thread::Builder::new()
+            .name(format!("flumen-poll-{}", self.group))
+            .spawn(move || {
+                let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+                let result = consumer
+                    .subscribe(&refs)
+                    .map_err(Error::from)
+                    .and_then(|()| thread_worker.poll_loop(&consumer));
+                drop(consumer);
+                let _ = done_tx.send(result);
+            })
+            .map_err(|e| Error::Runtime(format!("cannot start the polling thread: {e}")))?;
+        tracing::info!(group = %self.group, inputs = worker.sources.len(), "running");
+        let mut done_rx = done_rx;
+        tokio::select! {
+            result = &mut done_rx => return result.unwrap_or_else(|_| Err(Error::Runtime("polling thread died".into()))),
+            () = until => self.stop.stop(),
+        }
+        done_rx
+            .await
+            .unwrap_or_else(|_| Err(Error::Runtime("polling thread died".into())))
+    }
+
+    /// Checks topics and the plan, connects the producer, builds the worker.
+    async fn prepare(&self) -> Result<Worker> {
+        let topics = self
+            .topics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let outputs = self
+            .outputs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if topics.is_empty() {
+            return Err(Error::Plan(
+                "the application has no input: call Application::dataframe".into(),
+            ));
+        }
+        if outputs.is_empty() {
+            return Err(Error::Plan(
+                "the application has no output: end a frame with to_topic(...) or print()".into(),
+            ));
+        }
+        let admin = Admin::new(&self.kafka)?;
+        let mut sources = HashMap::new();
+        let mut needs_producer = false;
+        for (name, topic) in &topics {
+            admin.require_topic(name)?;
+            let mine: Vec<_> = outputs
+                .iter()
+                .filter(|o| &*o.node.source == name.as_str())
+                .cloned()
+                .collect();
+            for o in &mine {
+                if let SinkSpec::Topic(t) = &o.sink {
+                    needs_producer = true;
+                    require_output(&admin, t.name(), "output")?;
+                }
+            }
+            for dlq in topic.dead_letter_topics() {
+                needs_producer = true;
+                require_output(&admin, dlq, "dead-letter")?;
+            }
+            let plan = SourcePlan {
+                topic: topic.clone(),
+                decoder: decoder_of(topic)?,
+                outputs: mine,
+            };
+            sources.insert(name.clone(), Arc::new(plan));
+        }
+        let ctx = Arc::new(SessionContext::new());
+        let stats = Arc::clone(&self.stats);
+        for source in sources.values() {
+            PartitionPipeline::new(Arc::clone(source), None, Arc::clone(&stats), &ctx)
+                .validate()
+                .await?;
+        }
+        let producer = if needs_producer {
+            Some(Arc::new(Producer::new(&self.kafka)?))
+        } else {
+            None
+        };
+        let s = &self.settings;
+        let settings = BatchSettings {
+            max_records: s.max_batch_records,
+            max_bytes: s.max_batch_bytes,
+            max_delay: s.max_batch_delay,
+            commit_interval: s.commit_interval,
+            queued_batches: 2,
+            drain_timeout: Duration::from_secs(120),
+        };
+        Ok(Worker::new(
+            sources,
+            producer,
+            ctx,
+            stats,
+            tokio::runtime::Handle::current(),
+            settings,
+            self.stop.clone(),
+        ))
+    }
+}
+
+fn require_output(admin: &Admin, topic: &str, role: &str) -> Result<()> {
+    match admin.partition_count(topic)? {
+        Some(_) => Ok(()),
+        None => Err(Error::Config(format!(
+            "{role} topic '{topic}' does not exist; create it before starting the application"
+        ))),
+    }
+}
+
+fn decoder_of(topic: &Topic) -> Result<RecordDecoder> {
+    let value = topic
+        .value_format
+        .clone()
+        .ok_or_else(|| Error::Config(format!("topic '{}' has no value format", topic.name)))?;
+    RecordDecoder::new(
+        topic.key_format.clone(),
+        value,
+        topic.timestamp.clone(),
+        topic.key_required,
+        topic.max_record_bytes,
+    )
+    .map_err(|e| Error::Config(format!("input topic '{}': {e}", topic.name)))
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutdown signal received; finishing in-flight batches");
+}

@@ -1,0 +1,320 @@
+//! Processing one micro-batch of one partition: decode, route bad input, run
+//! the operators of every output, hand the results to the sinks.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use datafusion::prelude::SessionContext;
+use flumen_kafka::format::{BadRecord, RecordDecoder, RecordEncoder};
+use flumen_kafka::{headers_with, DeliveryBatch, OutRecord, Producer, RawBatch};
+
+use crate::operators::{OpError, Operator};
+use crate::plan::{Output, SinkSpec};
+use crate::runtime::stats::Stats;
+use crate::topic::{BadInputPolicy, Topic};
+use crate::{Error, Result};
+
+/// A source topic with its decoder and the outputs that read from it.
+pub(crate) struct SourcePlan {
+    pub(crate) topic: Topic,
+    pub(crate) decoder: RecordDecoder,
+    pub(crate) outputs: Vec<Output>,
+}
+
+/// What processing a batch left to do: wait for `ack`, then commit `next_offset`.
+pub(crate) struct BatchOutcome {
+    pub(crate) ack: Arc<DeliveryBatch>,
+    pub(crate) next_offset: i64,
+    /// Set when a bad record under the `fail` policy stopped the batch.
+    pub(crate) failure: Option<Error>,
+}
+
+enum SinkWriter {
+    Topic {
+        topic: Topic,
+        encoder: Option<(SchemaRef, RecordEncoder)>,
+    },
+    Print,
+}
+
+/// The operators and sinks of one source partition.
+pub(crate) struct PartitionPipeline {
+    source: Arc<SourcePlan>,
+    producer: Option<Arc<Producer>>,
+    stats: Arc<Stats>,
+    operators: HashMap<usize, Operator>,
+    sinks: Vec<SinkWriter>,
+}
+
+/// Identifies the batch in error messages.
+struct BatchRef<'a> {
+    topic: &'a str,
+    partition: i32,
+    first: i64,
+    last: i64,
+}
+
+impl PartitionPipeline {
+    pub(crate) fn new(
+        source: Arc<SourcePlan>,
+        producer: Option<Arc<Producer>>,
+        stats: Arc<Stats>,
+        ctx: &Arc<SessionContext>,
+    ) -> Self {
+        let mut operators = HashMap::new();
+        for output in &source.outputs {
+            for node in output.node.chain() {
+                if let Some(op) = &node.op {
+                    operators
+                        .entry(node.id)
+                        .or_insert_with(|| Operator::new(op.clone(), Arc::clone(ctx)));
+                }
+            }
+        }
+        let sinks = source
+            .outputs
+            .iter()
+            .map(|o| match &o.sink {
+                SinkSpec::Topic(topic) => SinkWriter::Topic {
+                    topic: topic.clone(),
+                    encoder: None,
+                },
+                SinkSpec::Print => SinkWriter::Print,
+            })
+            .collect();
+        PartitionPipeline {
+            source,
+            producer,
+            stats,
+            operators,
+            sinks,
+        }
+    }
+
+    /// Runs every output on an empty batch of the source schema: finds unknown
+    /// columns, type errors and unwritable outputs before any record is consumed.
+    pub(crate) async fn validate(&mut self) -> Result<()> {
+        let empty = RecordBatch::new_empty(Arc::clone(self.source.decoder.schema()));
+        let source = Arc::clone(&self.source);
+        let at = BatchRef {
+            topic: source.topic.name(),
+            partition: -1,
+            first: -1,
+            last: -1,
+        };
+        self.run_outputs(&empty, &DeliveryBatch::new(), &at).await
+    }
+
+    /// Processes one micro-batch.
+    pub(crate) async fn process(&mut self, raw: RawBatch) -> Result<BatchOutcome> {
+        let ack = DeliveryBatch::new();
+        let (Some(first), Some(last)) = (raw.first_offset(), raw.last_offset()) else {
+            return Err(Error::Runtime("empty micro-batch".into()));
+        };
+        let decoded = self.source.decoder.decode(&raw)?;
+        let mut failure = None;
+        let mut limit = raw.len();
+        for bad in &decoded.bad {
+            match self.route_bad(&raw, bad, &ack).await? {
+                None => {}
+                Some(error) => {
+                    limit = bad.index;
+                    failure = Some(error);
+                    break;
+                }
+            }
+        }
+        let rows = decoded.rows.partition_point(|&r| (r as usize) < limit);
+        let batch = if rows < decoded.batch.num_rows() {
+            decoded.batch.slice(0, rows)
+        } else {
+            decoded.batch
+        };
+        self.stats.add_in(raw.topic(), batch.num_rows());
+        let at = BatchRef {
+            topic: raw.topic(),
+            partition: raw.partition(),
+            first,
+            last,
+        };
+        if batch.num_rows() > 0 {
+            self.run_outputs(&batch, &ack, &at).await?;
+        }
+        let next_offset = if limit < raw.len() {
+            raw.offset(limit)
+        } else {
+            last + 1
+        };
+        Ok(BatchOutcome {
+            ack,
+            next_offset,
+            failure,
+        })
+    }
+
+    /// Applies the record's policy; returns the error to stop with under `fail`.
+    async fn route_bad(
+        &self,
+        raw: &RawBatch,
+        bad: &BadRecord,
+        ack: &Arc<DeliveryBatch>,
+    ) -> Result<Option<Error>> {
+        let topic = &self.source.topic;
+        let policy = topic.policy_for(bad.kind);
+        let offset = raw.offset(bad.index);
+        let count = self.stats.add_bad(topic.name(), bad.kind, policy.as_str());
+        match policy {
+            BadInputPolicy::Fail => Ok(Some(Error::BadInput {
+                topic: raw.topic().to_string(),
+                partition: raw.partition(),
+                offset,
+                kind: bad.kind,
+                reason: bad.reason.clone(),
+            })),
+            BadInputPolicy::Skip => {
+                if count == 1 || count % topic.log_every == 0 {
+                    tracing::warn!(
+                        topic = raw.topic(), partition = raw.partition(), offset,
+                        kind = %bad.kind, reason = %bad.reason, skipped_so_far = count,
+                        "skipping bad record"
+                    );
+                }
+                Ok(None)
+            }
+            BadInputPolicy::DeadLetter(dlq) => {
+                let producer = self.producer()?;
+                let partition = raw.partition().to_string();
+                let offset_text = offset.to_string();
+                let headers = headers_with(
+                    raw.headers(bad.index),
+                    &[
+                        ("flumen.error.kind", bad.kind.as_str()),
+                        ("flumen.error.reason", &bad.reason),
+                        ("flumen.source.topic", raw.topic()),
+                        ("flumen.source.partition", &partition),
+                        ("flumen.source.offset", &offset_text),
+                    ],
+                );
+                let record = OutRecord {
+                    topic: dlq,
+                    key: raw.key(bad.index),
+                    value: raw.value(bad.index),
+                    timestamp_ms: raw.timestamp(bad.index),
+                    partition: None,
+                };
+                producer.send(record, Some(headers), ack).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    fn producer(&self) -> Result<&Arc<Producer>> {
+        self.producer
+            .as_ref()
+            .ok_or_else(|| Error::Runtime("no producer for a Kafka output".into()))
+    }
+
+    async fn run_outputs(
+        &mut self,
+        input: &RecordBatch,
+        ack: &Arc<DeliveryBatch>,
+        at: &BatchRef<'_>,
+    ) -> Result<()> {
+        let mut memo: HashMap<usize, RecordBatch> = HashMap::new();
+        let outputs = self.source.outputs.clone();
+        for (index, output) in outputs.iter().enumerate() {
+            let mut batch = input.clone();
+            for node in output.node.chain() {
+                if let Some(done) = memo.get(&node.id) {
+                    batch = done.clone();
+                    continue;
+                }
+                let Some(operator) = self.operators.get_mut(&node.id) else {
+                    return Err(Error::Runtime(format!(
+                        "operator of node {} missing",
+                        node.id
+                    )));
+                };
+                batch = operator.apply(batch).map_err(|e| match e {
+                    OpError::Plan(reason) => {
+                        Error::Plan(format!("output {index} of topic '{}': {reason}", at.topic))
+                    }
+                    OpError::Eval(reason) => Error::Operator {
+                        operator: operator.name(),
+                        topic: at.topic.to_string(),
+                        partition: at.partition,
+                        first_offset: at.first,
+                        last_offset: at.last,
+                        reason,
+                    },
+                })?;
+                memo.insert(node.id, batch.clone());
+            }
+            self.write(index, &batch, ack).await?;
+        }
+        Ok(())
+    }
+
+    async fn write(
+        &mut self,
+        index: usize,
+        batch: &RecordBatch,
+        ack: &Arc<DeliveryBatch>,
+    ) -> Result<()> {
+        let producer = self.producer.clone();
+        let stats = Arc::clone(&self.stats);
+        match &mut self.sinks[index] {
+            SinkWriter::Print => {
+                if batch.num_rows() > 0 {
+                    match arrow::util::pretty::pretty_format_batches(std::slice::from_ref(batch)) {
+                        Ok(table) => println!("{table}"),
+                        Err(e) => return Err(Error::Runtime(format!("printing a batch: {e}"))),
+                    }
+                    stats.add_out("print", batch.num_rows());
+                }
+                Ok(())
+            }
+            SinkWriter::Topic { topic, encoder } => {
+                let schema = batch.schema();
+                let stale = encoder.as_ref().is_none_or(|(s, _)| s != &schema);
+                if stale {
+                    let value_format = topic.value_format.clone().unwrap_or_else(|| {
+                        flumen_kafka::format::Format::json(arrow::datatypes::Schema::empty())
+                    });
+                    let built = RecordEncoder::new(
+                        topic.name(),
+                        topic.key_format.clone(),
+                        value_format,
+                        topic.key_column.clone(),
+                        &schema,
+                    )
+                    .map_err(|e| Error::Plan(e.to_string()))?;
+                    *encoder = Some((Arc::clone(&schema), built));
+                }
+                if batch.num_rows() == 0 {
+                    return Ok(());
+                }
+                let Some((_, encoder)) = encoder.as_ref() else {
+                    return Err(Error::Runtime("encoder missing".into()));
+                };
+                let encoded = encoder.encode(batch)?;
+                let producer = producer
+                    .ok_or_else(|| Error::Runtime("no producer for a Kafka output".into()))?;
+                for row in 0..encoded.len() {
+                    let record = OutRecord {
+                        topic: encoder.topic(),
+                        key: encoded.key(row),
+                        value: encoded.value(row),
+                        timestamp_ms: encoded.timestamp(row),
+                        partition: None,
+                    };
+                    producer.send(record, None, ack).await?;
+                }
+                stats.add_out(encoder.topic(), encoded.len());
+                Ok(())
+            }
+        }
+    }
+}

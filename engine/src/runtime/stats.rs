@@ -1,0 +1,94 @@
+//! Counters of a running application, also exported as `metrics`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use flumen_kafka::format::BadInputKind;
+
+/// Live counters of one application (the same numbers go to `metrics`).
+#[derive(Debug, Default)]
+pub struct Stats {
+    records_in: AtomicU64,
+    records_out: AtomicU64,
+    batches: AtomicU64,
+    bad: Mutex<BTreeMap<(BadInputKind, &'static str), u64>>,
+}
+
+impl Stats {
+    /// Records decoded from input topics.
+    pub fn records_in(&self) -> u64 {
+        self.records_in.load(Ordering::Relaxed)
+    }
+
+    /// Records written to outputs (every output counts).
+    pub fn records_out(&self) -> u64 {
+        self.records_out.load(Ordering::Relaxed)
+    }
+
+    /// Micro-batches processed.
+    pub fn batches(&self) -> u64 {
+        self.batches.load(Ordering::Relaxed)
+    }
+
+    /// Bad records of `kind` handled by the policy named `policy` (`skip`, `dead_letter`, `fail`).
+    pub fn bad_records(&self, kind: BadInputKind, policy: &str) -> u64 {
+        self.bad
+            .lock()
+            .map(|m| m.get(&(kind, policy_name(policy))).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    /// Bad records of any kind handled by `policy`.
+    pub fn bad_records_total(&self, policy: &str) -> u64 {
+        self.bad
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .filter(|((_, p), _)| *p == policy)
+                    .map(|(_, n)| n)
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
+    pub(crate) fn add_in(&self, topic: &str, n: usize) {
+        self.records_in.fetch_add(n as u64, Ordering::Relaxed);
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("flumen_records_in_total", "topic" => topic.to_string())
+            .increment(n as u64);
+    }
+
+    pub(crate) fn add_out(&self, output: &str, n: usize) {
+        self.records_out.fetch_add(n as u64, Ordering::Relaxed);
+        metrics::counter!("flumen_records_out_total", "output" => output.to_string())
+            .increment(n as u64);
+    }
+
+    /// Counts one bad record; returns how many of this kind and policy there were so far.
+    pub(crate) fn add_bad(&self, topic: &str, kind: BadInputKind, policy: &'static str) -> u64 {
+        metrics::counter!(
+            "flumen_bad_records_total",
+            "topic" => topic.to_string(),
+            "kind" => kind.as_str(),
+            "policy" => policy
+        )
+        .increment(1);
+        match self.bad.lock() {
+            Ok(mut m) => {
+                let n = m.entry((kind, policy)).or_insert(0);
+                *n += 1;
+                *n
+            }
+            Err(_) => 0,
+        }
+    }
+}
+
+fn policy_name(policy: &str) -> &'static str {
+    match policy {
+        "skip" => "skip",
+        "dead_letter" => "dead_letter",
+        _ => "fail",
+    }
+}

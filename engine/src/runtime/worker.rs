@@ -1,0 +1,376 @@
+//! The consuming side of a run: one polling thread that cuts micro-batches per
+//! partition, one task per assigned partition, and offset commits.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use datafusion::prelude::SessionContext;
+use flumen_kafka::{GroupConsumer, Producer, RawBatch, RebalanceListener, TopicPartition};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::runtime::pipeline::{PartitionPipeline, SourcePlan};
+use crate::runtime::stats::Stats;
+use crate::runtime::stop::{StopHandle, StopMode};
+use crate::{Error, Result};
+
+/// How micro-batches are cut and offsets committed.
+#[derive(Debug, Clone)]
+pub(crate) struct BatchSettings {
+    pub(crate) max_records: usize,
+    pub(crate) max_bytes: usize,
+    pub(crate) max_delay: Duration,
+    pub(crate) commit_interval: Duration,
+    pub(crate) queued_batches: usize,
+    pub(crate) drain_timeout: Duration,
+}
+
+struct PartitionTask {
+    tx: mpsc::Sender<RawBatch>,
+    join: JoinHandle<()>,
+}
+
+/// State shared by the polling thread, the rebalance callbacks and the partition tasks.
+pub(crate) struct Worker {
+    pub(crate) sources: HashMap<String, Arc<SourcePlan>>,
+    pub(crate) producer: Option<Arc<Producer>>,
+    pub(crate) ctx: Arc<SessionContext>,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) runtime: tokio::runtime::Handle,
+    pub(crate) settings: BatchSettings,
+    pub(crate) stop: StopHandle,
+    tasks: Mutex<HashMap<TopicPartition, PartitionTask>>,
+    committable: Mutex<HashMap<TopicPartition, i64>>,
+    revoked: Mutex<Vec<TopicPartition>>,
+    revoked_flag: AtomicBool,
+    failure: Mutex<Option<Error>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Worker {
+    pub(crate) fn new(
+        sources: HashMap<String, Arc<SourcePlan>>,
+        producer: Option<Arc<Producer>>,
+        ctx: Arc<SessionContext>,
+        stats: Arc<Stats>,
+        runtime: tokio::runtime::Handle,
+        settings: BatchSettings,
+        stop: StopHandle,
+    ) -> Self {
+        Worker {
+            sources,
+            producer,
+            ctx,
+            stats,
+            runtime,
+            settings,
+            stop,
+            tasks: Mutex::new(HashMap::new()),
+            committable: Mutex::new(HashMap::new()),
+            revoked: Mutex::new(Vec::new()),
+            revoked_flag: AtomicBool::new(false),
+            failure: Mutex::new(None),
+        }
+    }
+
+    /// Records the first fatal error and asks the run to stop.
+    fn fail(&self, error: Error) {
+        tracing::error!(%error, "stopping");
+        lock(&self.failure).get_or_insert(error);
+        self.stop.stop();
+    }
+
+    fn failed(&self) -> bool {
+        lock(&self.failure).is_some()
+    }
+
+    fn spawn_partition(self: &Arc<Self>, tp: TopicPartition) -> Option<PartitionTask> {
+        let source = Arc::clone(self.sources.get(&tp.topic)?);
+        let (tx, rx) = mpsc::channel(self.settings.queued_batches);
+        let worker = Arc::clone(self);
+        let join = self
+            .runtime
+            .spawn(async move { worker.run_partition(tp, source, rx).await });
+        Some(PartitionTask { tx, join })
+    }
+
+    async fn run_partition(
+        self: Arc<Self>,
+        tp: TopicPartition,
+        source: Arc<SourcePlan>,
+        mut rx: mpsc::Receiver<RawBatch>,
+    ) {
+        let (done_tx, mut done_rx) =
+            mpsc::channel::<(Arc<flumen_kafka::DeliveryBatch>, i64)>(self.settings.queued_batches);
+        // Deliveries are awaited in order beside processing, so the next batch can
+        // be processed while the previous one is still being acknowledged.
+        let waiter = {
+            let worker = Arc::clone(&self);
+            let tp = tp.clone();
+            tokio::spawn(async move {
+                while let Some((ack, next_offset)) = done_rx.recv().await {
+                    match ack.wait().await {
+                        Ok(()) => {
+                            lock(&worker.committable).insert(tp.clone(), next_offset);
+                        }
+                        Err(error) => {
+                            worker.fail(error.into());
+                            return;
+                        }
+                    }
+                }
+            })
+        };
+        let mut pipeline = PartitionPipeline::new(
+            source,
+            self.producer.clone(),
+            Arc::clone(&self.stats),
+            &self.ctx,
+        );
+        while let Some(raw) = rx.recv().await {
+            if self.failed() {
+                break;
+            }
+            let started = Instant::now();
+            match pipeline.process(raw).await {
+                Ok(outcome) => {
+                    metrics::histogram!("flumen_batch_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                    let failure = outcome.failure;
+                    if done_tx
+                        .send((outcome.ack, outcome.next_offset))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                    if let Some(error) = failure {
+                        self.fail(error);
+                        break;
+                    }
+                }
+                Err(error) => {
+                    self.fail(error);
+                    break;
+                }
+            }
+        }
+        drop(done_tx);
+        if let Err(e) = waiter.await {
+            self.fail(Error::Runtime(format!("delivery waiter of {tp} died: {e}")));
+        }
+    }
+
+    /// Closes the tasks of `partitions` and waits until they have drained.
+    fn close_tasks(&self, partitions: Option<&[TopicPartition]>) {
+        let closing: Vec<(TopicPartition, PartitionTask)> = {
+            let mut tasks = lock(&self.tasks);
+            match partitions {
+                Some(ps) => ps.iter().filter_map(|tp| tasks.remove_entry(tp)).collect(),
+                None => tasks.drain().collect(),
+            }
+        };
+        let joins: Vec<_> = closing
+            .into_iter()
+            .map(|(tp, task)| {
+                drop(task.tx);
+                (tp, task.join)
+            })
+            .collect();
+        let deadline = self.settings.drain_timeout;
+        self.runtime.block_on(async {
+            for (tp, join) in joins {
+                match tokio::time::timeout(deadline, join).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => self.fail(Error::Runtime(format!("task of {tp} died: {e}"))),
+                    Err(_) => tracing::warn!(%tp, ?deadline, "partition task did not drain in time; its uncommitted records will be read again"),
+                }
+            }
+        });
+    }
+
+    fn take_committable(&self, partitions: &[TopicPartition]) -> Vec<(TopicPartition, i64)> {
+        let mut committable = lock(&self.committable);
+        partitions
+            .iter()
+            .filter_map(|tp| committable.remove(tp).map(|o| (tp.clone(), o)))
+            .collect()
+    }
+
+    fn dispatch(&self, tp: &TopicPartition, raw: RawBatch) {
+        let tx = lock(&self.tasks).get(tp).map(|t| t.tx.clone());
+        match tx {
+            Some(tx) => {
+                // Blocks while the partition's queue is full: backpressure on polling.
+                if tx.blocking_send(raw).is_err() {
+                    tracing::debug!(%tp, "partition task has stopped; batch dropped (uncommitted)");
+                }
+            }
+            None => tracing::debug!(%tp, "no task for partition; batch dropped (uncommitted)"),
+        }
+    }
+
+    /// Polls, cuts micro-batches and commits until asked to stop. Runs on its own thread.
+    pub(crate) fn poll_loop(self: &Arc<Self>, consumer: &GroupConsumer) -> Result<()> {
+        let mut open: Vec<(TopicPartition, RawBatch, Instant)> = Vec::new();
+        let mut committed: HashMap<TopicPartition, i64> = HashMap::new();
+        let mut last_commit = Instant::now();
+        let poll_timeout = Duration::from_millis(50).min(self.settings.max_delay);
+        loop {
+            let mode = self.stop.mode();
+            if mode != StopMode::Running {
+                break;
+            }
+            match consumer.poll(poll_timeout) {
+                Some(Ok(message)) => {
+                    self.forget_revoked(&mut open);
+                    use flumen_kafka::rdkafka::Message;
+                    let (topic, partition) = (message.topic(), message.partition());
+                    let index = match open
+                        .iter()
+                        .position(|(tp, _, _)| tp.partition == partition && tp.topic == topic)
+                    {
+                        Some(i) => i,
+                        None => {
+                            open.push((
+                                TopicPartition::new(topic, partition),
+                                RawBatch::new(Arc::from(topic), partition),
+                                Instant::now(),
+                            ));
+                            open.len() - 1
+                        }
+                    };
+                    let (_, raw, started) = &mut open[index];
+                    if raw.is_empty() {
+                        *started = Instant::now();
+                    }
+                    raw.push_message(&message);
+                    if raw.len() >= self.settings.max_records
+                        || raw.byte_size() >= self.settings.max_bytes
+                    {
+                        self.cut(&mut open[index]);
+                    }
+                }
+                Some(Err(error)) => tracing::warn!(%error, "consumer error (librdkafka retries)"),
+                None => {}
+            }
+            self.forget_revoked(&mut open);
+            let now = Instant::now();
+            for entry in open.iter_mut() {
+                if !entry.1.is_empty() && now.duration_since(entry.2) >= self.settings.max_delay {
+                    self.cut(entry);
+                }
+            }
+            if last_commit.elapsed() >= self.settings.commit_interval {
+                self.commit(consumer, &mut committed, false);
+                last_commit = Instant::now();
+            }
+        }
+        self.shutdown(consumer, open, &mut committed)
+    }
+
+    fn cut(&self, entry: &mut (TopicPartition, RawBatch, Instant)) {
+        let fresh = RawBatch::new(Arc::clone(entry.1.topic_arc()), entry.0.partition);
+        let raw = std::mem::replace(&mut entry.1, fresh);
+        self.dispatch(&entry.0, raw);
+    }
+
+    fn forget_revoked(&self, open: &mut Vec<(TopicPartition, RawBatch, Instant)>) {
+        if self.revoked_flag.swap(false, Ordering::AcqRel) {
+            let revoked = std::mem::take(&mut *lock(&self.revoked));
+            open.retain(|(tp, _, _)| !revoked.contains(tp));
+        }
+    }
+
+    fn commit(
+        &self,
+        consumer: &GroupConsumer,
+        committed: &mut HashMap<TopicPartition, i64>,
+        sync: bool,
+    ) {
+        let changed: Vec<(TopicPartition, i64)> = lock(&self.committable)
+            .iter()
+            .filter(|(tp, o)| committed.get(*tp) != Some(*o))
+            .map(|(tp, o)| (tp.clone(), *o))
+            .collect();
+        if changed.is_empty() {
+            return;
+        }
+        match consumer.commit(&changed, sync) {
+            Ok(()) => {
+                tracing::debug!(?changed, "committed");
+                committed.extend(changed);
+            }
+            Err(error) => {
+                tracing::warn!(%error, "offset commit failed; retrying at the next interval")
+            }
+        }
+    }
+
+    fn shutdown(
+        self: &Arc<Self>,
+        consumer: &GroupConsumer,
+        open: Vec<(TopicPartition, RawBatch, Instant)>,
+        committed: &mut HashMap<TopicPartition, i64>,
+    ) -> Result<()> {
+        if self.stop.mode() == StopMode::Kill {
+            for (_, task) in lock(&self.tasks).drain() {
+                task.join.abort();
+            }
+            return Ok(());
+        }
+        if !self.failed() {
+            for (tp, raw, _) in open {
+                if !raw.is_empty() {
+                    self.dispatch(&tp, raw);
+                }
+            }
+        }
+        self.close_tasks(None);
+        self.commit(consumer, committed, true);
+        consumer.unsubscribe();
+        if let Some(producer) = &self.producer {
+            if let Err(error) = producer.flush(Duration::from_secs(10)) {
+                tracing::warn!(%error, "producer flush at shutdown");
+            }
+        }
+        match lock(&self.failure).take() {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Connects rebalance callbacks (run on the polling thread) to the worker.
+pub(crate) struct Rebalancer(pub(crate) std::sync::Weak<Worker>);
+
+impl RebalanceListener for Rebalancer {
+    fn on_assign(&self, partitions: &[TopicPartition]) {
+        let Some(worker) = self.0.upgrade() else {
+            return;
+        };
+        for tp in partitions {
+            if let Some(task) = worker.spawn_partition(tp.clone()) {
+                lock(&worker.tasks).insert(tp.clone(), task);
+            }
+        }
+    }
+
+    fn on_revoke(&self, partitions: &[TopicPartition]) -> Vec<(TopicPartition, i64)> {
+        let Some(worker) = self.0.upgrade() else {
+            return Vec::new();
+        };
+        lock(&worker.revoked).extend_from_slice(partitions);
+        worker.revoked_flag.store(true, Ordering::Release);
+        if worker.stop.mode() == StopMode::Kill {
+            return Vec::new();
+        }
+        worker.close_tasks(Some(partitions));
+        worker.take_committable(partitions)
+    }
+}

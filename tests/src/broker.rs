@@ -1,0 +1,258 @@
+//! The local dev broker: Tansu, installed once into a known directory, started
+//! per `DevStack` on 127.0.0.1 with a free port and memory storage.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use flumen_kafka::{Admin, KafkaConfig, TopicSpec};
+
+use crate::TestkitError;
+
+/// The pinned Tansu version.
+pub const TANSU_VERSION: &str = "0.6.0";
+
+/// Where tools are installed: `$FLUMEN_TOOLS_DIR`, else `~/.local/share/flumen`.
+fn tools_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("FLUMEN_TOOLS_DIR") {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME").map_or_else(std::env::temp_dir, PathBuf::from);
+    home.join(".local/share/flumen")
+}
+
+/// Returns the path of the pinned Tansu binary, installing it with
+/// `cargo install tansu --version 0.6.0 --locked` when it is missing.
+/// `$FLUMEN_TANSU_BIN` overrides the location. Concurrent callers wait for one install.
+pub fn ensure_tansu() -> Result<PathBuf, TestkitError> {
+    if let Some(bin) = std::env::var_os("FLUMEN_TANSU_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
+    let root = tools_dir().join(format!("tansu-{TANSU_VERSION}"));
+    let bin = root.join("bin/tansu");
+    if bin.is_file() {
+        return Ok(bin);
+    }
+    std::fs::create_dir_all(&root)
+        .map_err(TestkitError::io(format!("creating {}", root.display())))?;
+    let lock_path = root.with_extension("lock");
+    let lock = std::fs::File::create(&lock_path).map_err(TestkitError::io(format!(
+        "creating {}",
+        lock_path.display()
+    )))?;
+    lock.lock()
+        .map_err(TestkitError::io(format!("locking {}", lock_path.display())))?;
+    if bin.is_file() {
+        return Ok(bin);
+    }
+    eprintln!(
+        "flumen-testkit: the Kafka-protocol dev broker (Tansu {TANSU_VERSION}) is not installed in {}.\n\
+         flumen-testkit: installing it now with `cargo install tansu --version {TANSU_VERSION} --locked` \
+         (first time only; about 15 minutes on 2 cores)...",
+        root.display()
+    );
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args([
+            "install",
+            "tansu",
+            "--version",
+            TANSU_VERSION,
+            "--locked",
+            "--root",
+        ])
+        .arg(&root)
+        .env_remove("CARGO_TARGET_DIR")
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .status()
+        .map_err(|e| TestkitError::Install {
+            version: TANSU_VERSION,
+            reason: e.to_string(),
+        })?;
+    if !status.success() || !bin.is_file() {
+        return Err(TestkitError::Install {
+            version: TANSU_VERSION,
+            reason: format!("cargo install exited with {status}"),
+        });
+    }
+    eprintln!(
+        "flumen-testkit: Tansu {TANSU_VERSION} installed at {}",
+        bin.display()
+    );
+    Ok(bin)
+}
+
+/// A Kafka-protocol broker for tests and examples. Started with
+/// [`DevStack::start`]; stopped when dropped (also when a test panics).
+///
+/// With `FLUMEN_KAFKA_BROKERS` set, nothing is started and everything points at
+/// that cluster instead.
+pub struct DevStack {
+    brokers: String,
+    child: Option<Child>,
+    log: Option<PathBuf>,
+}
+
+fn free_port() -> Result<u16, TestkitError> {
+    let listener =
+        TcpListener::bind("127.0.0.1:0").map_err(TestkitError::io("finding a free port"))?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(TestkitError::io("reading the free port"))
+}
+
+#[allow(unsafe_code)]
+fn spawn_broker(bin: &Path, port: u16, log: &Path) -> Result<Child, TestkitError> {
+    let url = format!("tcp://127.0.0.1:{port}");
+    let out = std::fs::File::create(log)
+        .map_err(TestkitError::io(format!("creating {}", log.display())))?;
+    let err = out
+        .try_clone()
+        .map_err(TestkitError::io("cloning the log handle"))?;
+    let mut command = Command::new(bin);
+    command
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .args(["--storage-engine", "memory://tansu/"])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: prctl is async-signal-safe; it asks the kernel to kill the broker
+        // when the thread that started it exits, so no broker outlives a killed test.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+    }
+    command
+        .spawn()
+        .map_err(|e| TestkitError::Start(format!("spawning {}: {e}", bin.display())))
+}
+
+impl DevStack {
+    /// Starts a broker on 127.0.0.1 with a free port and waits until it answers
+    /// metadata requests; or uses `FLUMEN_KAFKA_BROKERS` when set.
+    ///
+    /// The broker is a child of the calling thread: start it on the thread that
+    /// owns the `DevStack` (a test's own thread, or `main`).
+    pub fn start() -> Result<DevStack, TestkitError> {
+        if let Ok(brokers) = std::env::var("FLUMEN_KAFKA_BROKERS") {
+            if !brokers.trim().is_empty() {
+                return Ok(DevStack {
+                    brokers,
+                    child: None,
+                    log: None,
+                });
+            }
+        }
+        let bin = ensure_tansu()?;
+        let mut last_error = None;
+        for _ in 0..3 {
+            let port = free_port()?;
+            let log = std::env::temp_dir().join(format!("flumen-tansu-{port}.log"));
+            let child = spawn_broker(&bin, port, &log)?;
+            let mut stack = DevStack {
+                brokers: format!("127.0.0.1:{port}"),
+                child: Some(child),
+                log: Some(log),
+            };
+            match stack.wait_ready(Duration::from_secs(30)) {
+                Ok(()) => return Ok(stack),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| TestkitError::Start("no attempt made".into())))
+    }
+
+    fn wait_ready(&mut self, deadline: Duration) -> Result<(), TestkitError> {
+        let start = Instant::now();
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(TestkitError::Start(format!(
+                        "broker exited with {status}; log: {}",
+                        self.log
+                            .as_ref()
+                            .map_or(String::new(), |l| l.display().to_string())
+                    )));
+                }
+            }
+            if TcpStream::connect(&self.brokers).is_ok() {
+                let admin = Admin::new(&KafkaConfig::new(&self.brokers))?;
+                if admin.partition_count("__flumen_probe").is_ok() {
+                    return Ok(());
+                }
+            }
+            if start.elapsed() > deadline {
+                return Err(TestkitError::Start(format!(
+                    "broker at {} did not answer within {deadline:?}",
+                    self.brokers
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `host:port` of the broker.
+    pub fn brokers(&self) -> &str {
+        &self.brokers
+    }
+
+    /// Whether this stack started its own broker (false with `FLUMEN_KAFKA_BROKERS`).
+    pub fn is_local(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Client settings that suit the dev broker: Tansu's group join waits about
+    /// half of `session.timeout.ms`, so a short session keeps rebalances quick.
+    pub fn client_settings(&self) -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("session.timeout.ms", "6000"),
+            ("heartbeat.interval.ms", "1000"),
+        ]
+    }
+
+    /// A Kafka client configuration for this broker, with [`client_settings`](Self::client_settings).
+    pub fn kafka_config(&self) -> KafkaConfig {
+        let mut config = KafkaConfig::new(&self.brokers);
+        for (k, v) in self.client_settings() {
+            config.insert(k, v);
+        }
+        config
+    }
+
+    /// Creates a topic (explicit `retention.ms` and `cleanup.policy`) and waits until it is visible.
+    pub async fn create_topic(&self, name: &str, partitions: i32) -> Result<(), TestkitError> {
+        self.create_topic_spec(&TopicSpec::new(name, partitions))
+            .await
+    }
+
+    /// Creates a topic from a full spec.
+    pub async fn create_topic_spec(&self, spec: &TopicSpec) -> Result<(), TestkitError> {
+        Admin::new(&self.kafka_config())?.create_topic(spec).await?;
+        Ok(())
+    }
+}
+
+impl Drop for DevStack {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! # flumen-testkit
+//!
+//! What flumen's tests and examples run on: [`DevStack`] provisions and starts a
+//! local Kafka-protocol broker (Tansu, pinned) on a free port, or points at an
+//! existing cluster when `FLUMEN_KAFKA_BROKERS` is set; [`topics`] creates topics,
+//! produces and reads records; [`sensor`] generates the sensor workload.
+//!
+//! ```no_run
+//! use flumen_testkit::DevStack;
+//!
+//! # async fn demo() -> Result<(), flumen_testkit::TestkitError> {
+//! let stack = DevStack::start()?; // installs Tansu once, then starts it
+//! stack.create_topic("readings", 3).await?;
+//! println!("broker at {}", stack.brokers());
+//! # Ok(())
+//! # }
+//! ```
+
+mod broker;
+mod error;
+pub mod sensor;
+pub mod topics;
+
+pub use broker::{ensure_tansu, DevStack, TANSU_VERSION};
+pub use error::TestkitError;
+pub use topics::{unique_name, ReadRecord};
