@@ -12,6 +12,9 @@ use crate::TestkitError;
 
 /// The pinned Tansu version.
 pub const TANSU_VERSION: &str = "0.6.0";
+/// Cargo features the broker is built with: the default build has no storage
+/// engine at all; `dynostore` provides `memory://`.
+pub const TANSU_FEATURES: &str = "dynostore";
 
 /// Where tools are installed: `$FLUMEN_TOOLS_DIR`, else `~/.local/share/flumen`.
 fn tools_dir() -> PathBuf {
@@ -23,13 +26,13 @@ fn tools_dir() -> PathBuf {
 }
 
 /// Returns the path of the pinned Tansu binary, installing it with
-/// `cargo install tansu --version 0.6.0 --locked` when it is missing.
+/// `cargo install tansu --version 0.6.0 --locked --features dynostore` when it is missing.
 /// `$FLUMEN_TANSU_BIN` overrides the location. Concurrent callers wait for one install.
 pub fn ensure_tansu() -> Result<PathBuf, TestkitError> {
     if let Some(bin) = std::env::var_os("FLUMEN_TANSU_BIN") {
         return Ok(PathBuf::from(bin));
     }
-    let root = tools_dir().join(format!("tansu-{TANSU_VERSION}"));
+    let root = tools_dir().join(format!("tansu-{TANSU_VERSION}-{TANSU_FEATURES}"));
     let bin = root.join("bin/tansu");
     if bin.is_file() {
         return Ok(bin);
@@ -48,7 +51,8 @@ pub fn ensure_tansu() -> Result<PathBuf, TestkitError> {
     }
     eprintln!(
         "flumen-testkit: the Kafka-protocol dev broker (Tansu {TANSU_VERSION}) is not installed in {}.\n\
-         flumen-testkit: installing it now with `cargo install tansu --version {TANSU_VERSION} --locked` \
+         flumen-testkit: installing it now with `cargo install tansu --version {TANSU_VERSION} --locked \
+         --features {TANSU_FEATURES}` \
          (first time only; about 15 minutes on 2 cores)...",
         root.display()
     );

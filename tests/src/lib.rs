@@ -21,6 +21,6 @@ mod error;
 pub mod sensor;
 pub mod topics;
 
-pub use broker::{ensure_tansu, DevStack, TANSU_VERSION};
+pub use broker::{ensure_tansu, DevStack, TANSU_FEATURES, TANSU_VERSION};
 pub use error::TestkitError;
 pub use topics::{unique_name, ReadRecord};

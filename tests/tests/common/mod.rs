@@ -1,0 +1,66 @@
+//! Helpers shared by the end-to-end tests.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flumen::{Application, ApplicationBuilder, Stats, StopHandle};
+use flumen_testkit::DevStack;
+use tokio::task::JoinHandle;
+
+/// Deadline for any single wait in these tests.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// An application builder for the dev stack with small batches and frequent commits.
+pub fn builder(stack: &DevStack, group: &str) -> ApplicationBuilder {
+    let mut b = Application::builder()
+        .brokers(stack.brokers())
+        .consumer_group(group)
+        .commit_interval(Duration::from_millis(100))
+        .max_batch_delay(Duration::from_millis(20));
+    for (k, v) in stack.client_settings() {
+        b = b.config(k, v);
+    }
+    b
+}
+
+/// A running application.
+pub struct Running {
+    pub stop: StopHandle,
+    pub stats: Arc<Stats>,
+    pub join: JoinHandle<flumen::Result<()>>,
+}
+
+/// Starts `app` in a task; it runs until stopped or failed.
+pub fn start(app: Application) -> Running {
+    let stop = app.stop_handle();
+    let stats = app.stats();
+    let join = tokio::spawn(async move { app.run_until(std::future::pending()).await });
+    Running { stop, stats, join }
+}
+
+impl Running {
+    /// Asks for a graceful stop and returns the run's result.
+    pub async fn stop(self) -> flumen::Result<()> {
+        self.stop.stop();
+        self.finish().await
+    }
+
+    /// Waits for the run to end by itself (e.g. on a `fail` policy).
+    pub async fn finish(self) -> flumen::Result<()> {
+        match tokio::time::timeout(DEADLINE, self.join).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(e)) => panic!("application task panicked: {e}"),
+            Err(_) => panic!("application did not stop within {DEADLINE:?}"),
+        }
+    }
+}
+
+/// Waits until `condition` holds, polling every 20 ms, failing after `DEADLINE`.
+pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !condition() {
+        assert!(start.elapsed() < DEADLINE, "timed out after {DEADLINE:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
