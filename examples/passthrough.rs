@@ -30,20 +30,38 @@ struct Args {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .init();
     let args = Args::parse();
     println!("starting the dev stack (the first run installs the Tansu broker, ~15 min)...");
     let stack = DevStack::start()?;
-    println!("broker: {}{}", stack.brokers(), if stack.is_local() { " (local Tansu)" } else { "" });
+    println!(
+        "broker: {}{}",
+        stack.brokers(),
+        if stack.is_local() {
+            " (local Tansu)"
+        } else {
+            ""
+        }
+    );
 
     let (input, output) = (unique_name("readings"), unique_name("readings-f"));
     stack.create_topic(&input, args.partitions).await?;
     stack.create_topic(&output, args.partitions).await?;
-    let workload = SensorWorkload { events: args.events, devices: args.devices, ..Default::default() };
+    let workload = SensorWorkload {
+        events: args.events,
+        devices: args.devices,
+        ..Default::default()
+    };
     let started = Instant::now();
     stack.produce(&input, workload.records()).await?;
-    println!("produced {} events to '{input}' in {:.1?}", args.events, started.elapsed());
+    println!(
+        "produced {} events to '{input}' in {:.1?}",
+        args.events,
+        started.elapsed()
+    );
     let expected = workload.readings().filter(|r| r.temp >= 0.0).count() as u64;
 
     let mut builder = Application::builder()

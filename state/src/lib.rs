@@ -31,6 +31,9 @@ pub enum StateError {
     },
 }
 
+/// Key-value pairs returned by scans.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// A key-value store of one operator for one partition.
 pub trait StateStore: Send {
     /// The value of `key`.
@@ -40,7 +43,7 @@ pub trait StateStore: Send {
     /// Removes `key`.
     fn delete(&mut self, key: &[u8]) -> Result<(), StateError>;
     /// Every entry whose key starts with `prefix`, in key order.
-    fn prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError>;
+    fn prefix(&self, prefix: &[u8]) -> Result<Entries, StateError>;
 }
 
 /// An in-memory [`StateStore`] for tests.
@@ -64,7 +67,7 @@ impl StateStore for MemoryStore {
         Ok(())
     }
 
-    fn prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
+    fn prefix(&self, prefix: &[u8]) -> Result<Entries, StateError> {
         Ok(self
             .entries
             .range(prefix.to_vec()..)

@@ -1,4 +1,5 @@
 //! Stopping mid-stream and starting again in the same consumer group.
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test helpers fail loudly
 
 mod common;
 
@@ -14,13 +15,20 @@ use flumen_testkit::{unique_name, DevStack};
 const EVENTS: u64 = 20_000;
 
 fn app(stack: &DevStack, group: &str, input: &str, output: &str) -> Application {
-    let app = builder(stack, group).max_batch_records(500).build().expect("app");
+    let app = builder(stack, group)
+        .max_batch_records(500)
+        .build()
+        .expect("app");
     app.dataframe(Topic::json(input).schema(Schema::new(vec![
         Field::new("id", DataType::Int64, false),
         Field::new("temp", DataType::Float64, false),
     ])))
     .expect("frame")
-    .select([col("id"), col("_partition").alias("src_partition"), col("_offset").alias("src_offset")])
+    .select([
+        col("id"),
+        col("_partition").alias("src_partition"),
+        col("_offset").alias("src_offset"),
+    ])
     .to_topic(Topic::json(output));
     app
 }
@@ -29,8 +37,15 @@ async fn setup(stack: &DevStack) -> (String, String) {
     let (input, output) = (unique_name("in"), unique_name("out"));
     stack.create_topic(&input, 3).await.expect("input topic");
     stack.create_topic(&output, 3).await.expect("output topic");
-    let workload = SensorWorkload { events: EVENTS, devices: 50, ..Default::default() };
-    stack.produce(&input, workload.records()).await.expect("produce");
+    let workload = SensorWorkload {
+        events: EVENTS,
+        devices: 50,
+        ..Default::default()
+    };
+    stack
+        .produce(&input, workload.records())
+        .await
+        .expect("produce");
     (input, output)
 }
 
@@ -40,7 +55,11 @@ fn outputs(stack: &DevStack, output: &str) -> BTreeMap<i64, (usize, i32, i64)> {
     for r in stack.read_all(output, DEADLINE).expect("read") {
         let v = r.json();
         let id = v["id"].as_i64().expect("id");
-        let entry = seen.entry(id).or_insert((0, v["src_partition"].as_i64().expect("p") as i32, v["src_offset"].as_i64().expect("o")));
+        let entry = seen.entry(id).or_insert((
+            0,
+            v["src_partition"].as_i64().expect("p") as i32,
+            v["src_offset"].as_i64().expect("o"),
+        ));
         entry.0 += 1;
     }
     seen
@@ -55,8 +74,13 @@ impl RebalanceListener for NoRebalance {
 }
 
 fn committed(stack: &DevStack, group: &str, topic: &str) -> HashMap<i32, i64> {
-    let consumer = GroupConsumer::new(&stack.kafka_config(), group, AutoOffsetReset::Earliest, std::sync::Arc::new(NoRebalance))
-        .expect("consumer");
+    let consumer = GroupConsumer::new(
+        &stack.kafka_config(),
+        group,
+        AutoOffsetReset::Earliest,
+        std::sync::Arc::new(NoRebalance),
+    )
+    .expect("consumer");
     let partitions: Vec<_> = (0..3).map(|p| TopicPartition::new(topic, p)).collect();
     consumer
         .committed(&partitions, DEADLINE)
@@ -76,14 +100,23 @@ async fn graceful_stop_and_restart_loses_and_repeats_nothing() {
     wait_until("a third of the input", || stats.records_in() >= EVENTS / 3).await;
     running.stop().await.expect("clean stop");
     let first_run = outputs(&stack, &output).len() as u64;
-    assert!(first_run < EVENTS, "stopped mid-stream ({first_run} of {EVENTS})");
+    assert!(
+        first_run < EVENTS,
+        "stopped mid-stream ({first_run} of {EVENTS})"
+    );
 
     let running = start(app(&stack, &group, &input, &output));
-    stack.wait_for_count(&output, EVENTS as i64, DEADLINE).await.expect("the rest");
+    stack
+        .wait_for_count(&output, EVENTS as i64, DEADLINE)
+        .await
+        .expect("the rest");
     running.stop().await.expect("clean stop");
     let seen = outputs(&stack, &output);
     assert_eq!(seen.len() as u64, EVENTS, "every input record");
-    assert!(seen.values().all(|(n, _, _)| *n == 1), "a graceful stop commits what it wrote");
+    assert!(
+        seen.values().all(|(n, _, _)| *n == 1),
+        "a graceful stop commits what it wrote"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,14 +137,21 @@ async fn crash_and_restart_repeats_only_the_uncommitted_tail() {
     running.stop().await.expect("clean stop");
 
     let seen = outputs(&stack, &output);
-    assert_eq!(seen.len() as u64, EVENTS, "at-least-once: every input record");
+    assert_eq!(
+        seen.len() as u64,
+        EVENTS,
+        "at-least-once: every input record"
+    );
     let mut duplicates = 0;
     for (id, (n, partition, offset)) in &seen {
         assert!(*n <= 2, "id {id} written {n} times");
         if *n == 2 {
             duplicates += 1;
             let mark = committed.get(partition).copied().unwrap_or(0);
-            assert!(*offset >= mark, "id {id} at {partition}/{offset} repeated although committed up to {mark}");
+            assert!(
+                *offset >= mark,
+                "id {id} at {partition}/{offset} repeated although committed up to {mark}"
+            );
         }
     }
     println!("duplicates after the crash: {duplicates}; committed at crash: {committed:?}");

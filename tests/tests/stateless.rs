@@ -1,5 +1,6 @@
 //! End-to-end stateless pipelines on the dev stack: filter + select + with_column,
 //! branching, and errors found before anything is consumed.
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test helpers fail loudly
 
 mod common;
 
@@ -25,7 +26,9 @@ fn sensor_schema() -> Schema {
 fn by_key(records: &[flumen_testkit::ReadRecord]) -> BTreeMap<String, Vec<serde_json::Value>> {
     let mut map: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
     for r in records {
-        map.entry(r.key_str().unwrap_or_default()).or_default().push(r.json());
+        map.entry(r.key_str().unwrap_or_default())
+            .or_default()
+            .push(r.json());
     }
     map
 }
@@ -36,27 +39,47 @@ async fn filter_select_with_column_to_topic() {
     let (input, output) = (unique_name("in"), unique_name("out"));
     stack.create_topic(&input, 3).await.expect("input topic");
     stack.create_topic(&output, 3).await.expect("output topic");
-    let workload = SensorWorkload { events: 3_000, devices: 7, ..Default::default() };
-    stack.produce(&input, workload.records()).await.expect("produce");
+    let workload = SensorWorkload {
+        events: 3_000,
+        devices: 7,
+        ..Default::default()
+    };
+    stack
+        .produce(&input, workload.records())
+        .await
+        .expect("produce");
 
     let app = builder(&stack, &unique_name("g")).build().expect("app");
-    app.dataframe(Topic::json(&input).schema(sensor_schema()).timestamp_field("ts"))
-        .expect("frame")
-        .filter(col("temp").gt_eq(lit(0.0)))
-        .select([col("id"), col("device"), col("temp")])
-        .with_column("temp_f", col("temp") * lit(1.8) + lit(32.0))
-        .to_topic(Topic::json(&output));
+    app.dataframe(
+        Topic::json(&input)
+            .schema(sensor_schema())
+            .timestamp_field("ts"),
+    )
+    .expect("frame")
+    .filter(col("temp").gt_eq(lit(0.0)))
+    .select([col("id"), col("device"), col("temp")])
+    .with_column("temp_f", col("temp") * lit(1.8) + lit(32.0))
+    .to_topic(Topic::json(&output));
     let running = start(app);
 
     let mut expected: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
     for r in workload.readings().filter(|r| r.temp >= 0.0) {
-        expected.entry(r.device.clone()).or_default().push(serde_json::json!({
-            "id": r.id, "device": r.device, "temp": r.temp, "temp_f": r.temp * 1.8 + 32.0
-        }));
+        expected
+            .entry(r.device.clone())
+            .or_default()
+            .push(serde_json::json!({
+                "id": r.id, "device": r.device, "temp": r.temp, "temp_f": r.temp * 1.8 + 32.0
+            }));
     }
     let count: usize = expected.values().map(Vec::len).sum();
-    assert!(count > 2_000 && count < 3_000, "the filter must drop some records: {count}");
-    stack.wait_for_count(&output, count as i64, DEADLINE).await.expect("outputs");
+    assert!(
+        count > 2_000 && count < 3_000,
+        "the filter must drop some records: {count}"
+    );
+    stack
+        .wait_for_count(&output, count as i64, DEADLINE)
+        .await
+        .expect("outputs");
     running.stop().await.expect("clean stop");
 
     let records = stack.read_all(&output, DEADLINE).expect("read output");
@@ -72,11 +95,20 @@ async fn one_input_feeds_two_outputs() {
     stack.create_topic(&input, 3).await.expect("input topic");
     stack.create_topic(&warm, 2).await.expect("warm topic");
     stack.create_topic(&cold, 1).await.expect("cold topic");
-    let workload = SensorWorkload { events: 2_000, devices: 5, ..Default::default() };
-    stack.produce(&input, workload.records()).await.expect("produce");
+    let workload = SensorWorkload {
+        events: 2_000,
+        devices: 5,
+        ..Default::default()
+    };
+    stack
+        .produce(&input, workload.records())
+        .await
+        .expect("produce");
 
     let app = builder(&stack, &unique_name("g")).build().expect("app");
-    let readings = app.dataframe(Topic::json(&input).schema(sensor_schema())).expect("frame");
+    let readings = app
+        .dataframe(Topic::json(&input).schema(sensor_schema()))
+        .expect("frame");
     readings
         .filter(col("temp").gt_eq(lit(30.0)))
         .select([col("id"), col("temp")])
@@ -97,17 +129,30 @@ async fn one_input_feeds_two_outputs() {
         .filter(|r| r.temp < 0.0)
         .map(|r| serde_json::json!({"id": r.id, "device": r.device}))
         .collect();
-    stack.wait_for_count(&warm, warm_expected.len() as i64, DEADLINE).await.expect("warm");
-    stack.wait_for_count(&cold, cold_expected.len() as i64, DEADLINE).await.expect("cold");
+    stack
+        .wait_for_count(&warm, warm_expected.len() as i64, DEADLINE)
+        .await
+        .expect("warm");
+    stack
+        .wait_for_count(&cold, cold_expected.len() as i64, DEADLINE)
+        .await
+        .expect("cold");
     running.stop().await.expect("clean stop");
 
     let sorted = |mut v: Vec<serde_json::Value>| {
         v.sort_by_key(|j| j["id"].as_u64());
         v
     };
-    let warm_actual: Vec<_> = stack.read_all(&warm, DEADLINE).expect("read").iter().map(|r| r.json()).collect();
+    let warm_actual: Vec<_> = stack
+        .read_all(&warm, DEADLINE)
+        .expect("read")
+        .iter()
+        .map(|r| r.json())
+        .collect();
     let cold_records = stack.read_all(&cold, DEADLINE).expect("read");
-    assert!(cold_records.iter().all(|r| r.key_str().as_deref() == r.json()["device"].as_str()));
+    assert!(cold_records
+        .iter()
+        .all(|r| r.key_str().as_deref() == r.json()["device"].as_str()));
     let cold_actual: Vec<_> = cold_records.iter().map(|r| r.json()).collect();
     assert_eq!(sorted(warm_actual), sorted(warm_expected));
     assert_eq!(sorted(cold_actual), sorted(cold_expected));
@@ -124,16 +169,30 @@ async fn errors_before_consuming() {
     app.dataframe(Topic::json("no-such-topic").schema(sensor_schema()))
         .expect("frame")
         .print();
-    let err = app.run_until(std::future::pending()).await.expect_err("missing input");
-    assert!(err.to_string().contains("topic 'no-such-topic' does not exist"), "{err}");
+    let err = app
+        .run_until(std::future::pending())
+        .await
+        .expect_err("missing input");
+    assert!(
+        err.to_string()
+            .contains("topic 'no-such-topic' does not exist"),
+        "{err}"
+    );
 
     // The output topic does not exist.
     let app = builder(&stack, &unique_name("g")).build().expect("app");
     app.dataframe(Topic::json(&input).schema(sensor_schema()))
         .expect("frame")
         .to_topic(Topic::json(&output));
-    let err = app.run_until(std::future::pending()).await.expect_err("missing output");
-    assert!(err.to_string().contains(&format!("output topic '{output}' does not exist")), "{err}");
+    let err = app
+        .run_until(std::future::pending())
+        .await
+        .expect_err("missing output");
+    assert!(
+        err.to_string()
+            .contains(&format!("output topic '{output}' does not exist")),
+        "{err}"
+    );
 
     // A column that does not exist.
     let app = builder(&stack, &unique_name("g")).build().expect("app");
@@ -141,7 +200,10 @@ async fn errors_before_consuming() {
         .expect("frame")
         .filter(col("temperature").gt(lit(1)))
         .print();
-    let err = app.run_until(std::future::pending()).await.expect_err("unknown column");
+    let err = app
+        .run_until(std::future::pending())
+        .await
+        .expect_err("unknown column");
     assert!(matches!(err, flumen::Error::Plan(_)), "{err}");
     assert!(err.to_string().contains("temperature"), "{err}");
 
@@ -150,7 +212,11 @@ async fn errors_before_consuming() {
     let err = app.dataframe(Topic::json(&input)).err().expect("no schema");
     assert!(err.to_string().contains("without a schema"), "{err}");
     let err = app
-        .dataframe(Topic::json(&input).schema(sensor_schema()).timestamp_field("device"))
+        .dataframe(
+            Topic::json(&input)
+                .schema(sensor_schema())
+                .timestamp_field("device"),
+        )
         .err()
         .expect("bad timestamp field");
     assert!(err.to_string().contains("'device' has type Utf8"), "{err}");

@@ -31,11 +31,14 @@ pub(crate) struct BatchOutcome {
     pub(crate) failure: Option<Error>,
 }
 
+struct TopicWriter {
+    topic: Topic,
+    /// The encoder for the last batch schema seen.
+    encoder: Option<(SchemaRef, RecordEncoder)>,
+}
+
 enum SinkWriter {
-    Topic {
-        topic: Topic,
-        encoder: Option<(SchemaRef, RecordEncoder)>,
-    },
+    Topic(Box<TopicWriter>),
     Print,
 }
 
@@ -77,10 +80,10 @@ impl PartitionPipeline {
             .outputs
             .iter()
             .map(|o| match &o.sink {
-                SinkSpec::Topic(topic) => SinkWriter::Topic {
+                SinkSpec::Topic(topic) => SinkWriter::Topic(Box::new(TopicWriter {
                     topic: topic.clone(),
                     encoder: None,
-                },
+                })),
                 SinkSpec::Print => SinkWriter::Print,
             })
             .collect();
@@ -174,7 +177,7 @@ impl PartitionPipeline {
                 reason: bad.reason.clone(),
             })),
             BadInputPolicy::Skip => {
-                if count == 1 || count % topic.log_every == 0 {
+                if count == 1 || count.is_multiple_of(topic.log_every) {
                     tracing::warn!(
                         topic = raw.topic(), partition = raw.partition(), offset,
                         kind = %bad.kind, reason = %bad.reason, skipped_so_far = count,
@@ -276,7 +279,8 @@ impl PartitionPipeline {
                 }
                 Ok(())
             }
-            SinkWriter::Topic { topic, encoder } => {
+            SinkWriter::Topic(writer) => {
+                let TopicWriter { topic, encoder } = writer.as_mut();
                 let schema = batch.schema();
                 let stale = encoder.as_ref().is_none_or(|(s, _)| s != &schema);
                 if stale {

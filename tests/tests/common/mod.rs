@@ -1,4 +1,5 @@
 //! Helpers shared by the end-to-end tests.
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test helpers fail loudly
 #![allow(dead_code)]
 
 use std::sync::Arc;
@@ -60,7 +61,10 @@ impl Running {
 pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     let start = Instant::now();
     while !condition() {
-        assert!(start.elapsed() < DEADLINE, "timed out after {DEADLINE:?} waiting for {what}");
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out after {DEADLINE:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -58,7 +58,7 @@ impl Format {
     pub fn json_inferred<'a>(samples: impl IntoIterator<Item = &'a [u8]>) -> Result<Self> {
         let values = samples
             .into_iter()
-            .map(|s| serde_json::from_slice::<serde_json::Value>(s))
+            .map(serde_json::from_slice::<serde_json::Value>)
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| KafkaError::Format(format!("a sample record is not JSON: {e}")))?;
         if values.is_empty() {
