@@ -197,7 +197,7 @@ impl DevStack {
             }
             if TcpStream::connect(&self.brokers).is_ok() {
                 let admin = Admin::new(&KafkaConfig::new(&self.brokers))?;
-                if admin.partition_count("__flumen_probe").is_ok() {
+                if admin.ping(Duration::from_secs(2)).is_ok() {
                     return Ok(());
                 }
             }

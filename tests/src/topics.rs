@@ -117,65 +117,101 @@ impl DevStack {
         Ok(n)
     }
 
-    /// Total records in `topic` (sum over partitions of high minus low watermark).
-    pub fn record_count(&self, topic: &str) -> Result<i64, TestkitError> {
-        let admin = Admin::new(&self.kafka_config())?;
-        let partitions = admin.require_topic(topic)?;
-        let mut total = 0;
-        for p in 0..partitions {
-            let (low, high) = admin.watermarks(topic, p)?;
-            total += high - low;
-        }
-        Ok(total)
-    }
-
-    /// Waits until `topic` holds at least `count` records.
+    /// Waits until `topic` holds at least `count` records (counted by reading).
     pub async fn wait_for_count(
         &self,
         topic: &str,
-        count: i64,
+        count: usize,
         deadline: Duration,
-    ) -> Result<i64, TestkitError> {
-        let start = Instant::now();
-        loop {
-            let n = self.record_count(topic)?;
-            if n >= count {
-                return Ok(n);
+    ) -> Result<usize, TestkitError> {
+        let reader = Reader::new(self, topic)?;
+        let topic = topic.to_string();
+        tokio::task::spawn_blocking(move || {
+            let start = Instant::now();
+            let mut seen = 0;
+            while seen < count {
+                if start.elapsed() > deadline {
+                    return Err(TestkitError::Timeout(format!(
+                        "topic '{topic}' holds {seen} records, expected {count} within {deadline:?}"
+                    )));
+                }
+                if let Some(record) = reader.next()? {
+                    if record.key.as_deref() != Some(END_KEY) {
+                        seen += 1;
+                    }
+                }
             }
-            if start.elapsed() > deadline {
-                return Err(TestkitError::Timeout(format!(
-                    "topic '{topic}' holds {n} records, expected {count} within {deadline:?}"
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            Ok(seen)
+        })
+        .await
+        .map_err(|e| TestkitError::Timeout(format!("reader task: {e}")))?
     }
 
-    /// Reads every record of `topic` up to its current high watermarks, ordered
-    /// by partition then offset.
-    pub fn read_all(
+    /// Reads every record of `topic` written so far, ordered by partition then
+    /// offset. Call it once the writers have finished.
+    ///
+    /// Tansu 0.6.0 reports the high watermark as the base offset of the last
+    /// record batch plus one, not the end offset, so watermarks cannot tell where
+    /// a partition ends. Instead an end marker (key `__flumen_end__`) is written
+    /// to every partition and each partition is read up to its marker; markers
+    /// are never returned.
+    pub async fn read_all(
         &self,
         topic: &str,
         deadline: Duration,
     ) -> Result<Vec<ReadRecord>, TestkitError> {
-        let admin = Admin::new(&self.kafka_config())?;
-        let partitions = admin.require_topic(topic)?;
-        let mut ends = HashMap::new();
-        let mut assignment = TopicPartitionList::new();
-        for p in 0..partitions {
-            let (low, high) = admin.watermarks(topic, p)?;
-            if high > low {
-                ends.insert(p, high);
-                assignment
-                    .add_partition_offset(topic, p, Offset::Offset(low))
-                    .map_err(|e| flumen_kafka::KafkaError::client("assigning", e))?;
+        let partitions = Admin::new(&self.kafka_config())?.require_topic(topic)?;
+        let marker = unique_name("end");
+        let markers = (0..partitions).map(|p| TestRecord {
+            key: Some(END_KEY.to_vec()),
+            value: Some(marker.clone().into_bytes()),
+            partition: Some(p),
+        });
+        self.produce(topic, markers).await?;
+        let reader = Reader::new(self, topic)?;
+        let topic = topic.to_string();
+        tokio::task::spawn_blocking(move || {
+            let start = Instant::now();
+            let mut done: HashMap<i32, bool> = (0..partitions).map(|p| (p, false)).collect();
+            let mut out = Vec::new();
+            while done.values().any(|d| !d) {
+                if start.elapsed() > deadline {
+                    return Err(TestkitError::Timeout(format!(
+                        "reading '{topic}': {} records after {deadline:?}, end markers missing",
+                        out.len()
+                    )));
+                }
+                if let Some(record) = reader.next()? {
+                    if record.key.as_deref() == Some(END_KEY) {
+                        if record.value.as_deref() == Some(marker.as_bytes()) {
+                            done.insert(record.partition, true);
+                        }
+                    } else if !done.get(&record.partition).copied().unwrap_or(true) {
+                        out.push(record);
+                    }
+                }
             }
-        }
-        let mut out = Vec::new();
-        if ends.is_empty() {
-            return Ok(out);
-        }
-        let consumer: BaseConsumer = self
+            out.sort_by_key(|r| (r.partition, r.offset));
+            Ok(out)
+        })
+        .await
+        .map_err(|e| TestkitError::Timeout(format!("reader task: {e}")))?
+    }
+}
+
+/// Key of the end markers [`DevStack::read_all`] writes.
+pub const END_KEY: &[u8] = b"__flumen_end__";
+
+/// Reads a topic from the beginning of every partition, outside any group.
+struct Reader {
+    consumer: BaseConsumer,
+    topic: String,
+}
+
+impl Reader {
+    fn new(stack: &DevStack, topic: &str) -> Result<Self, TestkitError> {
+        let partitions = Admin::new(&stack.kafka_config())?.require_topic(topic)?;
+        let consumer: BaseConsumer = stack
             .kafka_config()
             .client_config(&[
                 ("group.id", "flumen-testkit-reader"),
@@ -183,58 +219,49 @@ impl DevStack {
             ])
             .create()
             .map_err(|e| flumen_kafka::KafkaError::client("creating reader", e))?;
+        let mut assignment = TopicPartitionList::new();
+        for p in 0..partitions {
+            assignment
+                .add_partition_offset(topic, p, Offset::Beginning)
+                .map_err(|e| flumen_kafka::KafkaError::client("assigning", e))?;
+        }
         consumer
             .assign(&assignment)
             .map_err(|e| flumen_kafka::KafkaError::client("assigning reader", e))?;
-        let start = Instant::now();
-        let mut done: HashMap<i32, bool> = ends.keys().map(|&p| (p, false)).collect();
-        while done.values().any(|d| !d) {
-            if start.elapsed() > deadline {
-                return Err(TestkitError::Timeout(format!(
-                    "reading '{topic}': {} records after {deadline:?}, partitions not finished: {:?}",
-                    out.len(),
-                    done.iter().filter(|(_, d)| !**d).map(|(p, _)| p).collect::<Vec<_>>()
-                )));
+        Ok(Reader {
+            consumer,
+            topic: topic.to_string(),
+        })
+    }
+
+    /// The next record, or `None` when none arrived within 100 ms.
+    fn next(&self) -> Result<Option<ReadRecord>, TestkitError> {
+        match self.consumer.poll(Duration::from_millis(100)) {
+            None => Ok(None),
+            Some(Err(e)) => {
+                Err(flumen_kafka::KafkaError::client(format!("reading '{}'", self.topic), e).into())
             }
-            match consumer.poll(Duration::from_millis(100)) {
-                Some(Ok(m)) => {
-                    let headers = m
-                        .headers()
-                        .map(|hs| {
-                            hs.iter()
-                                .map(|h| {
-                                    (
-                                        h.key.to_string(),
-                                        h.value
-                                            .map(|v| String::from_utf8_lossy(v).into_owned())
-                                            .unwrap_or_default(),
-                                    )
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    if m.offset() + 1 >= ends[&m.partition()] {
-                        done.insert(m.partition(), true);
-                    }
-                    if m.offset() < ends[&m.partition()] {
-                        out.push(ReadRecord {
-                            partition: m.partition(),
-                            offset: m.offset(),
-                            key: m.key().map(<[u8]>::to_vec),
-                            value: m.payload().map(<[u8]>::to_vec),
-                            headers,
-                        });
-                    }
-                }
-                Some(Err(e)) => {
-                    return Err(
-                        flumen_kafka::KafkaError::client(format!("reading '{topic}'"), e).into(),
-                    )
-                }
-                None => {}
+            Some(Ok(m)) => {
+                let headers = m
+                    .headers()
+                    .map(|hs| {
+                        hs.iter()
+                            .map(|h| {
+                                let value =
+                                    h.value.map(|v| String::from_utf8_lossy(v).into_owned());
+                                (h.key.to_string(), value.unwrap_or_default())
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                Ok(Some(ReadRecord {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    value: m.payload().map(<[u8]>::to_vec),
+                    headers,
+                }))
             }
         }
-        out.sort_by_key(|r| (r.partition, r.offset));
-        Ok(out)
     }
 }

@@ -50,9 +50,9 @@ async fn setup(stack: &DevStack) -> (String, String) {
 }
 
 /// How often each input id appears in the output, with its source position.
-fn outputs(stack: &DevStack, output: &str) -> BTreeMap<i64, (usize, i32, i64)> {
+async fn outputs(stack: &DevStack, output: &str) -> BTreeMap<i64, (usize, i32, i64)> {
     let mut seen: BTreeMap<i64, (usize, i32, i64)> = BTreeMap::new();
-    for r in stack.read_all(output, DEADLINE).expect("read") {
+    for r in stack.read_all(output, DEADLINE).await.expect("read") {
         let v = r.json();
         let id = v["id"].as_i64().expect("id");
         let entry = seen.entry(id).or_insert((
@@ -99,19 +99,25 @@ async fn graceful_stop_and_restart_loses_and_repeats_nothing() {
     let stats = running.stats.clone();
     wait_until("a third of the input", || stats.records_in() >= EVENTS / 3).await;
     running.stop().await.expect("clean stop");
-    let first_run = outputs(&stack, &output).len() as u64;
+    let first_run = stats.records_in();
     assert!(
         first_run < EVENTS,
         "stopped mid-stream ({first_run} of {EVENTS})"
     );
 
     let running = start(app(&stack, &group, &input, &output));
-    stack
-        .wait_for_count(&output, EVENTS as i64, DEADLINE)
-        .await
-        .expect("the rest");
+    let stats = running.stats.clone();
+    wait_until("the rest of the input", || {
+        stats.records_in() >= EVENTS - first_run
+    })
+    .await;
     running.stop().await.expect("clean stop");
-    let seen = outputs(&stack, &output);
+    assert_eq!(
+        stats.records_in(),
+        EVENTS - first_run,
+        "the restart reads only what was not committed"
+    );
+    let seen = outputs(&stack, &output).await;
     assert_eq!(seen.len() as u64, EVENTS, "every input record");
     assert!(
         seen.values().all(|(n, _, _)| *n == 1),
@@ -131,12 +137,26 @@ async fn crash_and_restart_repeats_only_the_uncommitted_tail() {
     running.finish().await.expect("killed run returns");
     let committed = committed(&stack, &group, &input);
 
-    let running = start(app(&stack, &group, &input, &output));
-    let seen_all = || outputs(&stack, &output).len() as u64 == EVENTS;
-    wait_until("every input record in the output", seen_all).await;
-    running.stop().await.expect("clean stop");
+    let remaining = EVENTS - committed.values().sum::<i64>() as u64;
+    assert!(
+        remaining > 0 && remaining < EVENTS,
+        "crashed mid-stream: {remaining} of {EVENTS} uncommitted"
+    );
 
-    let seen = outputs(&stack, &output);
+    let running = start(app(&stack, &group, &input, &output));
+    let stats = running.stats.clone();
+    wait_until("every uncommitted input record", || {
+        stats.records_in() >= remaining
+    })
+    .await;
+    running.stop().await.expect("clean stop");
+    assert_eq!(
+        stats.records_in(),
+        remaining,
+        "the restart starts at the committed offsets"
+    );
+
+    let seen = outputs(&stack, &output).await;
     assert_eq!(
         seen.len() as u64,
         EVENTS,

@@ -26,13 +26,16 @@ pub struct TopicSpec {
 }
 
 impl TopicSpec {
-    /// A `delete`-policy topic kept for 7 days, replication 1.
+    /// A `delete`-policy topic that keeps records forever (`retention.ms = -1`),
+    /// replication 1. Retention applies to record timestamps, and flumen writes
+    /// event time into output timestamps, so a time-based retention would delete
+    /// historical results at once.
     pub fn new(name: impl Into<String>, partitions: i32) -> Self {
         TopicSpec {
             name: name.into(),
             partitions,
             replication: 1,
-            retention_ms: 7 * 24 * 3600 * 1000,
+            retention_ms: -1,
             cleanup_policy: "delete".into(),
         }
     }
@@ -112,6 +115,14 @@ impl Admin {
         self.wait_for_topic(&spec.name, Duration::from_secs(30))
             .await
             .map(|_| ())
+    }
+
+    /// Asks the cluster for its metadata; succeeds once a broker answers.
+    pub fn ping(&self, timeout: Duration) -> Result<usize> {
+        self.metadata
+            .fetch_metadata(None, timeout)
+            .map(|m| m.brokers().len())
+            .map_err(|e| KafkaError::client(format!("fetching metadata from {}", self.brokers), e))
     }
 
     /// The partition count of `topic`, or `None` when it does not exist.

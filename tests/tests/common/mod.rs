@@ -12,8 +12,17 @@ use tokio::task::JoinHandle;
 /// Deadline for any single wait in these tests.
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
+/// Logs to the test's output when `RUST_LOG` is set.
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
 /// An application builder for the dev stack with small batches and frequent commits.
 pub fn builder(stack: &DevStack, group: &str) -> ApplicationBuilder {
+    init_logging();
     let mut b = Application::builder()
         .brokers(stack.brokers())
         .consumer_group(group)
@@ -67,4 +76,15 @@ pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Asserts two sequences are equal, reporting only the first difference.
+pub fn assert_same<T: PartialEq + std::fmt::Debug>(what: &str, actual: &[T], expected: &[T]) {
+    if let Some(i) = (0..actual.len().min(expected.len())).find(|&i| actual[i] != expected[i]) {
+        panic!(
+            "{what}: first difference at {i}: got {:?}, expected {:?}",
+            actual[i], expected[i]
+        );
+    }
+    assert_eq!(actual.len(), expected.len(), "{what}: lengths differ");
 }
