@@ -93,13 +93,42 @@ impl TestRecord {
 }
 
 impl DevStack {
-    /// Produces `records` to `topic` and waits until all are acknowledged.
+    /// Produces `records` to `topic`, one record per record batch, and waits
+    /// until all are acknowledged.
+    ///
+    /// Tansu 0.6.0 cannot fetch from an offset inside a record batch: it skips to
+    /// the next batch (records are lost to a consumer that resumes there). A test
+    /// input written one record per batch can be resumed from any offset. Use
+    /// [`DevStack::produce_batched`] for input that is only read from the start.
     pub async fn produce(
         &self,
         topic: &str,
         records: impl IntoIterator<Item = TestRecord>,
     ) -> Result<usize, TestkitError> {
-        let producer = Producer::new(&self.kafka_config())?;
+        let config = self
+            .kafka_config()
+            .set("linger.ms", "0")
+            .set("batch.num.messages", "1");
+        self.produce_with(&config, topic, records).await
+    }
+
+    /// Produces `records` in large batches (fast); see [`DevStack::produce`].
+    pub async fn produce_batched(
+        &self,
+        topic: &str,
+        records: impl IntoIterator<Item = TestRecord>,
+    ) -> Result<usize, TestkitError> {
+        self.produce_with(&self.kafka_config(), topic, records)
+            .await
+    }
+
+    async fn produce_with(
+        &self,
+        config: &flumen_kafka::KafkaConfig,
+        topic: &str,
+        records: impl IntoIterator<Item = TestRecord>,
+    ) -> Result<usize, TestkitError> {
+        let producer = Producer::new(config)?;
         let batch = DeliveryBatch::new();
         let mut n = 0;
         for r in records {
