@@ -67,8 +67,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut builder = Application::builder()
         .brokers(stack.brokers())
         .consumer_group(unique_name("passthrough"));
-    for (k, v) in stack.client_settings() {
-        builder = builder.config(k, v);
+    for (k, v) in stack.consumer_settings() {
+        builder = builder.consumer_config(k, v);
     }
     let app = builder.build()?;
     let schema = Schema::new(vec![

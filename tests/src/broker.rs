@@ -221,22 +221,18 @@ impl DevStack {
         self.child.is_some()
     }
 
-    /// Client settings that suit the dev broker: Tansu's group join waits about
-    /// half of `session.timeout.ms`, so a short session keeps rebalances quick.
-    pub fn client_settings(&self) -> Vec<(&'static str, &'static str)> {
+    /// Consumer settings that suit the dev broker: Tansu's group join waits
+    /// about half of `session.timeout.ms`, so a short session keeps rebalances quick.
+    pub fn consumer_settings(&self) -> Vec<(&'static str, &'static str)> {
         vec![
             ("session.timeout.ms", "6000"),
             ("heartbeat.interval.ms", "1000"),
         ]
     }
 
-    /// A Kafka client configuration for this broker, with [`client_settings`](Self::client_settings).
+    /// A Kafka client configuration for this broker.
     pub fn kafka_config(&self) -> KafkaConfig {
-        let mut config = KafkaConfig::new(&self.brokers);
-        for (k, v) in self.client_settings() {
-            config.insert(k, v);
-        }
-        config
+        KafkaConfig::new(&self.brokers)
     }
 
     /// Creates a topic (explicit `retention.ms` and `cleanup.policy`) and waits until it is visible.

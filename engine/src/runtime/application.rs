@@ -29,6 +29,8 @@ pub struct ApplicationBuilder {
     max_batch_bytes: usize,
     max_batch_delay: Duration,
     extra: Vec<(String, String)>,
+    consumer_extra: Vec<(String, String)>,
+    producer_extra: Vec<(String, String)>,
 }
 
 impl Default for ApplicationBuilder {
@@ -42,6 +44,8 @@ impl Default for ApplicationBuilder {
             max_batch_bytes: 4 << 20,
             max_batch_delay: Duration::from_millis(100),
             extra: Vec::new(),
+            consumer_extra: Vec::new(),
+            producer_extra: Vec::new(),
         }
     }
 }
@@ -93,6 +97,18 @@ impl ApplicationBuilder {
     /// e.g. `security.protocol` or `session.timeout.ms`.
     pub fn config(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.extra.push((key.into(), value.into()));
+        self
+    }
+
+    /// An extra librdkafka property for the consumer only (e.g. `session.timeout.ms`).
+    pub fn consumer_config(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.consumer_extra.push((key.into(), value.into()));
+        self
+    }
+
+    /// An extra librdkafka property for the producer only (e.g. `linger.ms`).
+    pub fn producer_config(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.producer_extra.push((key.into(), value.into()));
         self
     }
 
@@ -220,7 +236,7 @@ impl Application {
     pub async fn run_until(&self, until: impl Future<Output = ()>) -> Result<()> {
         let worker = Arc::new(self.prepare().await?);
         let consumer = GroupConsumer::new(
-            &self.kafka,
+            &with_extra(&self.kafka, &self.settings.consumer_extra),
             &self.group,
             self.settings.reset,
             Arc::new(Rebalancer(Arc::downgrade(&worker))),
@@ -308,7 +324,10 @@ impl Application {
                 .await?;
         }
         let producer = if needs_producer {
-            Some(Arc::new(Producer::new(&self.kafka)?))
+            Some(Arc::new(Producer::new(&with_extra(
+                &self.kafka,
+                &self.settings.producer_extra,
+            ))?))
         } else {
             None
         };
@@ -331,6 +350,14 @@ impl Application {
             self.stop.clone(),
         ))
     }
+}
+
+fn with_extra(config: &KafkaConfig, extra: &[(String, String)]) -> KafkaConfig {
+    let mut config = config.clone();
+    for (k, v) in extra {
+        config.insert(k.clone(), v.clone());
+    }
+    config
 }
 
 fn require_output(admin: &Admin, topic: &str, role: &str) -> Result<()> {

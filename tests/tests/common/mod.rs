@@ -28,8 +28,8 @@ pub fn builder(stack: &DevStack, group: &str) -> ApplicationBuilder {
         .consumer_group(group)
         .commit_interval(Duration::from_millis(100))
         .max_batch_delay(Duration::from_millis(20));
-    for (k, v) in stack.client_settings() {
-        b = b.config(k, v);
+    for (k, v) in stack.consumer_settings() {
+        b = b.consumer_config(k, v);
     }
     b
 }
