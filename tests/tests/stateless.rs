@@ -229,3 +229,85 @@ async fn errors_before_consuming() {
         .expect("bad timestamp field");
     assert!(err.to_string().contains("'device' has type Utf8"), "{err}");
 }
+
+#[derive(serde::Deserialize)]
+struct Reading {
+    id: i64,
+    temp: f64,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Kelvin {
+    id: i64,
+    temp_c: f64,
+    temp_k: f64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_map_map_batches_and_drop() {
+    let stack = DevStack::start().expect("dev stack");
+    let (input, output) = (unique_name("in"), unique_name("out"));
+    stack.create_topic(&input, 2).await.expect("input topic");
+    stack.create_topic(&output, 2).await.expect("output topic");
+    let workload = SensorWorkload {
+        events: 500,
+        devices: 3,
+        ..Default::default()
+    };
+    stack
+        .produce(&input, workload.records())
+        .await
+        .expect("produce");
+
+    let app = builder(&stack, &unique_name("g")).build().expect("app");
+    app.dataframe(Topic::json(&input).schema(sensor_schema()))
+        .expect("frame")
+        .map(|r: Reading| Kelvin {
+            id: r.id,
+            temp_c: r.temp,
+            temp_k: r.temp + 273.15,
+        })
+        .drop(["temp_c"])
+        .map_batches(|batch| {
+            // Keep even ids only, through plain Arrow.
+            let ids = batch
+                .column_by_name("id")
+                .and_then(|c| {
+                    c.as_any()
+                        .downcast_ref::<arrow::array::Int64Array>()
+                        .cloned()
+                })
+                .ok_or("no id column")?;
+            let even =
+                arrow::array::BooleanArray::from_iter(ids.iter().map(|v| v.map(|v| v % 2 == 0)));
+            Ok(arrow::compute::filter_record_batch(&batch, &even)?)
+        })
+        .to_topic(Topic::json(&output));
+    let running = start(app);
+    let stats = running.stats.clone();
+    wait_until("every input record read", || {
+        stats.records_in() >= workload.events
+    })
+    .await;
+    running.stop().await.expect("clean stop");
+
+    let mut actual: Vec<_> = stack
+        .read_all(&output, DEADLINE)
+        .await
+        .expect("read")
+        .iter()
+        .map(|r| (r.key_str().unwrap_or_default(), r.json()))
+        .collect();
+    actual.sort_by_key(|(_, v)| v["id"].as_i64());
+    let expected: Vec<_> = workload
+        .readings()
+        .filter(|r| r.id % 2 == 0)
+        .map(|r| {
+            (
+                r.device.clone(),
+                serde_json::json!({"id": r.id, "temp_k": r.temp + 273.15}),
+            )
+        })
+        .collect();
+    assert_same("mapped records (key, value)", &actual, &expected);
+}

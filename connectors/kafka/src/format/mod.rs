@@ -169,3 +169,26 @@ impl std::fmt::Display for BadInputKind {
         f.write_str(self.as_str())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn infers_a_schema_from_samples() -> Result<()> {
+        let format = Format::json_inferred([
+            &br#"{"device":"a","temp":1.5,"n":3}"#[..],
+            &br#"{"device":"b","temp":2}"#[..],
+        ])?;
+        let fields: Vec<_> = format
+            .value_fields()
+            .iter()
+            .map(|f| (f.name().clone(), f.data_type().clone()))
+            .collect();
+        assert!(fields.contains(&("device".into(), DataType::Utf8)));
+        assert!(fields.contains(&("temp".into(), DataType::Float64)));
+        assert!(fields.contains(&("n".into(), DataType::Int64)));
+        assert!(matches!(Format::json_inferred([&b"{"[..]]), Err(KafkaError::Format(_))));
+        Ok(())
+    }
+}
