@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use arrow::datatypes::{DataType, Field, Schema};
-use common::{assert_same, builder, start, wait_until, DEADLINE};
+use common::{assert_same, builder, run_until_read, sensor_topics, DEADLINE};
 use flumen::prelude::*;
 use flumen_testkit::sensor::SensorWorkload;
 use flumen_testkit::{unique_name, DevStack};
@@ -36,18 +36,7 @@ fn by_key(records: &[flumen_testkit::ReadRecord]) -> BTreeMap<String, Vec<serde_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filter_select_with_column_to_topic() {
     let stack = DevStack::start().expect("dev stack");
-    let (input, output) = (unique_name("in"), unique_name("out"));
-    stack.create_topic(&input, 3).await.expect("input topic");
-    stack.create_topic(&output, 3).await.expect("output topic");
-    let workload = SensorWorkload {
-        events: 3_000,
-        devices: 7,
-        ..Default::default()
-    };
-    stack
-        .produce(&input, workload.records())
-        .await
-        .expect("produce");
+    let (input, output, workload) = sensor_topics(&stack, 3, 3_000, 7).await;
 
     let app = builder(&stack, &unique_name("g")).build().expect("app");
     app.dataframe(
@@ -60,7 +49,6 @@ async fn filter_select_with_column_to_topic() {
     .select([col("id"), col("device"), col("temp")])
     .with_column("temp_f", col("temp") * lit(1.8) + lit(32.0))
     .to_topic(Topic::json(&output));
-    let running = start(app);
 
     let mut expected: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
     for r in workload.readings().filter(|r| r.temp >= 0.0) {
@@ -76,12 +64,7 @@ async fn filter_select_with_column_to_topic() {
         count > 2_000 && count < 3_000,
         "the filter must drop some records: {count}"
     );
-    let stats = running.stats.clone();
-    wait_until("every input record read", || {
-        stats.records_in() >= workload.events
-    })
-    .await;
-    running.stop().await.expect("clean stop");
+    run_until_read(app, workload.events).await;
 
     let records = stack
         .read_all(&output, DEADLINE)
@@ -127,7 +110,6 @@ async fn one_input_feeds_two_outputs() {
         .filter(col("temp").lt(lit(0.0)))
         .select([col("id"), col("device")])
         .to_topic(Topic::json(&cold).key_column("device"));
-    let running = start(app);
 
     let warm_expected: Vec<_> = workload
         .readings()
@@ -139,12 +121,7 @@ async fn one_input_feeds_two_outputs() {
         .filter(|r| r.temp < 0.0)
         .map(|r| serde_json::json!({"id": r.id, "device": r.device}))
         .collect();
-    let stats = running.stats.clone();
-    wait_until("every input record read", || {
-        stats.records_in() >= workload.events
-    })
-    .await;
-    running.stop().await.expect("clean stop");
+    run_until_read(app, workload.events).await;
 
     let sorted = |mut v: Vec<serde_json::Value>| {
         v.sort_by_key(|j| j["id"].as_u64());
@@ -246,18 +223,7 @@ struct Kelvin {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typed_map_map_batches_and_drop() {
     let stack = DevStack::start().expect("dev stack");
-    let (input, output) = (unique_name("in"), unique_name("out"));
-    stack.create_topic(&input, 2).await.expect("input topic");
-    stack.create_topic(&output, 2).await.expect("output topic");
-    let workload = SensorWorkload {
-        events: 500,
-        devices: 3,
-        ..Default::default()
-    };
-    stack
-        .produce(&input, workload.records())
-        .await
-        .expect("produce");
+    let (input, output, workload) = sensor_topics(&stack, 2, 500, 3).await;
 
     let app = builder(&stack, &unique_name("g")).build().expect("app");
     app.dataframe(Topic::json(&input).schema(sensor_schema()))
@@ -283,13 +249,7 @@ async fn typed_map_map_batches_and_drop() {
             Ok(arrow::compute::filter_record_batch(&batch, &even)?)
         })
         .to_topic(Topic::json(&output));
-    let running = start(app);
-    let stats = running.stats.clone();
-    wait_until("every input record read", || {
-        stats.records_in() >= workload.events
-    })
-    .await;
-    running.stop().await.expect("clean stop");
+    run_until_read(app, workload.events).await;
 
     let mut actual: Vec<_> = stack
         .read_all(&output, DEADLINE)

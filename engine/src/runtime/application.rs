@@ -234,6 +234,7 @@ impl Application {
     /// Runs until `until` completes (or a stop handle fires, or an error), then
     /// finishes in-flight batches, commits and returns.
     pub async fn run_until(&self, until: impl Future<Output = ()>) -> Result<()> {
+        self.stop.reset();
         let worker = Arc::new(self.prepare().await?);
         let consumer = GroupConsumer::new(
             &with_extra(&self.kafka, &self.settings.consumer_extra),

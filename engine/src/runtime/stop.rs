@@ -38,6 +38,11 @@ impl StopHandle {
         self.state.store(KILL, Ordering::Release);
     }
 
+    /// Back to running, for the next run of the same application.
+    pub(crate) fn reset(&self) {
+        self.state.store(RUNNING, Ordering::Release);
+    }
+
     pub(crate) fn mode(&self) -> StopMode {
         match self.state.load(Ordering::Acquire) {
             RUNNING => StopMode::Running,

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flumen::{Application, ApplicationBuilder, Stats, StopHandle};
-use flumen_testkit::DevStack;
+use flumen_testkit::sensor::SensorWorkload;
+use flumen_testkit::{unique_name, DevStack};
 use tokio::task::JoinHandle;
 
 /// Deadline for any single wait in these tests.
@@ -87,4 +88,42 @@ pub fn assert_same<T: PartialEq + std::fmt::Debug>(what: &str, actual: &[T], exp
         );
     }
     assert_eq!(actual.len(), expected.len(), "{what}: lengths differ");
+}
+
+/// Creates an input and an output topic with `partitions` each and writes the
+/// sensor workload of `events` readings over `devices` keys into the input.
+pub async fn sensor_topics(
+    stack: &DevStack,
+    partitions: i32,
+    events: u64,
+    devices: u64,
+) -> (String, String, SensorWorkload) {
+    let (input, output) = (unique_name("in"), unique_name("out"));
+    stack
+        .create_topic(&input, partitions)
+        .await
+        .expect("input topic");
+    stack
+        .create_topic(&output, partitions)
+        .await
+        .expect("output topic");
+    let workload = SensorWorkload {
+        events,
+        devices,
+        ..Default::default()
+    };
+    stack
+        .produce(&input, workload.records())
+        .await
+        .expect("produce");
+    (input, output, workload)
+}
+
+/// Runs `app` until it has read `records` input records, then stops it gracefully.
+pub async fn run_until_read(app: Application, records: u64) -> Arc<Stats> {
+    let running = start(app);
+    let stats = running.stats.clone();
+    wait_until("the input to be read", || stats.records_in() >= records).await;
+    running.stop().await.expect("clean stop");
+    stats
 }

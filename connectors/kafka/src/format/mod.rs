@@ -188,7 +188,10 @@ mod tests {
         assert!(fields.contains(&("device".into(), DataType::Utf8)));
         assert!(fields.contains(&("temp".into(), DataType::Float64)));
         assert!(fields.contains(&("n".into(), DataType::Int64)));
-        assert!(matches!(Format::json_inferred([&b"{"[..]]), Err(KafkaError::Format(_))));
+        assert!(matches!(
+            Format::json_inferred([&b"{"[..]]),
+            Err(KafkaError::Format(_))
+        ));
         Ok(())
     }
 }
