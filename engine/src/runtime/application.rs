@@ -258,6 +258,8 @@ impl Application {
             })
             .map_err(|e| Error::Runtime(format!("cannot start the polling thread: {e}")))?;
         tracing::info!(group = %self.group, inputs = worker.sources.len(), "running");
+        // If this future is dropped mid-run, the polling thread still winds down.
+        let _guard = StopOnDrop(self.stop.clone());
         let mut done_rx = done_rx;
         tokio::select! {
             result = &mut done_rx => return result.unwrap_or_else(|_| Err(Error::Runtime("polling thread died".into()))),
@@ -350,6 +352,15 @@ impl Application {
             settings,
             self.stop.clone(),
         ))
+    }
+}
+
+/// Asks a run to stop when the future driving it is dropped.
+struct StopOnDrop(StopHandle);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.stop();
     }
 }
 
