@@ -44,6 +44,7 @@ mod operators;
 mod plan;
 mod runtime;
 mod topic;
+pub mod window;
 
 /// Expressions: DataFusion's `Expr` and functions to build them.
 pub mod expr {

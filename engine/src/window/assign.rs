@@ -1,0 +1,105 @@
+//! Epoch-aligned window assignment.
+
+use std::time::Duration;
+
+use crate::{Error, Result};
+
+/// Fixed-size windows over event time, epoch-aligned: tumbling (step = size) or
+/// hopping (step < size). A window `[start, start + size)` has `start` a multiple
+/// of `step`; its end is exclusive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Windows {
+    size_ms: i64,
+    step_ms: i64,
+}
+
+fn millis(d: Duration, what: &str) -> Result<i64> {
+    let ms =
+        i64::try_from(d.as_millis()).map_err(|_| Error::Plan(format!("{what} is too large")))?;
+    if ms <= 0 {
+        return Err(Error::Plan(format!(
+            "{what} must be at least 1 ms, got {d:?}"
+        )));
+    }
+    Ok(ms)
+}
+
+impl Windows {
+    /// Tumbling windows of `size`.
+    pub fn tumbling(size: Duration) -> Result<Self> {
+        let size_ms = millis(size, "window size")?;
+        Ok(Windows {
+            size_ms,
+            step_ms: size_ms,
+        })
+    }
+
+    /// Hopping windows of `size` starting every `step` (`step <= size`).
+    pub fn hopping(size: Duration, step: Duration) -> Result<Self> {
+        let size_ms = millis(size, "window size")?;
+        let step_ms = millis(step, "window step")?;
+        if step_ms > size_ms {
+            return Err(Error::Plan(format!(
+                "hopping window step ({step:?}) must not exceed its size ({size:?})"
+            )));
+        }
+        Ok(Windows { size_ms, step_ms })
+    }
+
+    /// Window size in ms.
+    pub fn size_ms(&self) -> i64 {
+        self.size_ms
+    }
+
+    /// Window step in ms.
+    pub fn step_ms(&self) -> i64 {
+        self.step_ms
+    }
+
+    /// Starts of the windows that contain `ts`, ascending.
+    pub fn starts(&self, ts: i64) -> impl Iterator<Item = i64> {
+        let (size, step) = (self.size_ms, self.step_ms);
+        let last = ts - ts.rem_euclid(step);
+        // Windows s with s <= ts < s + size: s = last - k * step for k in 0..n.
+        let n = (last - ts + size + step - 1).div_euclid(step);
+        (0..n).rev().map(move |k| last - k * step)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn starts(w: Windows, ts: i64) -> Vec<i64> {
+        w.starts(ts).collect()
+    }
+
+    #[test]
+    fn tumbling_and_hopping_are_epoch_aligned() {
+        let t = Windows::tumbling(Duration::from_millis(10)).unwrap();
+        assert_eq!(starts(t, 25), vec![20]);
+        assert_eq!(starts(t, 20), vec![20]);
+        assert_eq!(starts(t, -1), vec![-10]);
+        let h = Windows::hopping(Duration::from_millis(10), Duration::from_millis(2)).unwrap();
+        assert_eq!(starts(h, 25), vec![16, 18, 20, 22, 24]);
+        let odd = Windows::hopping(Duration::from_millis(10), Duration::from_millis(3)).unwrap();
+        assert_eq!(starts(odd, 25), vec![18, 21, 24]);
+        assert!(Windows::hopping(Duration::from_millis(2), Duration::from_millis(3)).is_err());
+        assert!(Windows::tumbling(Duration::ZERO).is_err());
+    }
+
+    #[test]
+    fn every_start_contains_the_timestamp() {
+        for (size, step) in [(10, 10), (10, 2), (10, 3), (7, 7), (1000, 1)] {
+            let w =
+                Windows::hopping(Duration::from_millis(size), Duration::from_millis(step)).unwrap();
+            for ts in -50..50 {
+                let got = starts(w, ts);
+                let want: Vec<i64> = (-3000..3000)
+                    .filter(|s| s % step as i64 == 0 && *s <= ts && ts < s + size as i64)
+                    .collect();
+                assert_eq!(got, want, "size {size} step {step} ts {ts}");
+            }
+        }
+    }
+}

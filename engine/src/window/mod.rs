@@ -1,0 +1,14 @@
+//! Windows over event time: assignment, aggregations and emission.
+
+mod aggregate;
+mod assign;
+mod core;
+
+pub use aggregate::{
+    avg, collect, count, first, last, max, mean, min, sum, AggKind, AggState, AggValue, Aggregation,
+};
+pub use assign::Windows;
+pub use core::{Dropped, Emit, WindowCore, WindowInput, WindowRow};
+
+#[cfg(test)]
+mod properties;
