@@ -56,7 +56,7 @@ pub mod format {
     pub use flumen_kafka::format::{BadInputKind, Format, TimestampSource};
 }
 
-pub use dataframe::StreamingDataFrame;
+pub use dataframe::{GroupedFrame, StreamingDataFrame, WindowedFrame};
 pub use error::{Error, Result};
 pub use flumen_kafka::AutoOffsetReset;
 pub use plan::{BatchFn, BoxError};
@@ -67,5 +67,6 @@ pub use topic::{BadInputPolicy, Topic, DEFAULT_MAX_RECORD_BYTES};
 pub mod prelude {
     pub use crate::expr::{col, lit, Expr};
     pub use crate::format::{BadInputKind, Format};
+    pub use crate::window::{avg, collect, count, first, last, max, mean, min, sum};
     pub use crate::{Application, AutoOffsetReset, BadInputPolicy, StreamingDataFrame, Topic};
 }

@@ -1,6 +1,9 @@
 //! `StreamingDataFrame`: the user-facing DSL.
 
 pub(crate) mod expr;
+mod window;
+
+pub use window::{GroupedFrame, WindowedFrame};
 
 use std::sync::{Arc, Mutex};
 
@@ -37,7 +40,7 @@ impl StreamingDataFrame {
         }
     }
 
-    fn with(&self, op: Op) -> Self {
+    pub(crate) fn with(&self, op: Op) -> Self {
         StreamingDataFrame {
             node: Node::child(&self.node, op),
             outputs: Arc::clone(&self.outputs),

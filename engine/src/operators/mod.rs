@@ -2,6 +2,7 @@
 
 mod expr;
 mod map;
+mod window;
 
 use std::sync::Arc;
 
@@ -14,6 +15,7 @@ use flumen_kafka::format::is_metadata_column;
 
 pub(crate) use expr::compile;
 pub use map::typed_map;
+pub use window::{WINDOW_END, WINDOW_START};
 
 use crate::plan::Op;
 
@@ -31,6 +33,7 @@ enum Compiled {
     Project(Vec<Arc<dyn PhysicalExpr>>, SchemaRef),
     Keep(Vec<usize>, SchemaRef),
     Map,
+    Window(window::CompiledWindow),
 }
 
 /// One plan operation with its compiled form for the last schema it saw.
@@ -38,14 +41,24 @@ pub(crate) struct Operator {
     op: Op,
     ctx: Arc<SessionContext>,
     compiled: Option<(SchemaRef, Compiled)>,
+    /// Window state of this partition (window operations only).
+    windows: Option<crate::window::WindowCore>,
 }
 
 impl Operator {
     pub(crate) fn new(op: Op, ctx: Arc<SessionContext>) -> Self {
+        let windows = match &op {
+            Op::Window(spec) => spec.windows.as_ref().ok().map(|w| {
+                let kinds = spec.aggs.iter().map(|a| a.kind()).collect();
+                crate::window::WindowCore::new(*w, spec.grace_ms, kinds, spec.emit)
+            }),
+            _ => None,
+        };
         Operator {
             op,
             ctx,
             compiled: None,
+            windows,
         }
     }
 
@@ -127,6 +140,9 @@ impl Operator {
                 Compiled::Keep(keep, Arc::new(projected))
             }
             Op::MapBatches(..) => Compiled::Map,
+            Op::Window(spec) => {
+                Compiled::Window(window::compile_window(&self.ctx, spec, schema).map_err(plan)?)
+            }
         })
     }
 
@@ -167,11 +183,18 @@ impl Operator {
             }
             (Compiled::Map, Op::MapBatches(_, f)) => f(batch).map_err(|e| eval(e.to_string())),
             (Compiled::Map, _) => Err(eval("map without a function".into())),
+            (Compiled::Window(w), _) => match self.windows.as_mut() {
+                Some(core) => w.apply(core, &batch),
+                None => Err(eval("window state missing".into())),
+            },
         }
     }
 }
 
-fn evaluate(expr: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -> Result<ArrayRef, String> {
+pub(crate) fn evaluate(
+    expr: &Arc<dyn PhysicalExpr>,
+    batch: &RecordBatch,
+) -> Result<ArrayRef, String> {
     expr.evaluate(batch)
         .and_then(|v| v.into_array(batch.num_rows()))
         .map_err(|e| e.to_string())

@@ -14,6 +14,17 @@ pub type BatchFn = Arc<dyn Fn(RecordBatch) -> Result<RecordBatch, BoxError> + Se
 /// A boxed error from user code.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// A windowed aggregation as written in the DSL.
+#[derive(Debug, Clone)]
+pub(crate) struct WindowSpec {
+    /// The group key; `None` groups by the message key.
+    pub(crate) key: Option<Expr>,
+    pub(crate) windows: Result<crate::window::Windows, String>,
+    pub(crate) grace_ms: i64,
+    pub(crate) aggs: Vec<crate::window::Aggregation>,
+    pub(crate) emit: crate::window::Emit,
+}
+
 /// One operation of a frame.
 #[derive(Clone)]
 pub(crate) enum Op {
@@ -22,6 +33,7 @@ pub(crate) enum Op {
     WithColumn(String, Expr),
     Drop(Vec<String>),
     MapBatches(String, BatchFn),
+    Window(Arc<WindowSpec>),
 }
 
 impl Op {
@@ -38,6 +50,16 @@ impl Op {
             Op::WithColumn(n, e) => format!("with_column({n}, {e})"),
             Op::Drop(cs) => format!("drop({})", cs.join(", ")),
             Op::MapBatches(n, _) => n.clone(),
+            Op::Window(w) => format!(
+                "window({}{:?}, {})",
+                w.key.as_ref().map_or("_key".to_string(), |k| k.to_string()),
+                w.emit,
+                w.aggs
+                    .iter()
+                    .map(|a| a.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         }
     }
 }

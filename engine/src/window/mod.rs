@@ -4,6 +4,7 @@ mod aggregate;
 mod assign;
 mod core;
 
+pub use crate::operators::{WINDOW_END, WINDOW_START};
 pub use aggregate::{
     avg, collect, count, first, last, max, mean, min, sum, AggKind, AggState, AggValue, Aggregation,
 };
