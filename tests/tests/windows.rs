@@ -1,0 +1,187 @@
+//! Windowed aggregations end to end on the dev stack: the sensor workload through
+//! `temp >= 0` -> tumbling 10 s / hopping 10 s every 2 s per device -> Kafka,
+//! compared with a record-at-a-time reference.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test helpers fail loudly
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use arrow::datatypes::{DataType, Field, Schema};
+use common::{builder, run_until_read, DEADLINE};
+use flumen::prelude::*;
+use flumen_testkit::sensor::{Reading, SensorWorkload};
+use flumen_testkit::topics::TestRecord;
+use flumen_testkit::{unique_name, DevStack};
+
+const PARTITIONS: i32 = 3;
+const DEVICES: u64 = 12;
+
+fn partition_of(device: &str) -> i32 {
+    let n: i32 = device.trim_start_matches("dev-").parse().unwrap();
+    n % PARTITIONS
+}
+
+/// Per (device, window start): count, sum, min, max, mean of the kept readings,
+/// for windows closed by the end of their partition's input (grace 0).
+fn reference(
+    readings: &[Reading],
+    size: i64,
+    step: i64,
+) -> BTreeMap<(String, i64), (i64, f64, f64, f64, f64)> {
+    let mut end_of_partition: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut windows: BTreeMap<(String, i64), Vec<f64>> = BTreeMap::new();
+    for r in readings.iter().filter(|r| r.temp >= 0.0) {
+        let p = partition_of(&r.device);
+        let end = end_of_partition.entry(p).or_insert(i64::MIN);
+        *end = (*end).max(r.ts);
+        let mut start = r.ts - r.ts.rem_euclid(step);
+        while start + size > r.ts {
+            windows
+                .entry((r.device.clone(), start))
+                .or_default()
+                .push(r.temp);
+            start -= step;
+        }
+    }
+    windows
+        .into_iter()
+        .filter(|((device, start), _)| start + size <= end_of_partition[&partition_of(device)])
+        .map(|(k, temps)| {
+            let sum: f64 = temps.iter().sum();
+            let min = temps.iter().copied().fold(f64::INFINITY, f64::min);
+            let max = temps.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            (
+                k,
+                (temps.len() as i64, sum, min, max, sum / temps.len() as f64),
+            )
+        })
+        .collect()
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
+}
+
+async fn run(window: &str) {
+    let stack = DevStack::start().expect("dev stack");
+    let (input, output) = (unique_name("in"), unique_name("out"));
+    stack
+        .create_topic(&input, PARTITIONS)
+        .await
+        .expect("input topic");
+    stack
+        .create_topic(&output, PARTITIONS)
+        .await
+        .expect("output topic");
+    let workload = SensorWorkload {
+        events: 4_000,
+        devices: DEVICES,
+        step_ms: 100,
+        ..Default::default()
+    };
+    let records = workload
+        .readings()
+        .map(|r| TestRecord::new(&r.device, r.to_json()).to_partition(partition_of(&r.device)));
+    stack.produce(&input, records).await.expect("produce");
+
+    let app = builder(&stack, &unique_name("g")).build().expect("app");
+    let readings = app
+        .dataframe(
+            Topic::json(&input)
+                .schema(Schema::new(vec![
+                    Field::new("device", DataType::Utf8, false),
+                    Field::new("ts", DataType::Int64, false),
+                    Field::new("temp", DataType::Float64, false),
+                ]))
+                .timestamp_field("ts"),
+        )
+        .expect("frame")
+        .filter(col("temp").gt_eq(lit(0.0)));
+    let (size, step) = match window {
+        "tumbling" => (10_000, 10_000),
+        _ => (10_000, 2_000),
+    };
+    let windowed = if size == step {
+        readings.tumbling_window(Duration::from_millis(size as u64))
+    } else {
+        readings.hopping_window(
+            Duration::from_millis(size as u64),
+            Duration::from_millis(step as u64),
+        )
+    };
+    windowed
+        .agg([
+            count(),
+            sum(col("temp")).alias("sum"),
+            min(col("temp")).alias("min"),
+            max(col("temp")).alias("max"),
+            mean(col("temp")).alias("mean"),
+        ])
+        .final_()
+        .to_topic(Topic::json(&output));
+    run_until_read(app, workload.events).await;
+
+    let expected = reference(&workload.readings().collect::<Vec<_>>(), size, step);
+    let records = stack
+        .read_all(&output, DEADLINE)
+        .await
+        .expect("read output");
+    let mut actual = BTreeMap::new();
+    for r in &records {
+        let v = r.json();
+        let device = v["key"].as_str().unwrap().to_string();
+        assert_eq!(
+            r.key_str().as_deref(),
+            Some(device.as_str()),
+            "output keyed by device"
+        );
+        let start = v["window_start"].as_i64().unwrap();
+        assert_eq!(v["window_end"].as_i64(), Some(start + size));
+        let row = (
+            v["count"].as_i64().unwrap(),
+            v["sum"].as_f64().unwrap(),
+            v["min"].as_f64().unwrap(),
+            v["max"].as_f64().unwrap(),
+            v["mean"].as_f64().unwrap(),
+        );
+        assert!(
+            actual.insert((device, start), row).is_none(),
+            "a window emitted twice"
+        );
+    }
+    assert_eq!(
+        actual.len(),
+        expected.len(),
+        "{window}: number of closed windows"
+    );
+    for (window_key, want) in &expected {
+        let got = actual
+            .get(window_key)
+            .unwrap_or_else(|| panic!("{window}: window {window_key:?} missing"));
+        assert_eq!(got.0, want.0, "count of {window_key:?}");
+        for (g, w) in [
+            (got.1, want.1),
+            (got.2, want.2),
+            (got.3, want.3),
+            (got.4, want.4),
+        ] {
+            assert!(
+                close(g, w),
+                "{window}: {window_key:?}: got {got:?}, want {want:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tumbling_windows_match_the_reference() {
+    run("tumbling").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hopping_windows_match_the_reference() {
+    run("hopping").await;
+}
