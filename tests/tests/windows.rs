@@ -24,13 +24,12 @@ fn partition_of(device: &str) -> i32 {
     n % PARTITIONS
 }
 
+/// (count, sum, min, max, mean) of one window.
+type Row = (i64, f64, f64, f64, f64);
+
 /// Per (device, window start): count, sum, min, max, mean of the kept readings,
 /// for windows closed by the end of their partition's input (grace 0).
-fn reference(
-    readings: &[Reading],
-    size: i64,
-    step: i64,
-) -> BTreeMap<(String, i64), (i64, f64, f64, f64, f64)> {
+fn reference(readings: &[Reading], size: i64, step: i64) -> BTreeMap<(String, i64), Row> {
     let mut end_of_partition: BTreeMap<i32, i64> = BTreeMap::new();
     let mut windows: BTreeMap<(String, i64), Vec<f64>> = BTreeMap::new();
     for r in readings.iter().filter(|r| r.temp >= 0.0) {
