@@ -184,3 +184,65 @@ async fn tumbling_windows_match_the_reference() {
 async fn hopping_windows_match_the_reference() {
     run("hopping").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_records_are_counted_and_never_change_an_emitted_window() {
+    let stack = DevStack::start().expect("dev stack");
+    let (input, output) = (unique_name("in"), unique_name("out"));
+    stack.create_topic(&input, 1).await.expect("input topic");
+    stack.create_topic(&output, 1).await.expect("output topic");
+    // Grace 1 s: [0, 10 s) closes once stream time reaches 11 s.
+    let events = [
+        (1_000, 1.0),
+        (5_000, 2.0),
+        (10_500, 4.0),
+        (9_000, 8.0),
+        (11_000, 16.0),
+        (3_000, 32.0),
+        (25_000, 64.0),
+    ];
+    let records = events.iter().map(|(ts, temp)| {
+        TestRecord::new("a", format!(r#"{{"device":"a","ts":{ts},"temp":{temp}}}"#)).to_partition(0)
+    });
+    stack.produce(&input, records).await.expect("produce");
+
+    let app = builder(&stack, &unique_name("g")).build().expect("app");
+    app.dataframe(
+        Topic::json(&input)
+            .schema(Schema::new(vec![
+                Field::new("device", DataType::Utf8, false),
+                Field::new("ts", DataType::Int64, false),
+                Field::new("temp", DataType::Float64, false),
+            ]))
+            .timestamp_field("ts"),
+    )
+    .expect("frame")
+    .tumbling_window(Duration::from_secs(10))
+    .grace(Duration::from_secs(1))
+    .agg([count(), sum(col("temp")).alias("sum")])
+    .final_()
+    .to_topic(Topic::json(&output));
+    let stats = run_until_read(app, events.len() as u64).await;
+    assert_eq!(
+        stats.late_records(),
+        1,
+        "only the record at 3 s arrives after [0, 10 s) closed"
+    );
+
+    let rows: Vec<(i64, i64, f64)> = stack
+        .read_all(&output, DEADLINE)
+        .await
+        .expect("read")
+        .iter()
+        .map(|r| {
+            let v = r.json();
+            (
+                v["window_start"].as_i64().unwrap(),
+                v["count"].as_i64().unwrap(),
+                v["sum"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    // 9 s arrived within grace (stream time 10.5 s < 11 s); 3 s arrived after the close.
+    assert_eq!(rows, vec![(0, 3, 11.0), (10_000, 2, 20.0)]);
+}

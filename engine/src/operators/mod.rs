@@ -66,6 +66,14 @@ impl Operator {
         self.op.name()
     }
 
+    /// Records a window operator dropped so far (late, no key); zero for other operators.
+    pub(crate) fn dropped(&self) -> crate::window::Dropped {
+        self.windows
+            .as_ref()
+            .map(|w| w.dropped())
+            .unwrap_or_default()
+    }
+
     fn compile(&self, schema: &SchemaRef) -> Result<Compiled, OpError> {
         let plan = |e: String| OpError::Plan(format!("{}: {e}", self.op.name()));
         Ok(match &self.op {

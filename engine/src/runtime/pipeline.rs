@@ -253,6 +253,10 @@ impl PartitionPipeline {
                         reason,
                     },
                 })?;
+                if matches!(node.op, Some(crate::plan::Op::Window(_))) {
+                    self.stats
+                        .set_dropped(at.topic, at.partition, node.id, operator.dropped());
+                }
                 memo.insert(node.id, batch.clone());
             }
             self.write(index, &batch, ack).await?;

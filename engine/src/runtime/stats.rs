@@ -13,6 +13,8 @@ pub struct Stats {
     records_out: AtomicU64,
     batches: AtomicU64,
     bad: Mutex<BTreeMap<(BadInputKind, &'static str), u64>>,
+    /// Per (topic, partition, window operator): records it dropped.
+    dropped: Mutex<BTreeMap<(String, i32, usize), crate::window::Dropped>>,
 }
 
 impl Stats {
@@ -50,6 +52,42 @@ impl Stats {
                     .sum()
             })
             .unwrap_or(0)
+    }
+
+    /// Records that window operators dropped because their window had closed.
+    pub fn late_records(&self) -> u64 {
+        self.dropped
+            .lock()
+            .map(|m| m.values().map(|d| d.late).sum())
+            .unwrap_or(0)
+    }
+
+    /// Records that window operators dropped because they had no key.
+    pub fn null_key_records(&self) -> u64 {
+        self.dropped
+            .lock()
+            .map(|m| m.values().map(|d| d.null_keys).sum())
+            .unwrap_or(0)
+    }
+
+    pub(crate) fn set_dropped(
+        &self,
+        topic: &str,
+        partition: i32,
+        node: usize,
+        now: crate::window::Dropped,
+    ) {
+        let Ok(mut m) = self.dropped.lock() else {
+            return;
+        };
+        let before = m
+            .insert((topic.to_string(), partition, node), now)
+            .unwrap_or_default();
+        let late = now.late.saturating_sub(before.late);
+        if late > 0 {
+            metrics::counter!("flumen_late_records_total", "topic" => topic.to_string())
+                .increment(late);
+        }
     }
 
     pub(crate) fn add_in(&self, topic: &str, n: usize) {
