@@ -60,7 +60,7 @@ pub use dataframe::{GroupedFrame, StreamingDataFrame, WindowedFrame};
 pub use error::{Error, Result};
 pub use flumen_kafka::AutoOffsetReset;
 pub use plan::{BatchFn, BoxError};
-pub use runtime::{Application, ApplicationBuilder, Stats, StopHandle};
+pub use runtime::{serve_metrics, Application, ApplicationBuilder, Stats, StopHandle};
 pub use topic::{BadInputPolicy, Topic, DEFAULT_MAX_RECORD_BYTES};
 
 /// Everything a pipeline usually needs: `use flumen::prelude::*;`.

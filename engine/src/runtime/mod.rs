@@ -2,10 +2,12 @@
 
 mod application;
 mod pipeline;
+mod prometheus;
 mod stats;
 mod stop;
 mod worker;
 
 pub use application::{Application, ApplicationBuilder};
+pub use prometheus::serve_metrics;
 pub use stats::Stats;
 pub use stop::StopHandle;
