@@ -11,7 +11,7 @@ use arrow::datatypes::{DataType, Field, Schema};
 use clap::Parser;
 use flumen::prelude::*;
 use flumen_testkit::sensor::SensorWorkload;
-use flumen_testkit::{unique_name, DevStack};
+use flumen_testkit::unique_name;
 
 #[derive(Parser, Debug)]
 #[command(about = "Run a stateless flumen pipeline on the local dev stack")]
@@ -29,23 +29,9 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
+    flumen_examples::init_logging();
     let args = Args::parse();
-    println!("starting the dev stack (the first run installs the Tansu broker, ~15 min)...");
-    let stack = DevStack::start()?;
-    println!(
-        "broker: {}{}",
-        stack.brokers(),
-        if stack.is_local() {
-            " (local Tansu)"
-        } else {
-            ""
-        }
-    );
+    let stack = flumen_examples::start_dev_stack()?;
 
     let (input, output) = (unique_name("readings"), unique_name("readings-f"));
     stack.create_topic(&input, args.partitions).await?;
@@ -64,13 +50,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let expected = workload.readings().filter(|r| r.temp >= 0.0).count() as u64;
 
-    let mut builder = Application::builder()
-        .brokers(stack.brokers())
-        .consumer_group(unique_name("passthrough"));
-    for (k, v) in stack.consumer_settings() {
-        builder = builder.consumer_config(k, v);
-    }
-    let app = builder.build()?;
+    let app = flumen_examples::dev_app(&stack, "passthrough").build()?;
     let schema = Schema::new(vec![
         Field::new("id", DataType::Int64, false),
         Field::new("device", DataType::Utf8, false),

@@ -10,7 +10,7 @@ use arrow::datatypes::{DataType, Field, Schema};
 use clap::Parser;
 use flumen::prelude::*;
 use flumen_testkit::sensor::SensorWorkload;
-use flumen_testkit::{unique_name, DevStack};
+use flumen_testkit::unique_name;
 
 #[derive(Parser, Debug)]
 #[command(about = "Run a windowed flumen pipeline on the local dev stack")]
@@ -28,14 +28,9 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
+    flumen_examples::init_logging();
     let args = Args::parse();
-    println!("starting the dev stack (the first run installs the Tansu broker, ~15 min)...");
-    let stack = DevStack::start()?;
+    let stack = flumen_examples::start_dev_stack()?;
     let input = unique_name("readings");
     stack.create_topic(&input, 3).await?;
     let workload = SensorWorkload {
@@ -49,13 +44,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         args.events, args.devices
     );
 
-    let mut builder = Application::builder()
-        .brokers(stack.brokers())
-        .consumer_group(unique_name("windows"));
-    for (k, v) in stack.consumer_settings() {
-        builder = builder.consumer_config(k, v);
-    }
-    let app = builder.build()?;
+    let app = flumen_examples::dev_app(&stack, "windows").build()?;
     let schema = Schema::new(vec![
         Field::new("device", DataType::Utf8, false),
         Field::new("ts", DataType::Int64, false),
