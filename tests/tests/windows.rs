@@ -60,6 +60,17 @@ fn reference(readings: &[Reading], size: i64, step: i64) -> BTreeMap<(String, i6
         .collect()
 }
 
+/// The input topic: sensor readings with event time from `ts`.
+fn readings_topic(name: &str) -> Topic {
+    Topic::json(name)
+        .schema(Schema::new(vec![
+            Field::new("device", DataType::Utf8, false),
+            Field::new("ts", DataType::Int64, false),
+            Field::new("temp", DataType::Float64, false),
+        ]))
+        .timestamp_field("ts")
+}
+
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
 }
@@ -88,15 +99,7 @@ async fn run(window: &str) {
 
     let app = builder(&stack, &unique_name("g")).build().expect("app");
     let readings = app
-        .dataframe(
-            Topic::json(&input)
-                .schema(Schema::new(vec![
-                    Field::new("device", DataType::Utf8, false),
-                    Field::new("ts", DataType::Int64, false),
-                    Field::new("temp", DataType::Float64, false),
-                ]))
-                .timestamp_field("ts"),
-        )
+        .dataframe(readings_topic(&input))
         .expect("frame")
         .filter(col("temp").gt_eq(lit(0.0)));
     let (size, step) = match window {
@@ -207,21 +210,13 @@ async fn late_records_are_counted_and_never_change_an_emitted_window() {
     stack.produce(&input, records).await.expect("produce");
 
     let app = builder(&stack, &unique_name("g")).build().expect("app");
-    app.dataframe(
-        Topic::json(&input)
-            .schema(Schema::new(vec![
-                Field::new("device", DataType::Utf8, false),
-                Field::new("ts", DataType::Int64, false),
-                Field::new("temp", DataType::Float64, false),
-            ]))
-            .timestamp_field("ts"),
-    )
-    .expect("frame")
-    .tumbling_window(Duration::from_secs(10))
-    .grace(Duration::from_secs(1))
-    .agg([count(), sum(col("temp")).alias("sum")])
-    .final_()
-    .to_topic(Topic::json(&output));
+    app.dataframe(readings_topic(&input))
+        .expect("frame")
+        .tumbling_window(Duration::from_secs(10))
+        .grace(Duration::from_secs(1))
+        .agg([count(), sum(col("temp")).alias("sum")])
+        .final_()
+        .to_topic(Topic::json(&output));
     let stats = run_until_read(app, events.len() as u64).await;
     assert_eq!(
         stats.late_records(),

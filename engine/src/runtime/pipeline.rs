@@ -11,7 +11,7 @@ use flumen_kafka::format::{BadRecord, RecordDecoder, RecordEncoder};
 use flumen_kafka::{headers_with, DeliveryBatch, OutRecord, Producer, RawBatch};
 
 use crate::operators::{OpError, Operator};
-use crate::plan::{Output, SinkSpec};
+use crate::plan::{Node, Output, SinkSpec};
 use crate::runtime::stats::Stats;
 use crate::topic::{BadInputPolicy, Topic};
 use crate::{Error, Result};
@@ -48,6 +48,8 @@ pub(crate) struct PartitionPipeline {
     producer: Option<Arc<Producer>>,
     stats: Arc<Stats>,
     operators: HashMap<usize, Operator>,
+    /// Per output, its plan nodes from the source down (computed once).
+    chains: Arc<[Vec<Arc<Node>>]>,
     sinks: Vec<SinkWriter>,
 }
 
@@ -67,8 +69,9 @@ impl PartitionPipeline {
         ctx: &Arc<SessionContext>,
     ) -> Self {
         let mut operators = HashMap::new();
-        for output in &source.outputs {
-            for node in output.node.chain() {
+        let chains: Arc<[Vec<Arc<Node>>]> = source.outputs.iter().map(|o| o.node.chain()).collect();
+        for chain in chains.iter() {
+            for node in chain {
                 if let Some(op) = &node.op {
                     operators
                         .entry(node.id)
@@ -92,6 +95,7 @@ impl PartitionPipeline {
             producer,
             stats,
             operators,
+            chains,
             sinks,
         }
     }
@@ -226,10 +230,10 @@ impl PartitionPipeline {
         at: &BatchRef<'_>,
     ) -> Result<()> {
         let mut memo: HashMap<usize, RecordBatch> = HashMap::new();
-        let outputs = self.source.outputs.clone();
-        for (index, output) in outputs.iter().enumerate() {
+        let chains = Arc::clone(&self.chains);
+        for (index, chain) in chains.iter().enumerate() {
             let mut batch = input.clone();
-            for node in output.node.chain() {
+            for node in chain {
                 if let Some(done) = memo.get(&node.id) {
                     batch = done.clone();
                     continue;
