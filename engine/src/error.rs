@@ -51,6 +51,29 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// A partition's local state is older than the consumer group's committed
+    /// offset: the records in between are missing from it.
+    #[error(
+        "the state of topic '{topic}' partition {partition} at {path} covers records up to offset {checkpoint} \
+         but consumer group '{group}' has committed offset {committed}: the window state of the records \
+         in between is not in this state directory (another instance or state directory processed them). \
+         Start this instance with the state directory that processed them, or delete {path} and reset the \
+         group's offsets (or use a new consumer group) to recompute the windows from the input"
+    )]
+    StateBehind {
+        /// Source topic.
+        topic: String,
+        /// Source partition.
+        partition: i32,
+        /// The state directory of the partition.
+        path: String,
+        /// The group.
+        group: String,
+        /// The state's checkpoint (`none` for an empty state).
+        checkpoint: String,
+        /// The group's committed offset.
+        committed: i64,
+    },
     /// The runtime itself failed (a task died, a thread could not start).
     #[error("runtime: {0}")]
     Runtime(String),

@@ -67,6 +67,8 @@ pub use topic::{BadInputPolicy, Topic, DEFAULT_MAX_RECORD_BYTES};
 pub mod prelude {
     pub use crate::expr::{col, lit, Expr};
     pub use crate::format::{BadInputKind, Format};
-    pub use crate::window::{avg, collect, count, first, last, max, mean, min, sum};
+    pub use crate::window::{
+        aggregate, avg, collect, count, first, last, max, mean, min, sum, LateRecords,
+    };
     pub use crate::{Application, AutoOffsetReset, BadInputPolicy, StreamingDataFrame, Topic};
 }

@@ -1,95 +1,96 @@
 //! # flumen-state
 //!
-//! State stores for flumen's stateful operators. This crate holds the
-//! [`StateStore`] trait and an in-memory implementation; the RocksDB store and the
-//! changelog codec arrive with windowed aggregations.
+//! State stores for flumen's stateful operators: a [`StateStore`] trait, a
+//! RocksDB implementation ([`RocksStore`], one instance per (stage, partition)
+//! with a column family per store) and an in-memory one ([`MemoryStore`]) for
+//! tests.
+//!
+//! Writes go through a [`WriteBatch`] and may carry a [`Checkpoint`]: the next
+//! source offset the state reflects. The batch and the checkpoint are written
+//! atomically, so after a crash the state and its checkpoint always agree.
 //!
 //! ```
-//! use flumen_state::{MemoryStore, StateStore};
+//! use flumen_state::{Checkpoint, RocksStore, StateStore, StoreIdentity, WriteBatch};
 //!
-//! let mut store = MemoryStore::default();
-//! store.put(b"dev-1/1000", b"3")?;
-//! store.put(b"dev-1/2000", b"5")?;
-//! store.put(b"dev-2/1000", b"7")?;
-//! assert_eq!(store.get(b"dev-1/2000")?, Some(b"5".to_vec()));
-//! assert_eq!(store.prefix(b"dev-1/")?.len(), 2);
-//! # Ok::<(), flumen_state::StateError>(())
+//! let dir = tempfile::tempdir()?;
+//! let identity = StoreIdentity::new("sensors", "readings", 0);
+//! let store = RocksStore::open(dir.path(), &identity, &["windows"])?;
+//! let mut batch = WriteBatch::default();
+//! batch.put("windows", b"dev-1/1000", b"3");
+//! batch.put("windows", b"dev-2/1000", b"7");
+//! store.write(batch, Some(Checkpoint { next_offset: 42 }))?;
+//! assert_eq!(store.get("windows", b"dev-1/1000")?, Some(b"3".to_vec()));
+//! assert_eq!(store.prefix("windows", b"dev-")?.len(), 2);
+//! drop(store);
+//!
+//! // Reopened, the state continues from its checkpoint.
+//! let store = RocksStore::open(dir.path(), &identity, &["windows"])?;
+//! assert_eq!(store.checkpoint()?, Some(Checkpoint { next_offset: 42 }));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use std::collections::BTreeMap;
+mod batch;
+mod error;
+mod memory;
+mod rocks;
 
-/// Errors of state stores.
-#[derive(Debug, thiserror::Error)]
-pub enum StateError {
-    /// The underlying storage failed.
-    #[error("state store '{store}': {reason}")]
-    Storage {
-        /// The store.
-        store: String,
-        /// What failed.
-        reason: String,
-    },
-}
+pub use batch::{BatchOp, WriteBatch};
+pub use error::StateError;
+pub use memory::MemoryStore;
+pub use rocks::{BlockCache, RocksStore, StoreIdentity};
 
 /// Key-value pairs returned by scans.
 pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 
-/// A key-value store of one operator for one partition.
-pub trait StateStore: Send {
-    /// The value of `key`.
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError>;
-    /// Sets `key` to `value`.
-    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StateError>;
-    /// Removes `key`.
-    fn delete(&mut self, key: &[u8]) -> Result<(), StateError>;
-    /// Every entry whose key starts with `prefix`, in key order.
-    fn prefix(&self, prefix: &[u8]) -> Result<Entries, StateError>;
+/// Where a state's checkpoint stands: every source record before `next_offset`
+/// is reflected in the state, none after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The next source offset to process.
+    pub next_offset: i64,
 }
 
-/// An in-memory [`StateStore`] for tests.
-#[derive(Debug, Default, Clone)]
-pub struct MemoryStore {
-    entries: BTreeMap<Vec<u8>, Vec<u8>>,
+impl Checkpoint {
+    pub(crate) fn encode(&self) -> [u8; 8] {
+        self.next_offset.to_be_bytes()
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Option<Self> {
+        let bytes: [u8; 8] = bytes.try_into().ok()?;
+        Some(Checkpoint {
+            next_offset: i64::from_be_bytes(bytes),
+        })
+    }
 }
 
-impl StateStore for MemoryStore {
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
-        Ok(self.entries.get(key).cloned())
+/// The state of one stage for one partition: named stores of key-value pairs,
+/// plus the checkpoint they were last written with.
+pub trait StateStore: Send + Sync {
+    /// The value of `key` in `store`.
+    fn get(&self, store: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StateError>;
+    /// Every entry of `store` whose key starts with `prefix`, in key order.
+    fn prefix(&self, store: &str, prefix: &[u8]) -> Result<Entries, StateError>;
+    /// Every entry of `store` with `from <= key < to`, in key order.
+    fn range(&self, store: &str, from: &[u8], to: &[u8]) -> Result<Entries, StateError>;
+    /// Applies `batch` and, when given, sets the checkpoint, atomically.
+    fn write(&self, batch: WriteBatch, checkpoint: Option<Checkpoint>) -> Result<(), StateError>;
+    /// The last checkpoint written (`None` for a new state).
+    fn checkpoint(&self) -> Result<Option<Checkpoint>, StateError>;
+
+    /// Sets `key` to `value` (a one-entry batch).
+    fn put(&self, store: &str, key: &[u8], value: &[u8]) -> Result<(), StateError> {
+        let mut batch = WriteBatch::default();
+        batch.put(store, key, value);
+        self.write(batch, None)
     }
 
-    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StateError> {
-        self.entries.insert(key.to_vec(), value.to_vec());
-        Ok(())
-    }
-
-    fn delete(&mut self, key: &[u8]) -> Result<(), StateError> {
-        self.entries.remove(key);
-        Ok(())
-    }
-
-    fn prefix(&self, prefix: &[u8]) -> Result<Entries, StateError> {
-        Ok(self
-            .entries
-            .range(prefix.to_vec()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect())
+    /// Removes `key` (a one-entry batch).
+    fn delete(&self, store: &str, key: &[u8]) -> Result<(), StateError> {
+        let mut batch = WriteBatch::default();
+        batch.delete(store, key);
+        self.write(batch, None)
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn prefix_scan_stops_at_the_prefix_end() -> Result<(), StateError> {
-        let mut store = MemoryStore::default();
-        for key in [&b"a/1"[..], b"a/2", b"b/1", b"a"] {
-            store.put(key, b"x")?;
-        }
-        store.delete(b"a/2")?;
-        let keys: Vec<_> = store.prefix(b"a/")?.into_iter().map(|(k, _)| k).collect();
-        assert_eq!(keys, vec![b"a/1".to_vec()]);
-        Ok(())
-    }
-}
+mod contract;

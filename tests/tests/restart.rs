@@ -67,7 +67,7 @@ async fn outputs(stack: &DevStack, output: &str) -> BTreeMap<i64, (usize, i32, i
 
 struct NoRebalance;
 impl RebalanceListener for NoRebalance {
-    fn on_assign(&self, _: &[TopicPartition]) {}
+    fn on_assign(&self, _: &[(TopicPartition, Option<i64>)]) {}
     fn on_revoke(&self, _: &[TopicPartition]) -> Vec<(TopicPartition, i64)> {
         Vec::new()
     }

@@ -97,7 +97,11 @@ async fn run(window: &str) {
         .map(|r| TestRecord::new(&r.device, r.to_json()).to_partition(partition_of(&r.device)));
     stack.produce(&input, records).await.expect("produce");
 
-    let app = builder(&stack, &unique_name("g")).build().expect("app");
+    let state = tempfile::tempdir().expect("state dir");
+    let app = builder(&stack, &unique_name("g"))
+        .state_dir(state.path())
+        .build()
+        .expect("app");
     let readings = app
         .dataframe(readings_topic(&input))
         .expect("frame")
@@ -188,12 +192,16 @@ async fn hopping_windows_match_the_reference() {
     run("hopping").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn late_records_are_counted_and_never_change_an_emitted_window() {
+/// Runs the late-data scenario; with `dead_letter`, late records go to that topic.
+async fn late_data(dead_letter: bool) {
     let stack = DevStack::start().expect("dev stack");
-    let (input, output) = (unique_name("in"), unique_name("out"));
+    let (input, output, dlq) = (unique_name("in"), unique_name("out"), unique_name("late"));
     stack.create_topic(&input, 1).await.expect("input topic");
     stack.create_topic(&output, 1).await.expect("output topic");
+    stack
+        .create_topic(&dlq, 1)
+        .await
+        .expect("dead-letter topic");
     // Grace 1 s: [0, 10 s) closes once stream time reaches 11 s.
     let events = [
         (1_000, 1.0),
@@ -209,11 +217,21 @@ async fn late_records_are_counted_and_never_change_an_emitted_window() {
     });
     stack.produce(&input, records).await.expect("produce");
 
-    let app = builder(&stack, &unique_name("g")).build().expect("app");
+    let state = tempfile::tempdir().expect("state dir");
+    let app = builder(&stack, &unique_name("g"))
+        .state_dir(state.path())
+        .build()
+        .expect("app");
+    let late = if dead_letter {
+        LateRecords::DeadLetter(dlq.clone())
+    } else {
+        LateRecords::Drop
+    };
     app.dataframe(readings_topic(&input))
         .expect("frame")
         .tumbling_window(Duration::from_secs(10))
         .grace(Duration::from_secs(1))
+        .on_late(late)
         .agg([count(), sum(col("temp")).alias("sum")])
         .final_()
         .to_topic(Topic::json(&output));
@@ -240,4 +258,39 @@ async fn late_records_are_counted_and_never_change_an_emitted_window() {
         .collect();
     // 9 s arrived within grace (stream time 10.5 s < 11 s); 3 s arrived after the close.
     assert_eq!(rows, vec![(0, 3, 11.0), (10_000, 2, 20.0)]);
+
+    let dead = stack
+        .read_all(&dlq, DEADLINE)
+        .await
+        .expect("read dead letters");
+    if !dead_letter {
+        assert!(dead.is_empty(), "dropped late records go nowhere");
+        return;
+    }
+    assert_eq!(dead.len(), 1, "the one late record");
+    let record = &dead[0];
+    assert_eq!(
+        record.json()["ts"].as_i64(),
+        Some(3_000),
+        "the source record, unchanged"
+    );
+    assert_eq!(record.key_str().as_deref(), Some("a"));
+    assert_eq!(record.header("flumen.error.kind"), Some("late"));
+    assert_eq!(record.header("flumen.source.offset"), Some("5"));
+    assert_eq!(record.header("flumen.source.topic"), Some(input.as_str()));
+    assert_eq!(
+        record.header("flumen.watermark"),
+        Some("10000"),
+        "11 s - 1 s grace"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_records_are_counted_and_never_change_an_emitted_window() {
+    late_data(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_records_can_go_to_a_dead_letter_topic() {
+    late_data(true).await;
 }

@@ -37,8 +37,9 @@ impl std::fmt::Display for TopicPartition {
 /// Receives partition assignments and revocations, on the polling thread, while
 /// the rebalance is in progress.
 pub trait RebalanceListener: Send + Sync + 'static {
-    /// Partitions were assigned to this member.
-    fn on_assign(&self, partitions: &[TopicPartition]);
+    /// Partitions were assigned to this member, each with the group's committed
+    /// offset (`None`: nothing committed, or it could not be read).
+    fn on_assign(&self, partitions: &[(TopicPartition, Option<i64>)]);
     /// Partitions are being taken away. Finish their in-flight work and return the
     /// offsets (next offset to read) to commit before they go.
     fn on_revoke(&self, partitions: &[TopicPartition]) -> Vec<(TopicPartition, i64)>;
@@ -55,6 +56,21 @@ fn partitions_of(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
     tpl.elements()
         .iter()
         .map(|e| TopicPartition::new(e.topic(), e.partition()))
+        .collect()
+}
+
+const COMMITTED_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn offsets_of(list: &TopicPartitionList) -> Vec<(TopicPartition, Option<i64>)> {
+    list.elements()
+        .iter()
+        .map(|e| {
+            let offset = match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            };
+            (TopicPartition::new(e.topic(), e.partition()), offset)
+        })
         .collect()
 }
 
@@ -88,12 +104,30 @@ impl ConsumerContext for ListenerContext {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 let partitions = partitions_of(tpl);
                 tracing::info!(?partitions, "partitions assigned");
-                self.listener.on_assign(&partitions);
+                let committed = match consumer.committed_offsets((*tpl).clone(), COMMITTED_TIMEOUT)
+                {
+                    Ok(list) => offsets_of(&list),
+                    Err(error) => {
+                        tracing::warn!(%error, "reading the committed offsets of assigned partitions failed");
+                        Vec::new()
+                    }
+                };
+                let with_offsets: Vec<_> = partitions
+                    .into_iter()
+                    .map(|tp| {
+                        let offset = committed
+                            .iter()
+                            .find(|(c, _)| c == &tp)
+                            .and_then(|(_, o)| *o);
+                        (tp, offset)
+                    })
+                    .collect();
+                self.listener.on_assign(&with_offsets);
             }
             Rebalance::Error(error) => tracing::warn!(%error, "rebalance error"),
             Rebalance::Revoke(_) => {}
@@ -199,17 +233,7 @@ impl GroupConsumer {
         let list = self.inner.committed_offsets(tpl, timeout).map_err(|e| {
             KafkaError::client(format!("reading offsets of group '{}'", self.group), e)
         })?;
-        Ok(list
-            .elements()
-            .iter()
-            .map(|e| {
-                let offset = match e.offset() {
-                    Offset::Offset(o) => Some(o),
-                    _ => None,
-                };
-                (TopicPartition::new(e.topic(), e.partition()), offset)
-            })
-            .collect())
+        Ok(offsets_of(&list))
     }
 
     /// Leaves the group (the partitions are revoked first).

@@ -8,7 +8,7 @@ use datafusion::logical_expr::Expr;
 
 use super::StreamingDataFrame;
 use crate::plan::{Op, WindowSpec};
-use crate::window::{Aggregation, Emit, Windows};
+use crate::window::{Aggregation, Emit, LateRecords, Windows};
 
 /// A frame grouped by a key expression, ready to be windowed.
 #[derive(Clone)]
@@ -25,6 +25,8 @@ pub struct WindowedFrame {
     windows: Result<Windows, String>,
     grace: Duration,
     aggs: Vec<Aggregation>,
+    late: LateRecords,
+    store: Option<String>,
 }
 
 impl StreamingDataFrame {
@@ -78,7 +80,24 @@ impl WindowedFrame {
             windows: windows.map_err(|e| e.to_string()),
             grace: Duration::ZERO,
             aggs: Vec::new(),
+            late: LateRecords::Drop,
+            store: None,
         }
+    }
+
+    /// What to do with records whose windows have already closed (default:
+    /// drop and count). `LateRecords::DeadLetter(topic)` writes them there.
+    pub fn on_late(mut self, late: LateRecords) -> Self {
+        self.late = late;
+        self
+    }
+
+    /// Names the window's state store (default `window-<n>`, counting the
+    /// windows of the input topic in the order the frames were written). Name
+    /// it to keep its state when other windows are added to the pipeline.
+    pub fn store_name(mut self, name: impl Into<String>) -> Self {
+        self.store = Some(name.into());
+        self
     }
 
     /// How long after its end a window still accepts late records (default 0).
@@ -100,6 +119,8 @@ impl WindowedFrame {
             grace_ms: i64::try_from(self.grace.as_millis()).unwrap_or(i64::MAX),
             aggs: self.aggs,
             emit,
+            late: self.late,
+            store: self.store,
         };
         self.frame.with(Op::Window(Arc::new(spec)))
     }

@@ -43,6 +43,9 @@ pub(crate) struct Operator {
     compiled: Option<(SchemaRef, Compiled)>,
     /// Window state of this partition (window operations only).
     windows: Option<crate::window::WindowCore>,
+    /// Source offsets of the records the last batch found late, with the
+    /// watermark each met (window operations only).
+    late: Vec<(i64, i64)>,
 }
 
 impl Operator {
@@ -50,7 +53,9 @@ impl Operator {
         let windows = match &op {
             Op::Window(spec) => spec.windows.as_ref().ok().map(|w| {
                 let kinds = spec.aggs.iter().map(|a| a.kind()).collect();
+                let customs = spec.aggs.iter().map(|a| a.custom.clone()).collect();
                 crate::window::WindowCore::new(*w, spec.grace_ms, kinds, spec.emit)
+                    .with_customs(customs)
             }),
             _ => None,
         };
@@ -59,7 +64,18 @@ impl Operator {
             ctx,
             compiled: None,
             windows,
+            late: Vec::new(),
         }
+    }
+
+    /// The window state, for window operations.
+    pub(crate) fn window_state(&mut self) -> Option<&mut crate::window::WindowCore> {
+        self.windows.as_mut()
+    }
+
+    /// Source offsets of the records the last batch found late, with their watermarks.
+    pub(crate) fn take_late(&mut self) -> Vec<(i64, i64)> {
+        std::mem::take(&mut self.late)
     }
 
     pub(crate) fn name(&self) -> String {
@@ -192,7 +208,11 @@ impl Operator {
             (Compiled::Map, Op::MapBatches(_, f)) => f(batch).map_err(|e| eval(e.to_string())),
             (Compiled::Map, _) => Err(eval("map without a function".into())),
             (Compiled::Window(w), _) => match self.windows.as_mut() {
-                Some(core) => w.apply(core, &batch),
+                Some(core) => {
+                    let (out, late) = w.apply(core, &batch)?;
+                    self.late = late;
+                    Ok(out)
+                }
                 None => Err(eval("window state missing".into())),
             },
         }

@@ -10,6 +10,7 @@ use arrow::array::{
 };
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::common::ScalarValue;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::prelude::SessionContext;
 use flumen_kafka::format::{KEY_COLUMN, OFFSET_COLUMN, TIMESTAMP_COLUMN};
@@ -33,7 +34,20 @@ pub(crate) struct CompiledWindow {
     offset: usize,
     inputs: Vec<Option<Arc<dyn PhysicalExpr>>>,
     kinds: Vec<AggKind>,
+    output_types: Vec<DataType>,
     pub(crate) output: SchemaRef,
+}
+
+/// The output type of an aggregation.
+fn output_type(agg: &crate::window::Aggregation) -> DataType {
+    match (agg.kind(), &agg.custom) {
+        (_, Some(custom)) => custom.output_type(),
+        (AggKind::Count, _) => DataType::Int64,
+        (AggKind::Collect, _) => {
+            DataType::List(Arc::new(Field::new("item", DataType::Float64, true)))
+        }
+        _ => DataType::Float64,
+    }
 }
 
 fn output_schema(spec: &WindowSpec, key_name: &str) -> SchemaRef {
@@ -43,16 +57,9 @@ fn output_schema(spec: &WindowSpec, key_name: &str) -> SchemaRef {
         Field::new(WINDOW_END, DataType::Int64, false),
     ];
     for agg in &spec.aggs {
-        let data_type = match agg.kind() {
-            AggKind::Count => DataType::Int64,
-            AggKind::Collect => {
-                DataType::List(Arc::new(Field::new("item", DataType::Float64, true)))
-            }
-            _ => DataType::Float64,
-        };
         fields.push(Field::new(
             agg.name(),
-            data_type,
+            output_type(agg),
             agg.kind() != AggKind::Count,
         ));
     }
@@ -102,7 +109,7 @@ pub(crate) fn compile_window(
             None => None,
             Some(e) => {
                 let (phys, field) = compile(ctx, e, schema)?;
-                if !field.data_type().is_numeric() {
+                if agg.custom.is_none() && !field.data_type().is_numeric() {
                     return Err(format!(
                         "{}: aggregations take numbers; '{}' has type {}",
                         agg.name(),
@@ -121,17 +128,19 @@ pub(crate) fn compile_window(
         offset,
         inputs,
         kinds: spec.aggs.iter().map(|a| a.kind()).collect(),
+        output_types: spec.aggs.iter().map(output_type).collect(),
         output: output_schema(spec, &key_name),
     })
 }
 
 impl CompiledWindow {
-    /// Feeds `batch` into `core` and returns the emitted windows as a batch.
+    /// Feeds `batch` into `core`; returns the emitted windows as a batch and
+    /// the source offsets of late records with the watermark each met.
     pub(crate) fn apply(
         &self,
         core: &mut WindowCore,
         batch: &RecordBatch,
-    ) -> Result<RecordBatch, OpError> {
+    ) -> Result<(RecordBatch, Vec<(i64, i64)>), OpError> {
         let eval = |e: String| OpError::Eval(e);
         let keys: ArrayRef = match (&self.key, self.key_index) {
             (Some(phys), _) => evaluate(phys, batch).map_err(eval)?,
@@ -147,14 +156,28 @@ impl CompiledWindow {
             .as_primitive_opt::<arrow::datatypes::Int64Type>();
         let offsets = offsets.ok_or_else(|| eval("_offset is not Int64".into()))?;
         let mut values = Vec::new();
-        for input in &self.inputs {
-            values.push(match input {
+        let mut raw = Vec::new();
+        for (input, kind) in self.inputs.iter().zip(&self.kinds) {
+            let evaluated = match input {
                 None => None,
-                Some(phys) => {
-                    let v = evaluate(phys, batch).map_err(eval)?;
-                    Some(cast(&v, &DataType::Float64).map_err(|e| eval(e.to_string()))?)
+                Some(phys) => Some(evaluate(phys, batch).map_err(eval)?),
+            };
+            match (evaluated, kind) {
+                (Some(v), AggKind::Custom) => {
+                    values.push(None);
+                    raw.push(Some(v));
                 }
-            });
+                (Some(v), _) => {
+                    values.push(Some(
+                        cast(&v, &DataType::Float64).map_err(|e| eval(e.to_string()))?,
+                    ));
+                    raw.push(None);
+                }
+                (None, _) => {
+                    values.push(None);
+                    raw.push(None);
+                }
+            }
         }
         let values: Vec<Option<&Float64Array>> = values
             .iter()
@@ -172,13 +195,21 @@ impl CompiledWindow {
         } else {
             keys.clone()
         };
-        let rows = core.process(&WindowInput {
-            keys: &keys,
-            timestamps: timestamps.values(),
-            offsets: offsets.values(),
-            values: &values,
-        });
-        self.to_batch(&rows)
+        let processed = core
+            .process(&WindowInput {
+                keys: &keys,
+                timestamps: timestamps.values(),
+                offsets: offsets.values(),
+                values: &values,
+                raw: &raw,
+            })
+            .map_err(eval)?;
+        let late = processed
+            .late
+            .iter()
+            .map(|&(row, watermark)| (offsets.value(row as usize), watermark))
+            .collect();
+        Ok((self.to_batch(&processed.rows)?, late))
     }
 
     fn to_batch(&self, rows: &[WindowRow]) -> Result<RecordBatch, OpError> {
@@ -190,8 +221,12 @@ impl CompiledWindow {
             Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.start))) as ArrayRef,
             Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.end))),
         ];
-        for (i, kind) in self.kinds.iter().enumerate() {
-            columns.push(value_column(*kind, rows.iter().map(|r| &r.values[i])));
+        for (i, (kind, data_type)) in self.kinds.iter().zip(&self.output_types).enumerate() {
+            columns.push(value_column(
+                *kind,
+                data_type,
+                rows.iter().map(|r| &r.values[i]),
+            )?);
         }
         columns.push(key);
         columns.push(Arc::new(TimestampMillisecondArray::from_iter_values(
@@ -202,8 +237,32 @@ impl CompiledWindow {
     }
 }
 
-fn value_column<'a>(kind: AggKind, values: impl Iterator<Item = &'a AggValue>) -> ArrayRef {
-    match kind {
+fn value_column<'a>(
+    kind: AggKind,
+    data_type: &DataType,
+    values: impl Iterator<Item = &'a AggValue>,
+) -> Result<ArrayRef, OpError> {
+    if kind == AggKind::Custom {
+        let scalars: Vec<ScalarValue> = values
+            .map(|v| match v {
+                AggValue::Scalar(s) => s.clone(),
+                _ => ScalarValue::Null,
+            })
+            .collect();
+        if scalars.is_empty() {
+            return Ok(arrow::array::new_empty_array(data_type));
+        }
+        let array = ScalarValue::iter_to_array(scalars)
+            .map_err(|e| OpError::Eval(format!("user-defined aggregation result: {e}")))?;
+        if array.data_type() != data_type {
+            return Err(OpError::Eval(format!(
+                "user-defined aggregation returned {} but declared {data_type}",
+                array.data_type()
+            )));
+        }
+        return Ok(array);
+    }
+    Ok(match kind {
         AggKind::Count => Arc::new(Int64Array::from_iter(values.map(|v| match v {
             AggValue::Int(n) => Some(*n),
             _ => None,
@@ -222,7 +281,7 @@ fn value_column<'a>(kind: AggKind, values: impl Iterator<Item = &'a AggValue>) -
             AggValue::Float(f) => *f,
             _ => None,
         }))),
-    }
+    })
 }
 
 #[cfg(test)]
@@ -271,6 +330,8 @@ mod tests {
             grace_ms: 0,
             aggs: vec![count(), sum(col("temp")).alias("sum")],
             emit: Emit::Final,
+            late: crate::window::LateRecords::Drop,
+            store: None,
         };
         let mut op = Operator::new(Op::Window(Arc::new(spec)), Arc::new(SessionContext::new()));
         let out = op
@@ -317,6 +378,77 @@ mod tests {
         assert_eq!(sums, [4.0, 2.0, 5.0]);
     }
 
+    /// Distinct values of an Int64 column, as a user-defined aggregation.
+    struct Distinct;
+
+    impl crate::window::Aggregator for Distinct {
+        type State = std::collections::BTreeSet<i64>;
+        fn output_type(&self) -> DataType {
+            DataType::Int64
+        }
+        fn initialize(&self) -> Self::State {
+            Default::default()
+        }
+        fn update(
+            &self,
+            state: &mut Self::State,
+            values: &ArrayRef,
+        ) -> Result<(), crate::BoxError> {
+            let values = values
+                .as_primitive_opt::<arrow::datatypes::Int64Type>()
+                .ok_or("distinct takes Int64")?;
+            state.extend(values.iter().flatten());
+            Ok(())
+        }
+        fn merge(&self, state: &mut Self::State, other: &Self::State) {
+            state.extend(other.iter().copied());
+        }
+        fn result(&self, state: &Self::State) -> ScalarValue {
+            ScalarValue::Int64(Some(state.len() as i64))
+        }
+    }
+
+    #[test]
+    fn user_defined_aggregations_see_each_window_slice_and_survive_a_restore() {
+        let spec = WindowSpec {
+            key: None,
+            windows: Ok(Windows::tumbling(std::time::Duration::from_millis(10)).unwrap()),
+            grace_ms: 0,
+            aggs: vec![
+                count(),
+                crate::window::aggregate(
+                    "distinct",
+                    col("_offset") % crate::expr::lit(2i64),
+                    Distinct,
+                ),
+            ],
+            emit: Emit::Final,
+            late: crate::window::LateRecords::Drop,
+            store: None,
+        };
+        let ctx = Arc::new(SessionContext::new());
+        let mut op = Operator::new(Op::Window(Arc::new(spec.clone())), Arc::clone(&ctx));
+        let first = batch(&[("a", 1, 1.0), ("b", 2, 2.0), ("a", 3, 3.0)], 0);
+        assert_eq!(op.apply(first).ok().unwrap().num_rows(), 0);
+        // Persist, then continue in a fresh operator restored from the store.
+        let store = flumen_state::MemoryStore::default();
+        let changes = op.window_state().unwrap().take_changes("w");
+        flumen_state::StateStore::write(&store, changes, None).unwrap();
+        let mut op = Operator::new(Op::Window(Arc::new(spec)), ctx);
+        let entries = flumen_state::StateStore::prefix(&store, "w", b"").unwrap();
+        op.window_state().unwrap().restore(entries).unwrap();
+        let out = op
+            .apply(batch(&[("a", 5, 1.0), ("b", 30, 1.0)], 3))
+            .ok()
+            .unwrap();
+        assert_eq!(out.schema().field(4).data_type(), &DataType::Int64);
+        let distinct = out.column(4).as_primitive::<arrow::datatypes::Int64Type>();
+        // a: offsets 0, 2, 3 -> parities {0, 1}; b: offset 1 -> {1}.
+        assert_eq!(distinct.values().to_vec(), vec![2, 1]);
+        let counts = out.column(3).as_primitive::<arrow::datatypes::Int64Type>();
+        assert_eq!(counts.values().to_vec(), vec![3, 1]);
+    }
+
     #[test]
     fn plan_errors() {
         let spec = |aggs| WindowSpec {
@@ -325,6 +457,8 @@ mod tests {
             grace_ms: 0,
             aggs,
             emit: Emit::Final,
+            late: crate::window::LateRecords::Drop,
+            store: None,
         };
         let schema = batch(&[], 0).schema();
         let ctx = SessionContext::new();

@@ -23,6 +23,10 @@ pub(crate) struct WindowSpec {
     pub(crate) grace_ms: i64,
     pub(crate) aggs: Vec<crate::window::Aggregation>,
     pub(crate) emit: crate::window::Emit,
+    /// What happens to records whose windows have closed.
+    pub(crate) late: crate::window::LateRecords,
+    /// The state store's name (default: `window-<n>`, n counting the windows of a source).
+    pub(crate) store: Option<String>,
 }
 
 /// One operation of a frame.

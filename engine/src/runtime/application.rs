@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use crate::plan::SinkSpec;
 use crate::runtime::pipeline::{PartitionPipeline, SourcePlan};
 use crate::runtime::stats::Stats;
 use crate::runtime::stop::StopHandle;
-use crate::runtime::worker::{BatchSettings, Rebalancer, Worker};
+use crate::runtime::worker::{BatchSettings, Rebalancer, StateSettings, Worker};
 use crate::topic::Topic;
 use crate::{Error, Result};
 
@@ -31,6 +32,8 @@ pub struct ApplicationBuilder {
     extra: Vec<(String, String)>,
     consumer_extra: Vec<(String, String)>,
     producer_extra: Vec<(String, String)>,
+    state_dir: Option<PathBuf>,
+    block_cache_bytes: usize,
 }
 
 impl Default for ApplicationBuilder {
@@ -46,6 +49,8 @@ impl Default for ApplicationBuilder {
             extra: Vec::new(),
             consumer_extra: Vec::new(),
             producer_extra: Vec::new(),
+            state_dir: None,
+            block_cache_bytes: 64 << 20,
         }
     }
 }
@@ -109,6 +114,21 @@ impl ApplicationBuilder {
     /// An extra librdkafka property for the producer only (e.g. `linger.ms`).
     pub fn producer_config(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.producer_extra.push((key.into(), value.into()));
+        self
+    }
+
+    /// Where windowed operators keep their RocksDB state: one database per input
+    /// topic and partition below this directory (default:
+    /// `<system temp dir>/flumen/<consumer group>`). Restart an application on
+    /// the same directory to continue from its state.
+    pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.state_dir = Some(dir.into());
+        self
+    }
+
+    /// Size of the RocksDB block cache shared by the partitions' states (default 64 MiB).
+    pub fn block_cache_bytes(mut self, bytes: usize) -> Self {
+        self.block_cache_bytes = bytes;
         self
     }
 
@@ -226,6 +246,24 @@ impl Application {
         &self.group
     }
 
+    /// The directory of this application's state (see [`ApplicationBuilder::state_dir`]).
+    pub fn state_dir(&self) -> PathBuf {
+        self.settings.state_dir.clone().unwrap_or_else(|| {
+            let group: String = self
+                .group
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            std::env::temp_dir().join("flumen").join(group)
+        })
+    }
+
     /// Runs until SIGINT or SIGTERM, then finishes in-flight batches, commits and returns.
     pub async fn run(&self) -> Result<()> {
         self.run_until(shutdown_signal()).await
@@ -312,6 +350,10 @@ impl Application {
                 needs_producer = true;
                 require_output(&admin, dlq, "dead-letter")?;
             }
+            for dlq in late_dead_letter_topics(&mine) {
+                needs_producer = true;
+                require_output(&admin, &dlq, "late-record dead-letter")?;
+            }
             let plan = SourcePlan {
                 topic: topic.clone(),
                 decoder: decoder_of(topic)?,
@@ -343,6 +385,11 @@ impl Application {
             queued_batches: 2,
             drain_timeout: Duration::from_secs(120),
         };
+        let state = StateSettings {
+            dir: self.state_dir(),
+            application: self.group.clone(),
+            cache: flumen_state::BlockCache::new(s.block_cache_bytes),
+        };
         Ok(Worker::new(
             sources,
             producer,
@@ -351,6 +398,7 @@ impl Application {
             tokio::runtime::Handle::current(),
             settings,
             self.stop.clone(),
+            state,
         ))
     }
 }
@@ -370,6 +418,23 @@ fn with_extra(config: &KafkaConfig, extra: &[(String, String)]) -> KafkaConfig {
         config.insert(k.clone(), v.clone());
     }
     config
+}
+
+/// The dead-letter topics of late records of the windows in `outputs`.
+fn late_dead_letter_topics(outputs: &[crate::plan::Output]) -> Vec<String> {
+    let mut topics = Vec::new();
+    for output in outputs {
+        for node in output.node.chain() {
+            if let Some(crate::plan::Op::Window(spec)) = &node.op {
+                if let crate::window::LateRecords::DeadLetter(t) = &spec.late {
+                    if !topics.contains(t) {
+                        topics.push(t.clone());
+                    }
+                }
+            }
+        }
+    }
+    topics
 }
 
 fn require_output(admin: &Admin, topic: &str, role: &str) -> Result<()> {

@@ -9,11 +9,13 @@ use arrow::datatypes::SchemaRef;
 use datafusion::prelude::SessionContext;
 use flumen_kafka::format::{BadRecord, RecordDecoder, RecordEncoder};
 use flumen_kafka::{headers_with, DeliveryBatch, OutRecord, Producer, RawBatch};
+use flumen_state::{StateStore, WriteBatch};
 
 use crate::operators::{OpError, Operator};
-use crate::plan::{Node, Output, SinkSpec};
+use crate::plan::{Node, Op, Output, SinkSpec};
 use crate::runtime::stats::Stats;
 use crate::topic::{BadInputPolicy, Topic};
+use crate::window::LateRecords;
 use crate::{Error, Result};
 
 /// A source topic with its decoder and the outputs that read from it.
@@ -29,6 +31,9 @@ pub(crate) struct BatchOutcome {
     pub(crate) next_offset: i64,
     /// Set when a bad record under the `fail` policy stopped the batch.
     pub(crate) failure: Option<Error>,
+    /// The state changes of the batch, to write with a checkpoint at `next_offset`
+    /// once `ack` has completed.
+    pub(crate) state: WriteBatch,
 }
 
 struct TopicWriter {
@@ -51,6 +56,10 @@ pub(crate) struct PartitionPipeline {
     /// Per output, its plan nodes from the source down (computed once).
     chains: Arc<[Vec<Arc<Node>>]>,
     sinks: Vec<SinkWriter>,
+    /// The window operators' node ids and state store names.
+    stores: Vec<(usize, String)>,
+    /// Records before this offset are already reflected in the state; skipped.
+    skip_below: i64,
 }
 
 /// Identifies the batch in error messages.
@@ -59,6 +68,7 @@ struct BatchRef<'a> {
     partition: i32,
     first: i64,
     last: i64,
+    raw: Option<&'a RawBatch>,
 }
 
 impl PartitionPipeline {
@@ -69,14 +79,22 @@ impl PartitionPipeline {
         ctx: &Arc<SessionContext>,
     ) -> Self {
         let mut operators = HashMap::new();
+        let mut stores = Vec::new();
         let chains: Arc<[Vec<Arc<Node>>]> = source.outputs.iter().map(|o| o.node.chain()).collect();
         for chain in chains.iter() {
             for node in chain {
-                if let Some(op) = &node.op {
-                    operators
-                        .entry(node.id)
-                        .or_insert_with(|| Operator::new(op.clone(), Arc::clone(ctx)));
+                let Some(op) = &node.op else { continue };
+                if operators.contains_key(&node.id) {
+                    continue;
                 }
+                if let Op::Window(spec) = op {
+                    let name = spec
+                        .store
+                        .clone()
+                        .unwrap_or_else(|| format!("window-{}", stores.len()));
+                    stores.push((node.id, name));
+                }
+                operators.insert(node.id, Operator::new(op.clone(), Arc::clone(ctx)));
             }
         }
         let sinks = source
@@ -97,12 +115,62 @@ impl PartitionPipeline {
             operators,
             chains,
             sinks,
+            stores,
+            skip_below: i64::MIN,
         }
     }
 
+    /// The names of the state stores of this pipeline (empty when it is stateless).
+    pub(crate) fn store_names(&self) -> Vec<&str> {
+        self.stores.iter().map(|(_, n)| n.as_str()).collect()
+    }
+
+    /// Loads the window state from `store` and skips records before `skip_below`
+    /// (they are already reflected in it).
+    pub(crate) fn restore(
+        &mut self,
+        store: &dyn StateStore,
+        skip_below: Option<i64>,
+    ) -> Result<()> {
+        for (id, name) in &self.stores {
+            let entries = store.prefix(name, b"")?;
+            let restored = self
+                .operators
+                .get_mut(id)
+                .and_then(Operator::window_state)
+                .map(|core| core.restore(entries));
+            if let Some(Err(reason)) = restored {
+                return Err(Error::Runtime(format!(
+                    "window state '{name}' of topic '{}' cannot be read: {reason}",
+                    self.source.topic.name()
+                )));
+            }
+        }
+        self.skip_below = skip_below.unwrap_or(i64::MIN);
+        Ok(())
+    }
+
+    /// The state changes since the last call.
+    fn take_state_changes(&mut self) -> WriteBatch {
+        let mut batch = WriteBatch::default();
+        for (id, name) in &self.stores {
+            if let Some(core) = self.operators.get_mut(id).and_then(Operator::window_state) {
+                batch.extend(core.take_changes(name));
+            }
+        }
+        batch
+    }
     /// Runs every output on an empty batch of the source schema: finds unknown
     /// columns, type errors and unwritable outputs before any record is consumed.
     pub(crate) async fn validate(&mut self) -> Result<()> {
+        for (i, (_, name)) in self.stores.iter().enumerate() {
+            if self.stores[..i].iter().any(|(_, n)| n == name) {
+                return Err(Error::Plan(format!(
+                    "two windows of topic '{}' use the state store name '{name}'; name them apart with store_name(...)",
+                    self.source.topic.name()
+                )));
+            }
+        }
         let empty = RecordBatch::new_empty(Arc::clone(self.source.decoder.schema()));
         let source = Arc::clone(&self.source);
         let at = BatchRef {
@@ -110,6 +178,7 @@ impl PartitionPipeline {
             partition: -1,
             first: -1,
             last: -1,
+            raw: None,
         };
         self.run_outputs(&empty, &DeliveryBatch::new(), &at).await
     }
@@ -123,7 +192,16 @@ impl PartitionPipeline {
         let decoded = self.source.decoder.decode(&raw)?;
         let mut failure = None;
         let mut limit = raw.len();
-        for bad in &decoded.bad {
+        // Records the state already reflects (processed before a restart whose
+        // offsets were not committed yet) are skipped.
+        let skip = if first < self.skip_below {
+            (0..raw.len())
+                .position(|i| raw.offset(i) >= self.skip_below)
+                .unwrap_or(raw.len())
+        } else {
+            0
+        };
+        for bad in decoded.bad.iter().filter(|b| b.index >= skip) {
             match self.route_bad(&raw, bad, &ack).await? {
                 None => {}
                 Some(error) => {
@@ -133,9 +211,10 @@ impl PartitionPipeline {
                 }
             }
         }
-        let rows = decoded.rows.partition_point(|&r| (r as usize) < limit);
-        let batch = if rows < decoded.batch.num_rows() {
-            decoded.batch.slice(0, rows)
+        let from = decoded.rows.partition_point(|&r| (r as usize) < skip);
+        let to = decoded.rows.partition_point(|&r| (r as usize) < limit);
+        let batch = if to - from < decoded.batch.num_rows() {
+            decoded.batch.slice(from, to.saturating_sub(from))
         } else {
             decoded.batch
         };
@@ -145,10 +224,12 @@ impl PartitionPipeline {
             partition: raw.partition(),
             first,
             last,
+            raw: Some(&raw),
         };
         if batch.num_rows() > 0 {
             self.run_outputs(&batch, &ack, &at).await?;
         }
+        let state = self.take_state_changes();
         let next_offset = if limit < raw.len() {
             raw.offset(limit)
         } else {
@@ -158,6 +239,7 @@ impl PartitionPipeline {
             ack,
             next_offset,
             failure,
+            state,
         })
     }
 
@@ -217,6 +299,60 @@ impl PartitionPipeline {
         }
     }
 
+    /// Writes the source records found late by a window (offset, watermark met) to `topic`.
+    async fn dead_letter_late(
+        &self,
+        topic: &str,
+        raw: &RawBatch,
+        late: &[(i64, i64)],
+        ack: &Arc<DeliveryBatch>,
+    ) -> Result<()> {
+        if late.is_empty() {
+            return Ok(());
+        }
+        let producer = self.producer()?;
+        let partition = raw.partition().to_string();
+        let mut index = 0;
+        for &(offset, watermark) in late {
+            let watermark = watermark.to_string();
+            // Offsets ascend in both the batch and `offsets`.
+            while index < raw.len() && raw.offset(index) < offset {
+                index += 1;
+            }
+            if index >= raw.len() || raw.offset(index) != offset {
+                return Err(Error::Runtime(format!(
+                    "late record at offset {offset} of {}/{partition} is not in its batch",
+                    raw.topic()
+                )));
+            }
+            let offset_text = offset.to_string();
+            let headers = headers_with(
+                raw.headers(index),
+                &[
+                    ("flumen.error.kind", "late"),
+                    (
+                        "flumen.error.reason",
+                        "the record arrived after at least one of its windows had closed",
+                    ),
+                    ("flumen.source.topic", raw.topic()),
+                    ("flumen.source.partition", &partition),
+                    ("flumen.source.offset", &offset_text),
+                    ("flumen.watermark", &watermark),
+                ],
+            );
+            let record = OutRecord {
+                topic,
+                key: raw.key(index),
+                value: raw.value(index),
+                timestamp_ms: raw.timestamp(index),
+                partition: None,
+            };
+            producer.send(record, Some(headers), ack).await?;
+        }
+        self.stats.add_out(topic, late.len());
+        Ok(())
+    }
+
     fn producer(&self) -> Result<&Arc<Producer>> {
         self.producer
             .as_ref()
@@ -257,9 +393,13 @@ impl PartitionPipeline {
                         reason,
                     },
                 })?;
-                if matches!(node.op, Some(crate::plan::Op::Window(_))) {
+                if let Some(Op::Window(spec)) = &node.op {
                     self.stats
                         .set_dropped(at.topic, at.partition, node.id, operator.dropped());
+                    let late = operator.take_late();
+                    if let (LateRecords::DeadLetter(topic), Some(raw)) = (&spec.late, at.raw) {
+                        self.dead_letter_late(topic, raw, &late, ack).await?;
+                    }
                 }
                 memo.insert(node.id, batch.clone());
             }

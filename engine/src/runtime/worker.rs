@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use datafusion::prelude::SessionContext;
 use flumen_kafka::{GroupConsumer, Producer, RawBatch, RebalanceListener, TopicPartition};
+use flumen_state::{BlockCache, Checkpoint, RocksStore, StateStore, StoreIdentity, WriteBatch};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -27,6 +28,27 @@ pub(crate) struct BatchSettings {
     pub(crate) drain_timeout: Duration,
 }
 
+/// Where and how partitions keep their state.
+#[derive(Debug, Clone)]
+pub(crate) struct StateSettings {
+    /// One RocksDB database per (source topic, partition) below this directory.
+    pub(crate) dir: std::path::PathBuf,
+    /// The application (consumer group) the state belongs to.
+    pub(crate) application: String,
+    pub(crate) cache: BlockCache,
+}
+
+/// How long opening a state waits for the previous owner in this process
+/// (a task being torn down) to release its lock.
+const STATE_LOCK_WAIT: Duration = Duration::from_secs(30);
+
+/// What the delivery waiter does once a batch's outputs are acknowledged.
+struct Delivered {
+    ack: Arc<flumen_kafka::DeliveryBatch>,
+    next_offset: i64,
+    state: WriteBatch,
+}
+
 struct PartitionTask {
     tx: mpsc::Sender<RawBatch>,
     join: JoinHandle<()>,
@@ -41,6 +63,7 @@ pub(crate) struct Worker {
     pub(crate) runtime: tokio::runtime::Handle,
     pub(crate) settings: BatchSettings,
     pub(crate) stop: StopHandle,
+    pub(crate) state: StateSettings,
     tasks: Mutex<HashMap<TopicPartition, PartitionTask>>,
     committable: Mutex<HashMap<TopicPartition, i64>>,
     revoked: Mutex<Vec<TopicPartition>>,
@@ -61,6 +84,7 @@ impl Worker {
         runtime: tokio::runtime::Handle,
         settings: BatchSettings,
         stop: StopHandle,
+        state: StateSettings,
     ) -> Self {
         Worker {
             sources,
@@ -70,6 +94,7 @@ impl Worker {
             runtime,
             settings,
             stop,
+            state,
             tasks: Mutex::new(HashMap::new()),
             committable: Mutex::new(HashMap::new()),
             revoked: Mutex::new(Vec::new()),
@@ -89,49 +114,116 @@ impl Worker {
         lock(&self.failure).is_some()
     }
 
-    fn spawn_partition(self: &Arc<Self>, tp: TopicPartition) -> Option<PartitionTask> {
+    fn spawn_partition(
+        self: &Arc<Self>,
+        tp: TopicPartition,
+        committed: Option<i64>,
+    ) -> Option<PartitionTask> {
         let source = Arc::clone(self.sources.get(&tp.topic)?);
         let (tx, rx) = mpsc::channel(self.settings.queued_batches);
         let worker = Arc::clone(self);
         let join = self
             .runtime
-            .spawn(async move { worker.run_partition(tp, source, rx).await });
+            .spawn(async move { worker.run_partition(tp, committed, source, rx).await });
         Some(PartitionTask { tx, join })
+    }
+
+    /// Opens the partition's state (when the pipeline has any), checks it against
+    /// the group's committed offset and loads it into `pipeline`.
+    async fn open_state(
+        &self,
+        tp: &TopicPartition,
+        committed: Option<i64>,
+        pipeline: &mut PartitionPipeline,
+    ) -> Result<Option<Arc<dyn StateStore>>> {
+        let names = pipeline.store_names();
+        if names.is_empty() {
+            return Ok(None);
+        }
+        let path = self.state.dir.join(state_dir_name(tp));
+        let identity = StoreIdentity::new(&self.state.application, &tp.topic, tp.partition);
+        let deadline = Instant::now() + STATE_LOCK_WAIT;
+        let store = loop {
+            match RocksStore::open_with_cache(&path, &identity, &names, &self.state.cache) {
+                Ok(store) => break store,
+                // The previous owner of this partition in this process may still be closing.
+                Err(e) if e.to_string().contains("lock") && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let checkpoint = store.checkpoint()?.map(|c| c.next_offset);
+        if let Some(committed) = committed {
+            if checkpoint.is_none_or(|c| c < committed) && committed > 0 {
+                return Err(Error::StateBehind {
+                    topic: tp.topic.clone(),
+                    partition: tp.partition,
+                    path: path.display().to_string(),
+                    group: self.state.application.clone(),
+                    checkpoint: checkpoint.map_or("none".into(), |c| c.to_string()),
+                    committed,
+                });
+            }
+        }
+        pipeline.restore(&store, checkpoint)?;
+        match checkpoint {
+            Some(at) => tracing::info!(
+                %tp, path = %path.display(), checkpoint = at, ?committed,
+                "state restored; records before the checkpoint are skipped"
+            ),
+            None => tracing::info!(%tp, path = %path.display(), "new state"),
+        }
+        Ok(Some(Arc::new(store)))
     }
 
     async fn run_partition(
         self: Arc<Self>,
         tp: TopicPartition,
+        committed: Option<i64>,
         source: Arc<SourcePlan>,
         mut rx: mpsc::Receiver<RawBatch>,
     ) {
-        let (done_tx, mut done_rx) =
-            mpsc::channel::<(Arc<flumen_kafka::DeliveryBatch>, i64)>(self.settings.queued_batches);
-        // Deliveries are awaited in order beside processing, so the next batch can
-        // be processed while the previous one is still being acknowledged.
-        let waiter = {
-            let worker = Arc::clone(&self);
-            let tp = tp.clone();
-            tokio::spawn(async move {
-                while let Some((ack, next_offset)) = done_rx.recv().await {
-                    match ack.wait().await {
-                        Ok(()) => {
-                            lock(&worker.committable).insert(tp.clone(), next_offset);
-                        }
-                        Err(error) => {
-                            worker.fail(error.into());
-                            return;
-                        }
-                    }
-                }
-            })
-        };
         let mut pipeline = PartitionPipeline::new(
             source,
             self.producer.clone(),
             Arc::clone(&self.stats),
             &self.ctx,
         );
+        let store = match self.open_state(&tp, committed, &mut pipeline).await {
+            Ok(store) => store,
+            Err(error) => {
+                self.fail(error);
+                return;
+            }
+        };
+        let (done_tx, mut done_rx) = mpsc::channel::<Delivered>(self.settings.queued_batches);
+        // Deliveries are awaited in order beside processing, so the next batch can
+        // be processed while the previous one is still being acknowledged.
+        let waiter = {
+            let worker = Arc::clone(&self);
+            let tp = tp.clone();
+            tokio::spawn(async move {
+                while let Some(delivered) = done_rx.recv().await {
+                    if let Err(error) = delivered.ack.wait().await {
+                        worker.fail(error.into());
+                        return;
+                    }
+                    // The state is checkpointed only once everything the batch
+                    // produced was delivered: a checkpoint never covers a lost output.
+                    if let Some(store) = &store {
+                        let checkpoint = Checkpoint {
+                            next_offset: delivered.next_offset,
+                        };
+                        if let Err(error) = store.write(delivered.state, Some(checkpoint)) {
+                            worker.fail(error.into());
+                            return;
+                        }
+                    }
+                    lock(&worker.committable).insert(tp.clone(), delivered.next_offset);
+                }
+            })
+        };
         while let Some(raw) = rx.recv().await {
             if self.failed() {
                 break;
@@ -142,11 +234,12 @@ impl Worker {
                     metrics::histogram!("flumen_batch_seconds")
                         .record(started.elapsed().as_secs_f64());
                     let failure = outcome.failure;
-                    if done_tx
-                        .send((outcome.ack, outcome.next_offset))
-                        .await
-                        .is_err()
-                    {
+                    let delivered = Delivered {
+                        ack: outcome.ack,
+                        next_offset: outcome.next_offset,
+                        state: outcome.state,
+                    };
+                    if done_tx.send(delivered).await.is_err() {
                         break;
                     }
                     if let Some(error) = failure {
@@ -350,12 +443,12 @@ impl Worker {
 pub(crate) struct Rebalancer(pub(crate) std::sync::Weak<Worker>);
 
 impl RebalanceListener for Rebalancer {
-    fn on_assign(&self, partitions: &[TopicPartition]) {
+    fn on_assign(&self, partitions: &[(TopicPartition, Option<i64>)]) {
         let Some(worker) = self.0.upgrade() else {
             return;
         };
-        for tp in partitions {
-            if let Some(task) = worker.spawn_partition(tp.clone()) {
+        for (tp, committed) in partitions {
+            if let Some(task) = worker.spawn_partition(tp.clone(), *committed) {
                 lock(&worker.tasks).insert(tp.clone(), task);
             }
         }
@@ -373,4 +466,21 @@ impl RebalanceListener for Rebalancer {
         worker.close_tasks(Some(partitions));
         worker.take_committable(partitions)
     }
+}
+
+/// The directory name of a partition's state: the topic (with characters that
+/// are not safe in file names replaced) and the partition.
+fn state_dir_name(tp: &TopicPartition) -> String {
+    let topic: String = tp
+        .topic
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{topic}-{}", tp.partition)
 }

@@ -2,12 +2,16 @@
 //! in memory, merge into the window state, emit closed (`final`) or touched
 //! (`current`) windows.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
-use arrow::array::{Array, Float64Array, StringArray};
+use arrow::array::{Array, ArrayRef, Float64Array, StringArray, UInt32Array};
+use flumen_state::WriteBatch;
 
 use super::aggregate::{AggKind, AggState, AggValue};
 use super::assign::Windows;
+use super::codec::{self, CorruptState};
+use super::custom::DynAggregator;
 
 /// When windows are emitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -40,8 +44,22 @@ pub struct WindowInput<'a> {
     pub timestamps: &'a [i64],
     /// Source offsets (tie-breaker for first / last / collect).
     pub offsets: &'a [i64],
-    /// Per aggregation, its input values (`None` for `count()`).
+    /// Per aggregation, its input values as numbers (`None` for `count()` and
+    /// user-defined aggregations).
     pub values: &'a [Option<&'a Float64Array>],
+    /// Per aggregation, its input values as evaluated (user-defined aggregations
+    /// only; may be empty when there are none).
+    pub raw: &'a [Option<ArrayRef>],
+}
+
+/// What one batch produced.
+#[derive(Debug, Default)]
+pub struct Processed {
+    /// Windows to emit.
+    pub rows: Vec<WindowRow>,
+    /// Rows of the input that were late for at least one of their windows, with
+    /// the watermark they met.
+    pub late: Vec<(u32, i64)>,
 }
 
 /// Counters of records a window aggregation did not use.
@@ -53,30 +71,116 @@ pub struct Dropped {
     pub null_keys: u64,
 }
 
-/// Window state of one partition, in memory.
-#[derive(Debug)]
+type Customs = Vec<Option<Arc<dyn DynAggregator>>>;
+
+/// Window state of one partition. Open windows live in memory; the changes
+/// since the last [`WindowCore::take_changes`] are tracked so that they can be
+/// written to a state store in one batch.
 pub struct WindowCore {
     windows: Windows,
     grace_ms: i64,
     kinds: Vec<AggKind>,
+    customs: Customs,
     emit: Emit,
     state: BTreeMap<(i64, String), Vec<AggState>>,
     stream_time: Option<i64>,
     dropped: Dropped,
+    changed: HashSet<(i64, String)>,
+    stream_time_changed: bool,
+}
+
+impl std::fmt::Debug for WindowCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WindowCore")
+            .field("windows", &self.windows)
+            .field("kinds", &self.kinds)
+            .field("open", &self.state.len())
+            .field("stream_time", &self.stream_time)
+            .finish()
+    }
 }
 
 impl WindowCore {
     /// An empty state for `kinds` over `windows`, closing windows `grace_ms` after their end.
     pub fn new(windows: Windows, grace_ms: i64, kinds: Vec<AggKind>, emit: Emit) -> Self {
+        let customs = vec![None; kinds.len()];
         WindowCore {
             windows,
             grace_ms,
             kinds,
+            customs,
             emit,
             state: BTreeMap::new(),
             stream_time: None,
             dropped: Dropped::default(),
+            changed: HashSet::new(),
+            stream_time_changed: false,
         }
+    }
+
+    /// Sets the user-defined aggregators, one slot per aggregation.
+    pub(crate) fn with_customs(mut self, customs: Customs) -> Self {
+        self.customs = customs;
+        self
+    }
+
+    /// Replaces the state with `entries` read from a state store (see
+    /// [`WindowCore::take_changes`]).
+    pub(crate) fn restore(&mut self, entries: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), String> {
+        self.state.clear();
+        self.changed.clear();
+        self.stream_time = None;
+        self.stream_time_changed = false;
+        let customs = self.customs.clone();
+        let custom = |i: usize, bytes: &[u8]| -> Result<AggState, CorruptState> {
+            let agg = customs.get(i).and_then(Option::as_ref).ok_or_else(|| {
+                CorruptState(format!(
+                    "aggregation {i} is stored as user-defined but is not"
+                ))
+            })?;
+            agg.decode(bytes)
+                .map(AggState::Custom)
+                .map_err(|e| CorruptState(format!("aggregation {i}: {e}")))
+        };
+        for (key, value) in entries {
+            if key == codec::STREAM_TIME_KEY {
+                let bytes: [u8; 8] = value
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| "stream time is malformed".to_string())?;
+                self.stream_time = Some(i64::from_be_bytes(bytes));
+                continue;
+            }
+            let window = codec::decode_window_key(&key).map_err(|e| e.0)?;
+            let states = codec::decode_states(&value, &custom).map_err(|e| e.0)?;
+            if states.len() != self.kinds.len() {
+                return Err(format!(
+                    "window {window:?} has {} aggregations stored, the pipeline has {};                      a changed pipeline needs a new state directory or consumer group",
+                    states.len(),
+                    self.kinds.len()
+                ));
+            }
+            self.state.insert(window, states);
+        }
+        Ok(())
+    }
+
+    /// The changes since the last call, as puts and deletes of `store`.
+    pub(crate) fn take_changes(&mut self, store: &str) -> WriteBatch {
+        let mut batch = WriteBatch::default();
+        for window in self.changed.drain() {
+            let key = codec::window_key(window.0, &window.1);
+            match self.state.get(&window) {
+                Some(states) => batch.put(store, &key, &codec::encode_states(states)),
+                None => batch.delete(store, &key),
+            }
+        }
+        if std::mem::take(&mut self.stream_time_changed) {
+            if let Some(t) = self.stream_time {
+                batch.put(store, codec::STREAM_TIME_KEY, &t.to_be_bytes());
+            }
+        }
+        batch
     }
 
     /// The watermark: max event time seen minus grace (`None` before any record).
@@ -95,13 +199,22 @@ impl WindowCore {
     }
 
     fn new_states(&self) -> Vec<AggState> {
-        self.kinds.iter().map(|k| AggState::new(*k)).collect()
+        self.kinds
+            .iter()
+            .zip(&self.customs)
+            .map(|(k, c)| match c {
+                Some(agg) => AggState::Custom(agg.initialize()),
+                None => AggState::new(*k),
+            })
+            .collect()
     }
 
-    /// Adds a batch and returns the windows to emit.
-    pub fn process(&mut self, input: &WindowInput<'_>) -> Vec<WindowRow> {
+    /// Adds a batch and returns the windows to emit and the late rows.
+    pub fn process(&mut self, input: &WindowInput<'_>) -> Result<Processed, String> {
         let size = self.windows.size_ms();
-        let mut partials: HashMap<(i64, &str), Vec<AggState>> = HashMap::new();
+        let has_custom = self.customs.iter().any(Option::is_some);
+        let mut partials: HashMap<(i64, &str), (Vec<AggState>, Vec<u32>)> = HashMap::new();
+        let mut late_rows = Vec::new();
         let mut stream_time = self.stream_time;
         for row in 0..input.timestamps.len() {
             let ts = input.timestamps[row];
@@ -119,9 +232,12 @@ impl WindowCore {
                     late = true;
                     continue;
                 }
-                let states = partials
+                let (states, rows) = partials
                     .entry((start, key))
-                    .or_insert_with(|| self.new_states());
+                    .or_insert_with(|| (self.new_states(), Vec::new()));
+                if has_custom {
+                    rows.push(row as u32);
+                }
                 for (i, state) in states.iter_mut().enumerate() {
                     let value = input.values[i].and_then(|v| v.is_valid(row).then(|| v.value(row)));
                     state.update(ts, input.offsets[row], value);
@@ -129,22 +245,33 @@ impl WindowCore {
             }
             if late {
                 self.dropped.late += 1;
+                late_rows.push((row as u32, closed_before.unwrap_or(i64::MIN)));
             }
             stream_time = Some(stream_time.map_or(ts, |t| t.max(ts)));
         }
-        self.stream_time = stream_time;
+        if stream_time != self.stream_time {
+            self.stream_time = stream_time;
+            self.stream_time_changed = true;
+        }
+        if has_custom {
+            self.update_customs(&mut partials, input.raw)?;
+        }
         let mut touched = Vec::new();
-        for ((start, key), partial) in partials {
-            let states = self
-                .state
-                .entry((start, key.to_string()))
-                .or_insert_with(|| self.kinds.iter().map(|k| AggState::new(*k)).collect());
-            for (state, p) in states.iter_mut().zip(&partial) {
-                state.merge(p);
+        for ((start, key), (partial, _)) in partials {
+            let window = (start, key.to_string());
+            if !self.state.contains_key(&window) {
+                let fresh = self.new_states();
+                self.state.insert(window.clone(), fresh);
+            }
+            if let Some(states) = self.state.get_mut(&window) {
+                for ((state, p), custom) in states.iter_mut().zip(&partial).zip(&self.customs) {
+                    state.merge_with(p, custom.as_deref());
+                }
             }
             if self.emit == Emit::Current {
-                touched.push((start, key.to_string()));
+                touched.push(window.clone());
             }
+            self.changed.insert(window);
         }
         let mut out = Vec::new();
         if self.emit == Emit::Current {
@@ -155,19 +282,45 @@ impl WindowCore {
                 }
             }
         }
-        let Some(wm) = self.watermark() else {
-            return out;
-        };
-        while let Some(entry) = self.state.first_entry() {
-            if entry.key().0 + size > wm {
-                break;
-            }
-            let ((start, key), states) = entry.remove_entry();
-            if self.emit == Emit::Final {
-                out.push(self.row(key, start, &states));
+        if let Some(wm) = self.watermark() {
+            while let Some(entry) = self.state.first_entry() {
+                if entry.key().0 + size > wm {
+                    break;
+                }
+                let ((start, key), states) = entry.remove_entry();
+                self.changed.insert((start, key.clone()));
+                if self.emit == Emit::Final {
+                    out.push(self.row(key, start, &states));
+                }
             }
         }
-        out
+        Ok(Processed {
+            rows: out,
+            late: late_rows,
+        })
+    }
+
+    /// Feeds each window's slice of the batch to the user-defined aggregations.
+    fn update_customs(
+        &self,
+        partials: &mut HashMap<(i64, &str), (Vec<AggState>, Vec<u32>)>,
+        raw: &[Option<ArrayRef>],
+    ) -> Result<(), String> {
+        for (i, custom) in self.customs.iter().enumerate() {
+            let (Some(agg), Some(Some(values))) = (custom, raw.get(i)) else {
+                continue;
+            };
+            for (states, rows) in partials.values_mut() {
+                let indices = UInt32Array::from(rows.clone());
+                let slice = arrow::compute::take(values.as_ref(), &indices, None)
+                    .map_err(|e| e.to_string())?;
+                if let AggState::Custom(state) = &mut states[i] {
+                    agg.update(state.as_mut(), &slice)
+                        .map_err(|e| format!("aggregation {i}: {e}"))?;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn row(&self, key: String, start: i64, states: &[AggState]) -> WindowRow {
@@ -178,7 +331,8 @@ impl WindowCore {
             values: states
                 .iter()
                 .zip(&self.kinds)
-                .map(|(s, k)| s.value(*k))
+                .zip(&self.customs)
+                .map(|((s, k), c)| s.value_with(*k, c.as_deref()))
                 .collect(),
         }
     }

@@ -2,14 +2,30 @@
 
 mod aggregate;
 mod assign;
+mod codec;
 mod core;
+mod custom;
 
 pub use crate::operators::{WINDOW_END, WINDOW_START};
 pub use aggregate::{
     avg, collect, count, first, last, max, mean, min, sum, AggKind, AggState, AggValue, Aggregation,
 };
 pub use assign::Windows;
-pub use core::{Dropped, Emit, WindowCore, WindowInput, WindowRow};
+pub use core::{Dropped, Emit, Processed, WindowCore, WindowInput, WindowRow};
+pub use custom::{aggregate, Aggregator, CustomState};
 
 #[cfg(test)]
 mod properties;
+
+/// What happens to records that arrive after their window has closed (event
+/// time older than the partition's watermark minus the window size).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum LateRecords {
+    /// Drop them and count them (`Stats::late_records`, metric `flumen_late_records_total`).
+    #[default]
+    Drop,
+    /// Count them and write the source record, unchanged, to this topic, with
+    /// headers `flumen.error.kind = late`, `flumen.source.topic`,
+    /// `flumen.source.partition`, `flumen.source.offset` and `flumen.watermark`.
+    DeadLetter(String),
+}

@@ -7,6 +7,8 @@ use std::time::Duration;
 use arrow::array::{Float64Array, StringArray};
 use proptest::prelude::*;
 
+use flumen_state::StateStore;
+
 use super::*;
 
 const KINDS: [AggKind; 8] = [
@@ -80,6 +82,7 @@ fn naive(kind: AggKind, records: &[(i64, i64, Option<f64>)]) -> AggValue {
         ),
         AggKind::First => AggValue::Float(by_time(false)),
         AggKind::Last => AggValue::Float(by_time(true)),
+        AggKind::Custom => AggValue::Scalar(datafusion::common::ScalarValue::Null),
         AggKind::Collect => {
             let mut sorted: Vec<_> = records.iter().filter(|r| r.2.is_some()).collect();
             sorted.sort_by_key(|r| (r.0, r.1));
@@ -105,6 +108,7 @@ fn run(
     emit: Emit,
 ) -> (Vec<Vec<WindowRow>>, Dropped) {
     let mut core = WindowCore::new(w, grace, KINDS.to_vec(), emit);
+    let store = flumen_state::MemoryStore::default();
     let mut out = Vec::new();
     let mut at = 0;
     let mut cuts: Vec<usize> = splits.iter().map(|s| s % (events.len() + 1)).collect();
@@ -123,12 +127,18 @@ fn run(
             .iter()
             .map(|k| (*k != AggKind::Count).then_some(&values))
             .collect();
-        out.push(core.process(&WindowInput {
+        let processed = core.process(&WindowInput {
             keys: &keys,
             timestamps: &ts,
             offsets: &offsets,
             values: &inputs,
-        }));
+            raw: &[],
+        });
+        out.push(processed.map(|p| p.rows).unwrap_or_default());
+        // Every batch's changes go through a state store and the state is read
+        // back from it, as after a restart.
+        store.write(core.take_changes("w"), None).unwrap();
+        core.restore(store.prefix("w", b"").unwrap()).unwrap();
         at = cut;
     }
     (out, core.dropped())

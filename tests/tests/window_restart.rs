@@ -1,0 +1,218 @@
+//! Windowed state survives a restart: stop (or kill) mid-stream, start again on
+//! the same state directory and consumer group, and the windows emitted over
+//! both runs equal an uninterrupted run's.
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test helpers fail loudly
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use arrow::datatypes::{DataType, Field, Schema};
+use common::{builder, start, wait_until, DEADLINE};
+use flumen::prelude::*;
+use flumen_testkit::sensor::SensorWorkload;
+use flumen_testkit::topics::TestRecord;
+use flumen_testkit::{unique_name, DevStack};
+
+const PARTITIONS: i32 = 3;
+const DEVICES: u64 = 12;
+const EVENTS: u64 = 6_000;
+
+/// (device, window_start) -> the emitted row's values, as JSON text.
+type Windows = BTreeMap<(String, i64), String>;
+
+fn partition_of(device: &str) -> i32 {
+    let n: i32 = device.trim_start_matches("dev-").parse().unwrap();
+    n % PARTITIONS
+}
+
+fn app(stack: &DevStack, group: &str, state: &Path, input: &str, output: &str) -> Application {
+    let app = builder(stack, group)
+        .max_batch_records(200)
+        .state_dir(state)
+        .build()
+        .expect("app");
+    app.dataframe(
+        Topic::json(input)
+            .schema(Schema::new(vec![
+                Field::new("device", DataType::Utf8, false),
+                Field::new("ts", DataType::Int64, false),
+                Field::new("temp", DataType::Float64, false),
+            ]))
+            .timestamp_field("ts"),
+    )
+    .expect("frame")
+    .filter(col("temp").gt_eq(lit(0.0)))
+    .tumbling_window(Duration::from_secs(10))
+    .agg([
+        count(),
+        sum(col("temp")).alias("sum"),
+        min(col("temp")).alias("min"),
+        max(col("temp")).alias("max"),
+        mean(col("temp")).alias("mean"),
+        collect(col("temp")).alias("temps"),
+    ])
+    .final_()
+    .to_topic(Topic::json(output));
+    app
+}
+
+/// Every window in `output`; a window emitted more than once must have the same values.
+async fn windows(stack: &DevStack, output: &str) -> (Windows, usize) {
+    let records = stack.read_all(output, DEADLINE).await.expect("read");
+    let mut out = Windows::new();
+    for r in &records {
+        let v = r.json();
+        let key = (
+            v["key"].as_str().unwrap().to_string(),
+            v["window_start"].as_i64().unwrap(),
+        );
+        let text = v.to_string();
+        if let Some(previous) = out.insert(key.clone(), text.clone()) {
+            assert_eq!(
+                previous, text,
+                "window {key:?} re-emitted with other values"
+            );
+        }
+    }
+    (out, records.len())
+}
+
+/// Waits until `output` holds `expected` distinct windows.
+async fn wait_for_windows(stack: &DevStack, output: &str, expected: usize) -> (Windows, usize) {
+    let start = Instant::now();
+    loop {
+        let (found, records) = windows(stack, output).await;
+        if found.len() >= expected {
+            return (found, records);
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "only {} of {expected} windows after {DEADLINE:?}",
+            found.len()
+        );
+    }
+}
+
+async fn setup(stack: &DevStack) -> String {
+    let input = unique_name("in");
+    stack.create_topic(&input, PARTITIONS).await.expect("input");
+    let workload = SensorWorkload {
+        events: EVENTS,
+        devices: DEVICES,
+        step_ms: 100,
+        ..Default::default()
+    };
+    let records = workload
+        .readings()
+        .map(|r| TestRecord::new(&r.device, r.to_json()).to_partition(partition_of(&r.device)));
+    stack.produce(&input, records).await.expect("produce");
+    input
+}
+
+async fn output_topic(stack: &DevStack) -> String {
+    let output = unique_name("out");
+    stack
+        .create_topic(&output, PARTITIONS)
+        .await
+        .expect("output");
+    output
+}
+
+/// The uninterrupted run's windows.
+async fn reference(stack: &DevStack, input: &str) -> Windows {
+    let state = tempfile::tempdir().expect("state dir");
+    let output = output_topic(stack).await;
+    let running = start(app(stack, &unique_name("g"), state.path(), input, &output));
+    let stats = running.stats.clone();
+    wait_until("the reference run to read the input", || {
+        stats.records_in() >= EVENTS
+    })
+    .await;
+    running.stop().await.expect("reference run");
+    let (windows, records) = windows(stack, &output).await;
+    assert_eq!(
+        records,
+        windows.len(),
+        "the reference emits each window once"
+    );
+    assert!(windows.len() > 100, "{} windows", windows.len());
+    windows
+}
+
+async fn interrupted(kill: bool) {
+    let stack = DevStack::start().expect("dev stack");
+    let input = setup(&stack).await;
+    let expected = reference(&stack, &input).await;
+
+    let state = tempfile::tempdir().expect("state dir");
+    let output = output_topic(&stack).await;
+    let group = unique_name("g");
+    let mut read = 0;
+    for stop_after in [EVENTS / 4, EVENTS / 2, EVENTS * 3 / 4] {
+        let running = start(app(&stack, &group, state.path(), &input, &output));
+        let stats = running.stats.clone();
+        wait_until("the run to read its share", || {
+            read + stats.records_in() >= stop_after
+        })
+        .await;
+        read += stats.records_in();
+        if kill {
+            running.stop.kill();
+            let _ = running.finish().await;
+        } else {
+            running.stop().await.expect("graceful stop");
+        }
+    }
+    let running = start(app(&stack, &group, state.path(), &input, &output));
+    let (actual, records) = wait_for_windows(&stack, &output, expected.len()).await;
+    running.stop().await.expect("final run");
+    assert_eq!(
+        actual.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>(),
+        "the same windows"
+    );
+    for (key, want) in &expected {
+        assert_eq!(&actual[key], want, "window {key:?}");
+    }
+    if !kill {
+        assert_eq!(
+            records,
+            expected.len(),
+            "graceful restarts emit each window once"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_restarts_on_the_same_state_give_the_uninterrupted_windows() {
+    interrupted(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_runs_restarted_on_the_same_state_give_the_uninterrupted_windows() {
+    interrupted(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_directory_behind_the_committed_offset_is_refused() {
+    let stack = DevStack::start().expect("dev stack");
+    let input = setup(&stack).await;
+    let output = output_topic(&stack).await;
+    let group = unique_name("g");
+    let first = tempfile::tempdir().expect("state dir");
+    let running = start(app(&stack, &group, first.path(), &input, &output));
+    let stats = running.stats.clone();
+    wait_until("some input to be read", || stats.records_in() >= EVENTS / 2).await;
+    running.stop().await.expect("first run");
+
+    // Same group, empty state directory: the committed offsets are ahead of it.
+    let empty = tempfile::tempdir().expect("state dir");
+    let running = start(app(&stack, &group, empty.path(), &input, &output));
+    let error = running.finish().await.expect_err("refused");
+    let text = error.to_string();
+    assert!(matches!(error, flumen::Error::StateBehind { .. }), "{text}");
+    assert!(text.contains(&group) && text.contains("none"), "{text}");
+}
