@@ -395,7 +395,6 @@ impl Application {
             producer,
             ctx,
             stats,
-            tokio::runtime::Handle::current(),
             settings,
             self.stop.clone(),
             state,

@@ -81,11 +81,11 @@ impl Worker {
         producer: Option<Arc<Producer>>,
         ctx: Arc<SessionContext>,
         stats: Arc<Stats>,
-        runtime: tokio::runtime::Handle,
         settings: BatchSettings,
         stop: StopHandle,
         state: StateSettings,
     ) -> Self {
+        let runtime = tokio::runtime::Handle::current();
         Worker {
             sources,
             producer,

@@ -161,11 +161,14 @@ pub(crate) fn encode_states(states: &[AggState]) -> Vec<u8> {
     out
 }
 
+/// Decodes the stored state of the user-defined aggregation at an index.
+pub(crate) type CustomDecoder<'a> = &'a dyn Fn(usize, &[u8]) -> Result<AggState, CorruptState>;
+
 /// Decodes the partial states of one window; `custom` decodes the state of the
 /// user-defined aggregation at an index.
 pub(crate) fn decode_states(
     bytes: &[u8],
-    custom: &dyn Fn(usize, &[u8]) -> Result<AggState, CorruptState>,
+    custom: CustomDecoder<'_>,
 ) -> Result<Vec<AggState>, CorruptState> {
     let mut r = Reader { bytes };
     let mut states = Vec::new();
@@ -203,7 +206,7 @@ mod tests {
 
     #[test]
     fn keys_sort_by_start_then_key_and_round_trip() {
-        let mut keys = vec![
+        let mut keys = [
             window_key(10, "b"),
             window_key(-20, "z"),
             window_key(10, "a"),

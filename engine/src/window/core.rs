@@ -73,6 +73,10 @@ pub struct Dropped {
 
 type Customs = Vec<Option<Arc<dyn DynAggregator>>>;
 
+/// One batch's partial states per (window start, key), with the batch rows of
+/// each (collected only for user-defined aggregations).
+type Partials<'a> = HashMap<(i64, &'a str), (Vec<AggState>, Vec<u32>)>;
+
 /// Window state of one partition. Open windows live in memory; the changes
 /// since the last [`WindowCore::take_changes`] are tracked so that they can be
 /// written to a state store in one batch.
@@ -213,7 +217,7 @@ impl WindowCore {
     pub fn process(&mut self, input: &WindowInput<'_>) -> Result<Processed, String> {
         let size = self.windows.size_ms();
         let has_custom = self.customs.iter().any(Option::is_some);
-        let mut partials: HashMap<(i64, &str), (Vec<AggState>, Vec<u32>)> = HashMap::new();
+        let mut partials: Partials<'_> = HashMap::new();
         let mut late_rows = Vec::new();
         let mut stream_time = self.stream_time;
         for row in 0..input.timestamps.len() {
@@ -303,7 +307,7 @@ impl WindowCore {
     /// Feeds each window's slice of the batch to the user-defined aggregations.
     fn update_customs(
         &self,
-        partials: &mut HashMap<(i64, &str), (Vec<AggState>, Vec<u32>)>,
+        partials: &mut Partials<'_>,
         raw: &[Option<ArrayRef>],
     ) -> Result<(), String> {
         for (i, custom) in self.customs.iter().enumerate() {
