@@ -10,10 +10,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use arrow::datatypes::{DataType, Field, Schema};
-use common::{builder, start, wait_until, DEADLINE};
+use common::{builder, produce_readings, start, wait_until, DEADLINE};
 use flumen::prelude::*;
-use flumen_testkit::sensor::SensorWorkload;
-use flumen_testkit::topics::TestRecord;
 use flumen_testkit::{unique_name, DevStack};
 
 const PARTITIONS: i32 = 3;
@@ -22,11 +20,6 @@ const EVENTS: u64 = 6_000;
 
 /// (device, window_start) -> the emitted row's values, as JSON text.
 type Windows = BTreeMap<(String, i64), String>;
-
-fn partition_of(device: &str) -> i32 {
-    let n: i32 = device.trim_start_matches("dev-").parse().unwrap();
-    n % PARTITIONS
-}
 
 fn app(stack: &DevStack, group: &str, state: &Path, input: &str, output: &str) -> Application {
     let app = builder(stack, group)
@@ -99,16 +92,7 @@ async fn wait_for_windows(stack: &DevStack, output: &str, expected: usize) -> (W
 async fn setup(stack: &DevStack) -> String {
     let input = unique_name("in");
     stack.create_topic(&input, PARTITIONS).await.expect("input");
-    let workload = SensorWorkload {
-        events: EVENTS,
-        devices: DEVICES,
-        step_ms: 100,
-        ..Default::default()
-    };
-    let records = workload
-        .readings()
-        .map(|r| TestRecord::new(&r.device, r.to_json()).to_partition(partition_of(&r.device)));
-    stack.produce(&input, records).await.expect("produce");
+    produce_readings(stack, &input, PARTITIONS, EVENTS, DEVICES).await;
     input
 }
 

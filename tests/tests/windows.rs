@@ -10,9 +10,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use arrow::datatypes::{DataType, Field, Schema};
-use common::{builder, run_until_read, DEADLINE};
+use common::{builder, produce_readings, run_until_read, DEADLINE};
 use flumen::prelude::*;
-use flumen_testkit::sensor::{Reading, SensorWorkload};
+use flumen_testkit::sensor::Reading;
 use flumen_testkit::topics::TestRecord;
 use flumen_testkit::{unique_name, DevStack};
 
@@ -20,8 +20,7 @@ const PARTITIONS: i32 = 3;
 const DEVICES: u64 = 12;
 
 fn partition_of(device: &str) -> i32 {
-    let n: i32 = device.trim_start_matches("dev-").parse().unwrap();
-    n % PARTITIONS
+    common::device_partition(device, PARTITIONS)
 }
 
 /// (count, sum, min, max, mean) of one window.
@@ -86,16 +85,7 @@ async fn run(window: &str) {
         .create_topic(&output, PARTITIONS)
         .await
         .expect("output topic");
-    let workload = SensorWorkload {
-        events: 4_000,
-        devices: DEVICES,
-        step_ms: 100,
-        ..Default::default()
-    };
-    let records = workload
-        .readings()
-        .map(|r| TestRecord::new(&r.device, r.to_json()).to_partition(partition_of(&r.device)));
-    stack.produce(&input, records).await.expect("produce");
+    let workload = produce_readings(&stack, &input, PARTITIONS, 4_000, DEVICES).await;
 
     let state = tempfile::tempdir().expect("state dir");
     let app = builder(&stack, &unique_name("g"))

@@ -249,18 +249,9 @@ impl Application {
     /// The directory of this application's state (see [`ApplicationBuilder::state_dir`]).
     pub fn state_dir(&self) -> PathBuf {
         self.settings.state_dir.clone().unwrap_or_else(|| {
-            let group: String = self
-                .group
-                .chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                        c
-                    } else {
-                        '_'
-                    }
-                })
-                .collect();
-            std::env::temp_dir().join("flumen").join(group)
+            std::env::temp_dir()
+                .join("flumen")
+                .join(crate::runtime::worker::file_safe(&self.group))
         })
     }
 

@@ -468,12 +468,14 @@ impl RebalanceListener for Rebalancer {
     }
 }
 
-/// The directory name of a partition's state: the topic (with characters that
-/// are not safe in file names replaced) and the partition.
+/// The directory name of a partition's state: topic and partition.
 fn state_dir_name(tp: &TopicPartition) -> String {
-    let topic: String = tp
-        .topic
-        .chars()
+    format!("{}-{}", file_safe(&tp.topic), tp.partition)
+}
+
+/// `name` with every character that is not safe in a file name replaced by `_`.
+pub(crate) fn file_safe(name: &str) -> String {
+    name.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || "-_.".contains(c) {
                 c
@@ -481,6 +483,5 @@ fn state_dir_name(tp: &TopicPartition) -> String {
                 '_'
             }
         })
-        .collect();
-    format!("{topic}-{}", tp.partition)
+        .collect()
 }

@@ -127,3 +127,33 @@ pub async fn run_until_read(app: Application, records: u64) -> Arc<Stats> {
     running.stop().await.expect("clean stop");
     stats
 }
+
+/// The partition of a `dev-<n>` device when input is written keyed by device:
+/// `n % partitions`, so that each device's readings stay in one partition.
+pub fn device_partition(device: &str, partitions: i32) -> i32 {
+    let n: i32 = device.trim_start_matches("dev-").parse().unwrap();
+    n % partitions
+}
+
+/// Writes `events` sensor readings of `devices` devices, 100 ms of event time
+/// apart, keyed by device, one record per producer batch, into `topic`.
+pub async fn produce_readings(
+    stack: &DevStack,
+    topic: &str,
+    partitions: i32,
+    events: u64,
+    devices: u64,
+) -> SensorWorkload {
+    let workload = SensorWorkload {
+        events,
+        devices,
+        step_ms: 100,
+        ..Default::default()
+    };
+    let records = workload.readings().map(|r| {
+        flumen_testkit::topics::TestRecord::new(&r.device, r.to_json())
+            .to_partition(device_partition(&r.device, partitions))
+    });
+    stack.produce(topic, records).await.expect("produce");
+    workload
+}
