@@ -273,30 +273,46 @@ impl PartitionPipeline {
                 Ok(None)
             }
             BadInputPolicy::DeadLetter(dlq) => {
-                let producer = self.producer()?;
-                let partition = raw.partition().to_string();
-                let offset_text = offset.to_string();
-                let headers = headers_with(
-                    raw.headers(bad.index),
-                    &[
-                        ("flumen.error.kind", bad.kind.as_str()),
-                        ("flumen.error.reason", &bad.reason),
-                        ("flumen.source.topic", raw.topic()),
-                        ("flumen.source.partition", &partition),
-                        ("flumen.source.offset", &offset_text),
-                    ],
-                );
-                let record = OutRecord {
-                    topic: dlq,
-                    key: raw.key(bad.index),
-                    value: raw.value(bad.index),
-                    timestamp_ms: raw.timestamp(bad.index),
-                    partition: None,
-                };
-                producer.send(record, Some(headers), ack).await?;
+                let error = [
+                    ("flumen.error.kind", bad.kind.as_str()),
+                    ("flumen.error.reason", bad.reason.as_str()),
+                ];
+                self.dead_letter(dlq, raw, bad.index, &error, ack).await?;
                 Ok(None)
             }
         }
+    }
+
+    /// Forwards the source record at `index` of `raw` unchanged to `topic`, with
+    /// its headers plus `extra` and `flumen.source.{topic,partition,offset}`.
+    async fn dead_letter(
+        &self,
+        topic: &str,
+        raw: &RawBatch,
+        index: usize,
+        extra: &[(&str, &str)],
+        ack: &Arc<DeliveryBatch>,
+    ) -> Result<()> {
+        let partition = raw.partition().to_string();
+        let offset = raw.offset(index).to_string();
+        let mut added = extra.to_vec();
+        added.extend([
+            ("flumen.source.topic", raw.topic()),
+            ("flumen.source.partition", partition.as_str()),
+            ("flumen.source.offset", offset.as_str()),
+        ]);
+        let headers = headers_with(raw.headers(index), &added);
+        let record = OutRecord {
+            topic,
+            key: raw.key(index),
+            value: raw.value(index),
+            timestamp_ms: raw.timestamp(index),
+            partition: None,
+        };
+        self.producer()?
+            .send(record, Some(headers), ack)
+            .await
+            .map_err(Error::from)
     }
 
     /// Writes the source records found late by a window (offset, watermark met) to `topic`.
@@ -310,44 +326,29 @@ impl PartitionPipeline {
         if late.is_empty() {
             return Ok(());
         }
-        let producer = self.producer()?;
-        let partition = raw.partition().to_string();
         let mut index = 0;
         for &(offset, watermark) in late {
-            let watermark = watermark.to_string();
-            // Offsets ascend in both the batch and `offsets`.
+            // Offsets ascend in both the batch and `late`.
             while index < raw.len() && raw.offset(index) < offset {
                 index += 1;
             }
             if index >= raw.len() || raw.offset(index) != offset {
                 return Err(Error::Runtime(format!(
-                    "late record at offset {offset} of {}/{partition} is not in its batch",
-                    raw.topic()
+                    "late record at offset {offset} of {}/{} is not in its batch",
+                    raw.topic(),
+                    raw.partition()
                 )));
             }
-            let offset_text = offset.to_string();
-            let headers = headers_with(
-                raw.headers(index),
-                &[
-                    ("flumen.error.kind", "late"),
-                    (
-                        "flumen.error.reason",
-                        "the record arrived after at least one of its windows had closed",
-                    ),
-                    ("flumen.source.topic", raw.topic()),
-                    ("flumen.source.partition", &partition),
-                    ("flumen.source.offset", &offset_text),
-                    ("flumen.watermark", &watermark),
-                ],
-            );
-            let record = OutRecord {
-                topic,
-                key: raw.key(index),
-                value: raw.value(index),
-                timestamp_ms: raw.timestamp(index),
-                partition: None,
-            };
-            producer.send(record, Some(headers), ack).await?;
+            let watermark = watermark.to_string();
+            let extra = [
+                ("flumen.error.kind", "late"),
+                (
+                    "flumen.error.reason",
+                    "the record arrived after at least one of its windows had closed",
+                ),
+                ("flumen.watermark", watermark.as_str()),
+            ];
+            self.dead_letter(topic, raw, index, &extra, ack).await?;
         }
         self.stats.add_out(topic, late.len());
         Ok(())

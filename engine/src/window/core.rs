@@ -2,6 +2,7 @@
 //! in memory, merge into the window state, emit closed (`final`) or touched
 //! (`current`) windows.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -263,13 +264,16 @@ impl WindowCore {
         let mut touched = Vec::new();
         for ((start, key), (partial, _)) in partials {
             let window = (start, key.to_string());
-            if !self.state.contains_key(&window) {
-                let fresh = self.new_states();
-                self.state.insert(window.clone(), fresh);
-            }
-            if let Some(states) = self.state.get_mut(&window) {
-                for ((state, p), custom) in states.iter_mut().zip(&partial).zip(&self.customs) {
-                    state.merge_with(p, custom.as_deref());
+            match self.state.entry(window.clone()) {
+                // A new window's state is the batch's partial.
+                Entry::Vacant(slot) => {
+                    slot.insert(partial);
+                }
+                Entry::Occupied(mut slot) => {
+                    let states = slot.get_mut().iter_mut();
+                    for ((state, p), custom) in states.zip(&partial).zip(&self.customs) {
+                        state.merge_with(p, custom.as_deref());
+                    }
                 }
             }
             if self.emit == Emit::Current {
