@@ -1,14 +1,10 @@
 //! The Prometheus endpoint serves flumen's counters (one test: the recorder is process-wide).
 
-#![allow(clippy::expect_used, clippy::unwrap_used)] // test helpers fail loudly
-
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 
+use crate::common::{builder, run_until_read, sensor_topics};
 use arrow::datatypes::{DataType, Field, Schema};
-use common::{builder, run_until_read, sensor_topics};
 use flumen::prelude::*;
 use flumen_testkit::{unique_name, DevStack};
 

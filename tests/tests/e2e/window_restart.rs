@@ -1,16 +1,13 @@
 //! Windowed state survives a restart: stop (or kill) mid-stream, start again on
 //! the same state directory and consumer group, and the windows emitted over
 //! both runs equal an uninterrupted run's.
-#![allow(clippy::expect_used, clippy::unwrap_used)] // test helpers fail loudly
-
-mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::common::{builder, produce_readings, start, wait_until, DEADLINE};
 use arrow::datatypes::{DataType, Field, Schema};
-use common::{builder, produce_readings, start, wait_until, DEADLINE};
 use flumen::prelude::*;
 use flumen_testkit::{unique_name, DevStack};
 

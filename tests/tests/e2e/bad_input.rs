@@ -1,11 +1,8 @@
 //! Bad input on the dev stack: malformed JSON, wrong type, missing field, null
 //! key and oversized records under the fail, skip and dead-letter policies.
-#![allow(clippy::expect_used, clippy::unwrap_used)] // test helpers fail loudly
 
-mod common;
-
+use crate::common::{builder, start, wait_until, DEADLINE};
 use arrow::datatypes::{DataType, Field, Schema};
-use common::{builder, start, wait_until, DEADLINE};
 use flumen::format::BadInputKind;
 use flumen::prelude::*;
 use flumen_testkit::topics::TestRecord;

@@ -1,12 +1,9 @@
 //! Stopping mid-stream and starting again in the same consumer group.
-#![allow(clippy::expect_used, clippy::unwrap_used)] // test helpers fail loudly
-
-mod common;
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::common::{builder, start, wait_until, DEADLINE};
 use arrow::datatypes::{DataType, Field, Schema};
-use common::{builder, start, wait_until, DEADLINE};
 use flumen::prelude::*;
 use flumen_kafka::{AutoOffsetReset, GroupConsumer, RebalanceListener, TopicPartition};
 use flumen_testkit::sensor::SensorWorkload;

@@ -1,13 +1,10 @@
 //! End-to-end stateless pipelines on the dev stack: filter + select + with_column,
 //! branching, and errors found before anything is consumed.
-#![allow(clippy::expect_used, clippy::unwrap_used)] // test helpers fail loudly
-
-mod common;
 
 use std::collections::BTreeMap;
 
+use crate::common::{assert_same, builder, run_until_read, sensor_topics, DEADLINE};
 use arrow::datatypes::{DataType, Field, Schema};
-use common::{assert_same, builder, run_until_read, sensor_topics, DEADLINE};
 use flumen::prelude::*;
 use flumen_testkit::sensor::SensorWorkload;
 use flumen_testkit::{unique_name, DevStack};

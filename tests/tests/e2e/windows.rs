@@ -2,15 +2,11 @@
 //! `temp >= 0` -> tumbling 10 s / hopping 10 s every 2 s per device -> Kafka,
 //! compared with a record-at-a-time reference.
 
-#![allow(clippy::expect_used, clippy::unwrap_used)] // test helpers fail loudly
-
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::common::{builder, produce_readings, run_until_read, DEADLINE};
 use arrow::datatypes::{DataType, Field, Schema};
-use common::{builder, produce_readings, run_until_read, DEADLINE};
 use flumen::prelude::*;
 use flumen_testkit::sensor::Reading;
 use flumen_testkit::topics::TestRecord;
@@ -20,7 +16,7 @@ const PARTITIONS: i32 = 3;
 const DEVICES: u64 = 12;
 
 fn partition_of(device: &str) -> i32 {
-    common::device_partition(device, PARTITIONS)
+    crate::common::device_partition(device, PARTITIONS)
 }
 
 /// (count, sum, min, max, mean) of one window.

@@ -1,6 +1,5 @@
 //! Helpers shared by the end-to-end tests.
-#![allow(clippy::expect_used, clippy::unwrap_used)] // test helpers fail loudly
-#![allow(dead_code)]
+#![allow(dead_code)] // not every helper is used by every build of the tests
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

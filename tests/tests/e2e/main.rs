@@ -1,0 +1,15 @@
+//! End-to-end tests on the dev stack (a real Tansu broker, real RocksDB on disk).
+//!
+//! One test binary for all of them: each binary links the whole engine (DataFusion,
+//! librdkafka, RocksDB), so one link instead of one per file saves minutes and gigabytes.
+//! Every test starts its own broker on a random port and stops it when it ends.
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test helpers fail loudly
+
+mod common;
+
+mod bad_input;
+mod metrics;
+mod restart;
+mod stateless;
+mod window_restart;
+mod windows;
