@@ -278,6 +278,19 @@ mod tests {
     }
 
     #[test]
+    fn a_second_open_in_the_same_process_is_refused() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let first = RocksStore::open(dir.path(), &identity(), &["a"])?;
+        let second = RocksStore::open(dir.path(), &identity(), &["a"]);
+        assert!(second.is_err(), "two open handles on one state directory");
+        let err = second.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("lock"), "{err}");
+        drop(first);
+        RocksStore::open(dir.path(), &identity(), &["a"])?;
+        Ok(())
+    }
+
+    #[test]
     fn another_identity_is_refused() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         drop(RocksStore::open(dir.path(), &identity(), &["a"])?);

@@ -3,7 +3,8 @@
 //! What flumen's tests and examples run on: [`DevStack`] provisions and starts a
 //! local Kafka-protocol broker (Tansu, pinned) on a free port, or points at an
 //! existing cluster when `FLUMEN_KAFKA_BROKERS` is set; [`topics`] creates topics,
-//! produces and reads records; [`sensor`] generates the sensor workload.
+//! produces and reads records; [`sensor`] generates the sensor workload;
+//! [`cql::CqlTestServer`] is a CQL test server the real `scylla` driver talks to.
 //!
 //! ```no_run
 //! use flumen_testkit::DevStack;
@@ -17,6 +18,7 @@
 //! ```
 
 mod broker;
+pub mod cql;
 mod error;
 pub mod sensor;
 pub mod topics;

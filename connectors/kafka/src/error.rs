@@ -20,6 +20,14 @@ pub enum KafkaError {
         /// The brokers that were asked.
         brokers: String,
     },
+    /// A write tracked in a delivery batch (a non-Kafka sink) failed.
+    #[error("delivery to {sink} failed: {reason}")]
+    SinkWrite {
+        /// The sink, e.g. `cassandra table 'metrics.device_temp'`.
+        sink: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// A record could not be delivered to its topic.
     #[error("kafka: delivery to topic '{topic}' failed: {reason} (retriable: {retriable})")]
     Delivery {

@@ -38,7 +38,7 @@ pub use consumer::{
     AutoOffsetReset, GroupConsumer, ListenerContext, RebalanceListener, TopicPartition,
 };
 pub use error::{KafkaError, Result};
-pub use producer::{DeliveryBatch, DeliveryContext, OutRecord, Producer};
+pub use producer::{DeliveryBatch, DeliveryContext, DeliveryTicket, OutRecord, Producer};
 pub use record::{headers_with, RawBatch};
 
 /// Re-export of the librdkafka binding, for callers that need its types.

@@ -41,6 +41,17 @@ impl DeliveryBatch {
         }
     }
 
+    /// Starts tracking one more delivery that is not a Kafka record (e.g. a
+    /// database write): the batch completes only after the ticket is settled.
+    /// A ticket dropped unsettled counts as a failure.
+    pub fn track(self: &Arc<Self>, sink: &str) -> DeliveryTicket {
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        DeliveryTicket {
+            batch: Some(Arc::clone(self)),
+            sink: sink.to_string(),
+        }
+    }
+
     /// Records still waiting for an acknowledgement.
     pub fn pending(&self) -> usize {
         self.pending.load(Ordering::Acquire)
@@ -59,6 +70,36 @@ impl DeliveryBatch {
         match self.failure.lock() {
             Ok(mut slot) => slot.take().map_or(Ok(()), Err),
             Err(_) => Ok(()),
+        }
+    }
+}
+
+/// One tracked delivery of a [`DeliveryBatch`]; settle it with [`DeliveryTicket::done`].
+#[derive(Debug)]
+pub struct DeliveryTicket {
+    batch: Option<Arc<DeliveryBatch>>,
+    sink: String,
+}
+
+impl DeliveryTicket {
+    /// Settles the delivery: `Err(reason)` fails the batch (the first failure is kept).
+    pub fn done(mut self, result: std::result::Result<(), String>) {
+        if let Some(batch) = self.batch.take() {
+            batch.finish_one(result.err().map(|reason| KafkaError::SinkWrite {
+                sink: self.sink.clone(),
+                reason,
+            }));
+        }
+    }
+}
+
+impl Drop for DeliveryTicket {
+    fn drop(&mut self) {
+        if let Some(batch) = self.batch.take() {
+            batch.finish_one(Some(KafkaError::SinkWrite {
+                sink: self.sink.clone(),
+                reason: "the write was abandoned before it completed".into(),
+            }));
         }
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use datafusion::logical_expr::Expr;
 
 use super::StreamingDataFrame;
-use crate::plan::{Op, WindowSpec};
+use crate::plan::{Op, RepartitionSpec, WindowSpec};
 use crate::window::{Aggregation, Emit, LateRecords, Windows};
 
 /// A frame grouped by a key expression, ready to be windowed.
@@ -15,6 +15,8 @@ use crate::window::{Aggregation, Emit, LateRecords, Windows};
 pub struct GroupedFrame {
     frame: StreamingDataFrame,
     key: Expr,
+    /// `None`: group within each input partition (no repartition topic).
+    repartition: Option<RepartitionSpec>,
 }
 
 /// A windowed frame waiting for its aggregations and emission mode.
@@ -32,12 +34,29 @@ pub struct WindowedFrame {
 impl StreamingDataFrame {
     /// Groups records by `key` (rendered as a string) instead of the message key.
     ///
-    /// Records are re-keyed within their partition: the input must already be
-    /// partitioned by this key (e.g. produced with it as the message key).
+    /// Every record of a key must reach the same window state, so records are
+    /// routed through a repartition topic, `<consumer group>-repartition-<name>`,
+    /// keyed by `key`: a second stage of the same application reads it back, and
+    /// the windows run there. flumen creates the topic (with the input's
+    /// partition count) when it does not exist. `name` defaults to the key's
+    /// column name; set it with [`GroupedFrame::name`]. When the input is already
+    /// partitioned by `key`, [`GroupedFrame::within_partitions`] skips the topic.
+    /// Grouping by `col("_key")` (the message key) never repartitions.
     pub fn group_by(&self, key: Expr) -> GroupedFrame {
+        let by_message_key =
+            matches!(&key, Expr::Column(c) if c.name == flumen_kafka::format::KEY_COLUMN);
+        let repartition = (!by_message_key).then(|| RepartitionSpec {
+            name: topic_safe(&match &key {
+                Expr::Column(c) => c.name.clone(),
+                other => other.schema_name().to_string(),
+            }),
+            key: key.clone(),
+            partitions: None,
+        });
         GroupedFrame {
             frame: self.clone(),
             key,
+            repartition,
         }
     }
 
@@ -53,10 +72,45 @@ impl StreamingDataFrame {
 }
 
 impl GroupedFrame {
+    /// Names the repartition topic `<consumer group>-repartition-<name>`
+    /// (characters other than letters, digits, `.`, `_` and `-` become `_`).
+    pub fn name(mut self, name: impl AsRef<str>) -> Self {
+        if let Some(r) = &mut self.repartition {
+            r.name = topic_safe(name.as_ref());
+        }
+        self
+    }
+
+    /// The partition count of the repartition topic when flumen creates it
+    /// (default: the input topic's).
+    pub fn partitions(mut self, partitions: i32) -> Self {
+        if let Some(r) = &mut self.repartition {
+            r.partitions = Some(partitions);
+        }
+        self
+    }
+
+    /// Groups within each input partition, without a repartition topic. Correct
+    /// only when every record of a key is in one partition already (e.g. the
+    /// input was produced with this key as its message key).
+    pub fn within_partitions(mut self) -> Self {
+        self.repartition = None;
+        self
+    }
+
+    /// The frame the windows read: repartitioned by the key unless grouped
+    /// within partitions.
+    fn source(&self) -> StreamingDataFrame {
+        match &self.repartition {
+            Some(r) => self.frame.with(Op::Repartition(Arc::new(r.clone()))),
+            None => self.frame.clone(),
+        }
+    }
+
     /// Tumbling windows of `size` per group.
     pub fn tumbling_window(&self, size: Duration) -> WindowedFrame {
         WindowedFrame::new(
-            self.frame.clone(),
+            self.source(),
             Some(self.key.clone()),
             Windows::tumbling(size),
         )
@@ -65,11 +119,24 @@ impl GroupedFrame {
     /// Hopping windows of `size` every `step` per group.
     pub fn hopping_window(&self, size: Duration, step: Duration) -> WindowedFrame {
         WindowedFrame::new(
-            self.frame.clone(),
+            self.source(),
             Some(self.key.clone()),
             Windows::hopping(size, step),
         )
     }
+}
+
+/// `name` with every character Kafka does not allow in topic names replaced by `_`.
+fn topic_safe(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 impl WindowedFrame {

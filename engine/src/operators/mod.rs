@@ -164,6 +164,11 @@ impl Operator {
                 Compiled::Keep(keep, Arc::new(projected))
             }
             Op::MapBatches(..) => Compiled::Map,
+            Op::Repartition(_) => {
+                return Err(plan(
+                    "a repartition is a stage boundary and cannot run as an operator".into(),
+                ))
+            }
             Op::Window(spec) => {
                 Compiled::Window(window::compile_window(&self.ctx, spec, schema).map_err(plan)?)
             }

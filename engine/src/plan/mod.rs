@@ -29,6 +29,17 @@ pub(crate) struct WindowSpec {
     pub(crate) store: Option<String>,
 }
 
+/// A `group_by` that routes records through a repartition topic keyed by `key`.
+#[derive(Debug, Clone)]
+pub(crate) struct RepartitionSpec {
+    /// The topic is `<consumer group>-repartition-<name>`.
+    pub(crate) name: String,
+    /// The new key (rendered as a string into the record key).
+    pub(crate) key: Expr,
+    /// Partitions of the topic when flumen creates it (default: the input's).
+    pub(crate) partitions: Option<i32>,
+}
+
 /// One operation of a frame.
 #[derive(Clone)]
 pub(crate) enum Op {
@@ -38,6 +49,8 @@ pub(crate) enum Op {
     Drop(Vec<String>),
     MapBatches(String, BatchFn),
     Window(Arc<WindowSpec>),
+    /// Split into two stages at prepare time (see `runtime::repartition`).
+    Repartition(Arc<RepartitionSpec>),
 }
 
 impl Op {
@@ -54,6 +67,7 @@ impl Op {
             Op::WithColumn(n, e) => format!("with_column({n}, {e})"),
             Op::Drop(cs) => format!("drop({})", cs.join(", ")),
             Op::MapBatches(n, _) => n.clone(),
+            Op::Repartition(r) => format!("repartition({} by {})", r.name, r.key),
             Op::Window(w) => format!(
                 "window({}{:?}, {})",
                 w.key.as_ref().map_or("_key".to_string(), |k| k.to_string()),

@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use datafusion::prelude::SessionContext;
 use flumen_kafka::format::RecordDecoder;
-use flumen_kafka::{Admin, AutoOffsetReset, GroupConsumer, KafkaConfig, Producer};
+use flumen_kafka::{Admin, AutoOffsetReset, GroupConsumer, KafkaConfig, Producer, TopicSpec};
 
 use crate::dataframe::{Outputs, StreamingDataFrame};
 use crate::plan::SinkSpec;
 use crate::runtime::pipeline::{PartitionPipeline, SourcePlan};
+use crate::runtime::repartition::{self, Stages};
 use crate::runtime::stats::Stats;
 use crate::runtime::stop::StopHandle;
 use crate::runtime::worker::{BatchSettings, Rebalancer, StateSettings, Worker};
@@ -263,7 +264,15 @@ impl Application {
     /// Runs until `until` completes (or a stop handle fires, or an error), then
     /// finishes in-flight batches, commits and returns.
     pub async fn run_until(&self, until: impl Future<Output = ()>) -> Result<()> {
+        let result = self.run_once(until).await;
+        // A stop asked before or during this run was consumed by it; the next
+        // run of this application starts afresh. (Resetting at the start instead
+        // would lose a stop asked just before the run's first poll.)
         self.stop.reset();
+        result
+    }
+
+    async fn run_once(&self, until: impl Future<Output = ()>) -> Result<()> {
         let worker = Arc::new(self.prepare().await?);
         let consumer = GroupConsumer::new(
             &with_extra(&self.kafka, &self.settings.consumer_extra),
@@ -321,7 +330,32 @@ impl Application {
                 "the application has no output: end a frame with to_topic(...) or print()".into(),
             ));
         }
+        let ctx = Arc::new(SessionContext::new());
+        let Stages {
+            topics,
+            outputs,
+            repartitions,
+        } = repartition::split(&self.group, topics, outputs, &ctx)?;
         let admin = Admin::new(&self.kafka)?;
+        for r in &repartitions {
+            let partitions = match r.partitions {
+                Some(p) => p,
+                None => admin.require_topic(&r.input)?,
+            };
+            match admin.partition_count(&r.name)? {
+                Some(existing) if existing != partitions => tracing::warn!(
+                    topic = %r.name, existing, configured = partitions,
+                    "the repartition topic exists with another partition count; using it as it is"
+                ),
+                Some(_) => {}
+                None => {
+                    tracing::info!(topic = %r.name, partitions, "creating the repartition topic");
+                    admin
+                        .create_topic(&TopicSpec::new(&r.name, partitions))
+                        .await?;
+                }
+            }
+        }
         let mut sources = HashMap::new();
         let mut needs_producer = false;
         for (name, topic) in &topics {
@@ -352,7 +386,6 @@ impl Application {
             };
             sources.insert(name.clone(), Arc::new(plan));
         }
-        let ctx = Arc::new(SessionContext::new());
         let stats = Arc::clone(&self.stats);
         for source in sources.values() {
             PartitionPipeline::new(Arc::clone(source), None, Arc::clone(&stats), &ctx)
@@ -436,7 +469,7 @@ fn require_output(admin: &Admin, topic: &str, role: &str) -> Result<()> {
     }
 }
 
-fn decoder_of(topic: &Topic) -> Result<RecordDecoder> {
+pub(crate) fn decoder_of(topic: &Topic) -> Result<RecordDecoder> {
     let value = topic
         .value_format
         .clone()

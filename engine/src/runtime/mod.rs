@@ -3,6 +3,7 @@
 mod application;
 mod pipeline;
 mod prometheus;
+mod repartition;
 mod stats;
 mod stop;
 mod worker;

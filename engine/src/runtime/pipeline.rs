@@ -235,6 +235,10 @@ impl PartitionPipeline {
         } else {
             last + 1
         };
+        // A batch read from below the state's checkpoint (the group had not
+        // committed that far) must not move the checkpoint back: the state
+        // already reflects every record up to it.
+        let next_offset = next_offset.max(self.skip_below);
         Ok(BatchOutcome {
             ack,
             next_offset,

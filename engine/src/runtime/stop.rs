@@ -25,6 +25,7 @@ pub struct StopHandle {
 
 impl StopHandle {
     /// Asks the application to finish its in-flight batches, commit and return.
+    /// Asked before a run has started, that run stops as soon as it is running.
     pub fn stop(&self) {
         let _ = self
             .state
@@ -38,7 +39,7 @@ impl StopHandle {
         self.state.store(KILL, Ordering::Release);
     }
 
-    /// Back to running, for the next run of the same application.
+    /// Back to running, after a run ended, for the next run of the same application.
     pub(crate) fn reset(&self) {
         self.state.store(RUNNING, Ordering::Release);
     }

@@ -205,8 +205,13 @@ impl Worker {
             let tp = tp.clone();
             tokio::spawn(async move {
                 while let Some(delivered) = done_rx.recv().await {
-                    if let Err(error) = delivered.ack.wait().await {
+                    if let Err(error) = wait_for_deliveries(&tp, &delivered).await {
                         worker.fail(error.into());
+                        return;
+                    }
+                    // A killed run behaves like a crashed one: nothing more is
+                    // checkpointed or made committable.
+                    if worker.stop.mode() == StopMode::Kill {
                         return;
                     }
                     // The state is checkpointed only once everything the batch
@@ -447,6 +452,10 @@ impl RebalanceListener for Rebalancer {
         let Some(worker) = self.0.upgrade() else {
             return;
         };
+        if worker.stop.mode() != StopMode::Running {
+            // Assignments served while the consumer closes start nothing.
+            return;
+        }
         for (tp, committed) in partitions {
             if let Some(task) = worker.spawn_partition(tp.clone(), *committed) {
                 lock(&worker.tasks).insert(tp.clone(), task);
@@ -465,6 +474,25 @@ impl RebalanceListener for Rebalancer {
         }
         worker.close_tasks(Some(partitions));
         worker.take_committable(partitions)
+    }
+}
+
+/// Waits for a batch's deliveries, warning every 10 s while some are pending
+/// (a broker or sink that stops acknowledging shows up in the logs).
+async fn wait_for_deliveries(
+    tp: &TopicPartition,
+    delivered: &Delivered,
+) -> std::result::Result<(), flumen_kafka::KafkaError> {
+    let started = Instant::now();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), delivered.ack.wait()).await {
+            Ok(result) => return result,
+            Err(_) => tracing::warn!(
+                %tp, next_offset = delivered.next_offset, pending = delivered.ack.pending(),
+                waited_s = started.elapsed().as_secs(),
+                "outputs of a batch are still not acknowledged"
+            ),
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 mod common;
 
 mod bad_input;
+mod cql_server;
 mod metrics;
 mod restart;
 mod stateless;

@@ -22,15 +22,11 @@ fn partition_of(device: &str) -> i32 {
 /// (count, sum, min, max, mean) of one window.
 type Row = (i64, f64, f64, f64, f64);
 
-/// Per (device, window start): count, sum, min, max, mean of the kept readings,
-/// for windows closed by the end of their partition's input (grace 0).
-fn reference(readings: &[Reading], size: i64, step: i64) -> BTreeMap<(String, i64), Row> {
-    let mut end_of_partition: BTreeMap<i32, i64> = BTreeMap::new();
+/// Per (device, window start): count, sum, min, max, mean of the kept readings
+/// (`temp >= 0`), for every window any of them falls in.
+fn all_windows(readings: &[Reading], size: i64, step: i64) -> BTreeMap<(String, i64), Row> {
     let mut windows: BTreeMap<(String, i64), Vec<f64>> = BTreeMap::new();
     for r in readings.iter().filter(|r| r.temp >= 0.0) {
-        let p = partition_of(&r.device);
-        let end = end_of_partition.entry(p).or_insert(i64::MIN);
-        *end = (*end).max(r.ts);
         let mut start = r.ts - r.ts.rem_euclid(step);
         while start + size > r.ts {
             windows
@@ -42,7 +38,6 @@ fn reference(readings: &[Reading], size: i64, step: i64) -> BTreeMap<(String, i6
     }
     windows
         .into_iter()
-        .filter(|((device, start), _)| start + size <= end_of_partition[&partition_of(device)])
         .map(|(k, temps)| {
             let sum: f64 = temps.iter().sum();
             let min = temps.iter().copied().fold(f64::INFINITY, f64::min);
@@ -52,6 +47,21 @@ fn reference(readings: &[Reading], size: i64, step: i64) -> BTreeMap<(String, i6
                 (temps.len() as i64, sum, min, max, sum / temps.len() as f64),
             )
         })
+        .collect()
+}
+
+/// The windows of [`all_windows`] closed by the end of their partition's input (grace 0).
+fn reference(readings: &[Reading], size: i64, step: i64) -> BTreeMap<(String, i64), Row> {
+    let mut end_of_partition: BTreeMap<i32, i64> = BTreeMap::new();
+    for r in readings.iter().filter(|r| r.temp >= 0.0) {
+        let end = end_of_partition
+            .entry(partition_of(&r.device))
+            .or_insert(i64::MIN);
+        *end = (*end).max(r.ts);
+    }
+    all_windows(readings, size, step)
+        .into_iter()
+        .filter(|((device, start), _)| start + size <= end_of_partition[&partition_of(device)])
         .collect()
 }
 
@@ -123,36 +133,48 @@ async fn run(window: &str) {
         .expect("read output");
     let mut actual = BTreeMap::new();
     for r in &records {
-        let v = r.json();
-        let device = v["key"].as_str().unwrap().to_string();
-        assert_eq!(
-            r.key_str().as_deref(),
-            Some(device.as_str()),
-            "output keyed by device"
-        );
-        let start = v["window_start"].as_i64().unwrap();
-        assert_eq!(v["window_end"].as_i64(), Some(start + size));
-        let row = (
-            v["count"].as_i64().unwrap(),
-            v["sum"].as_f64().unwrap(),
-            v["min"].as_f64().unwrap(),
-            v["max"].as_f64().unwrap(),
-            v["mean"].as_f64().unwrap(),
-        );
+        let (window_key, row) = window_row(r, "key", size);
         assert!(
-            actual.insert((device, start), row).is_none(),
+            actual.insert(window_key, row).is_none(),
             "a window emitted twice"
         );
     }
+    assert_windows(window, &actual, &expected);
+}
+
+/// ((device, window start), row) of one output record keyed by device, whose
+/// device is in column `key`.
+fn window_row(r: &flumen_testkit::ReadRecord, key: &str, size: i64) -> ((String, i64), Row) {
+    let v = r.json();
+    let device = v[key].as_str().unwrap().to_string();
     assert_eq!(
-        actual.len(),
-        expected.len(),
-        "{window}: number of closed windows"
+        r.key_str().as_deref(),
+        Some(device.as_str()),
+        "output keyed by device"
     );
-    for (window_key, want) in &expected {
+    let start = v["window_start"].as_i64().unwrap();
+    assert_eq!(v["window_end"].as_i64(), Some(start + size));
+    let row = (
+        v["count"].as_i64().unwrap(),
+        v["sum"].as_f64().unwrap(),
+        v["min"].as_f64().unwrap(),
+        v["max"].as_f64().unwrap(),
+        v["mean"].as_f64().unwrap(),
+    );
+    ((device, start), row)
+}
+
+/// Every expected window is there with its values (floats within 1e-9 relative), and no other.
+fn assert_windows(
+    what: &str,
+    actual: &BTreeMap<(String, i64), Row>,
+    expected: &BTreeMap<(String, i64), Row>,
+) {
+    assert_eq!(actual.len(), expected.len(), "{what}: number of windows");
+    for (window_key, want) in expected {
         let got = actual
             .get(window_key)
-            .unwrap_or_else(|| panic!("{window}: window {window_key:?} missing"));
+            .unwrap_or_else(|| panic!("{what}: window {window_key:?} missing"));
         assert_eq!(got.0, want.0, "count of {window_key:?}");
         for (g, w) in [
             (got.1, want.1),
@@ -162,7 +184,7 @@ async fn run(window: &str) {
         ] {
             assert!(
                 close(g, w),
-                "{window}: {window_key:?}: got {got:?}, want {want:?}"
+                "{what}: {window_key:?}: got {got:?}, want {want:?}"
             );
         }
     }
@@ -279,4 +301,82 @@ async fn late_records_are_counted_and_never_change_an_emitted_window() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_records_can_go_to_a_dead_letter_topic() {
     late_data(true).await;
+}
+
+/// Input keyed by something else than the device, so every partition holds
+/// readings of every device: `group_by(col("device"))` routes them through
+/// `<group>-repartition-device`, and each window sees all of its device's
+/// readings. With `current()` emission and a grace longer than the input, the
+/// last emission of every window is its aggregate over all its readings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_by_a_field_the_input_is_not_keyed_by_repartitions() {
+    let stack = DevStack::start().expect("dev stack");
+    let (input, output) = (unique_name("in"), unique_name("out"));
+    stack
+        .create_topic(&input, PARTITIONS)
+        .await
+        .expect("input topic");
+    stack
+        .create_topic(&output, PARTITIONS)
+        .await
+        .expect("output topic");
+    let workload = flumen_testkit::sensor::SensorWorkload {
+        events: 3_000,
+        devices: DEVICES,
+        step_ms: 100,
+        ..Default::default()
+    };
+    let readings: Vec<Reading> = workload.readings().collect();
+    let records = readings.iter().enumerate().map(|(i, r)| {
+        TestRecord::new(format!("gateway-{}", i % 5), r.to_json())
+            .to_partition(i as i32 % PARTITIONS)
+    });
+    stack.produce(&input, records).await.expect("produce");
+    let kept = readings.iter().filter(|r| r.temp >= 0.0).count() as u64;
+
+    let group = unique_name("g");
+    let state = tempfile::tempdir().expect("state dir");
+    let app = builder(&stack, &group)
+        .state_dir(state.path())
+        .build()
+        .expect("app");
+    app.dataframe(readings_topic(&input))
+        .expect("frame")
+        .filter(col("temp").gt_eq(lit(0.0)))
+        .group_by(col("device"))
+        .tumbling_window(Duration::from_secs(10))
+        .grace(Duration::from_secs(3_600))
+        .agg([
+            count(),
+            sum(col("temp")).alias("sum"),
+            min(col("temp")).alias("min"),
+            max(col("temp")).alias("max"),
+            mean(col("temp")).alias("mean"),
+        ])
+        .current()
+        .to_topic(Topic::json(&output));
+    // Every input record, then every kept record again from the repartition topic.
+    run_until_read(app, workload.events + kept).await;
+
+    let repartition = format!("{group}-repartition-device");
+    let partitions = flumen_kafka::Admin::new(&stack.kafka_config())
+        .expect("admin")
+        .partition_count(&repartition)
+        .expect("metadata");
+    assert_eq!(partitions, Some(PARTITIONS), "created like the input");
+    let records = stack
+        .read_all(&output, DEADLINE)
+        .await
+        .expect("read output");
+    // A device's emissions are in one output partition, in order: keep the last.
+    let mut actual = BTreeMap::new();
+    for r in &records {
+        let (window_key, row) = window_row(r, "device", 10_000);
+        actual.insert(window_key, row);
+    }
+    assert_windows(
+        "repartitioned",
+        &actual,
+        &all_windows(&readings, 10_000, 10_000),
+    );
 }

@@ -31,6 +31,10 @@ pub fn builder(stack: &DevStack, group: &str) -> ApplicationBuilder {
     for (k, v) in stack.consumer_settings() {
         b = b.consumer_config(k, v);
     }
+    // librdkafka's own debug contexts (e.g. `cgrp,fetch`) in the test log.
+    if let Ok(contexts) = std::env::var("FLUMEN_TEST_KAFKA_DEBUG") {
+        b = b.consumer_config("debug", contexts);
+    }
     b
 }
 
