@@ -35,6 +35,14 @@ pub enum Error {
         /// Details naming the field where there is one.
         reason: String,
     },
+    /// A sink (e.g. Cassandra) refused to start or failed to write.
+    #[error("{sink}: {reason}")]
+    Sink {
+        /// The sink, e.g. `cassandra table 'metrics.device_temp'`.
+        sink: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// An operator failed on a batch.
     #[error("operator '{operator}' failed on topic '{topic}' partition {partition} (offsets {first_offset}..={last_offset}): {reason}")]
     Operator {

@@ -43,6 +43,7 @@ mod error;
 mod operators;
 mod plan;
 mod runtime;
+pub mod sink;
 mod topic;
 pub mod window;
 
@@ -61,6 +62,7 @@ pub use error::{Error, Result};
 pub use flumen_kafka::AutoOffsetReset;
 pub use plan::{BatchFn, BoxError};
 pub use runtime::{serve_metrics, Application, ApplicationBuilder, Stats, StopHandle};
+pub use sink::Sink;
 pub use topic::{BadInputPolicy, Topic, DEFAULT_MAX_RECORD_BYTES};
 
 /// Everything a pipeline usually needs: `use flumen::prelude::*;`.

@@ -110,6 +110,13 @@ impl StreamingDataFrame {
         self.output(SinkSpec::Topic(topic));
     }
 
+    /// Writes every record to `sink` (e.g. `flumen_cassandra::CassandraSink`).
+    /// The sink is opened, and checked against this frame's schema, before
+    /// anything is consumed; offsets are committed only after its writes.
+    pub fn sink(&self, sink: impl crate::sink::Sink) {
+        self.output(SinkSpec::Custom(Arc::new(sink)));
+    }
+
     /// Prints every micro-batch as a table on stdout.
     pub fn print(&self) {
         self.output(SinkSpec::Print);

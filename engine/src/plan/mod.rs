@@ -131,6 +131,8 @@ impl Node {
 pub(crate) enum SinkSpec {
     Topic(Topic),
     Print,
+    /// A sink implemented outside the engine.
+    Custom(Arc<dyn crate::sink::Sink>),
 }
 
 /// A frame's leaf: a node and where its batches go.

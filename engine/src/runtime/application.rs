@@ -379,10 +379,18 @@ impl Application {
                 needs_producer = true;
                 require_output(&admin, &dlq, "late-record dead-letter")?;
             }
+            let mut writers = Vec::new();
+            for o in &mine {
+                writers.push(match &o.sink {
+                    SinkSpec::Custom(sink) => Some(open_sink(sink, topic, o, &ctx).await?),
+                    _ => None,
+                });
+            }
             let plan = SourcePlan {
                 topic: topic.clone(),
                 decoder: decoder_of(topic)?,
                 outputs: mine,
+                writers,
             };
             sources.insert(name.clone(), Arc::new(plan));
         }
@@ -441,6 +449,21 @@ fn with_extra(config: &KafkaConfig, extra: &[(String, String)]) -> KafkaConfig {
         config.insert(k.clone(), v.clone());
     }
     config
+}
+
+/// Opens a sink with the schema of the frame it receives.
+async fn open_sink(
+    sink: &Arc<dyn crate::sink::Sink>,
+    input: &Topic,
+    output: &crate::plan::Output,
+    ctx: &Arc<SessionContext>,
+) -> Result<Arc<dyn crate::sink::SinkWriter>> {
+    let schema = crate::runtime::schema::frame_schema(input, &output.node, ctx)?;
+    tracing::info!(sink = %sink.name(), "opening sink");
+    sink.open(schema).await.map_err(|e| Error::Sink {
+        sink: sink.name(),
+        reason: e.to_string(),
+    })
 }
 
 /// The dead-letter topics of late records of the windows in `outputs`.

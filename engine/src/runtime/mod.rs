@@ -4,6 +4,7 @@ mod application;
 mod pipeline;
 mod prometheus;
 mod repartition;
+mod schema;
 mod stats;
 mod stop;
 mod worker;

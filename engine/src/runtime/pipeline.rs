@@ -23,6 +23,8 @@ pub(crate) struct SourcePlan {
     pub(crate) topic: Topic,
     pub(crate) decoder: RecordDecoder,
     pub(crate) outputs: Vec<Output>,
+    /// The opened writer of each output with a custom sink (by output index).
+    pub(crate) writers: Vec<Option<Arc<dyn crate::sink::SinkWriter>>>,
 }
 
 /// What processing a batch left to do: wait for `ack`, then commit `next_offset`.
@@ -45,6 +47,9 @@ struct TopicWriter {
 enum SinkWriter {
     Topic(Box<TopicWriter>),
     Print,
+    Custom(String, Arc<dyn crate::sink::SinkWriter>),
+    /// A custom sink while validating (not opened yet).
+    Unopened,
 }
 
 /// The operators and sinks of one source partition.
@@ -100,12 +105,17 @@ impl PartitionPipeline {
         let sinks = source
             .outputs
             .iter()
-            .map(|o| match &o.sink {
+            .enumerate()
+            .map(|(i, o)| match &o.sink {
                 SinkSpec::Topic(topic) => SinkWriter::Topic(Box::new(TopicWriter {
                     topic: topic.clone(),
                     encoder: None,
                 })),
                 SinkSpec::Print => SinkWriter::Print,
+                SinkSpec::Custom(sink) => match source.writers.get(i).cloned().flatten() {
+                    Some(writer) => SinkWriter::Custom(sink.name(), writer),
+                    None => SinkWriter::Unopened,
+                },
             })
             .collect();
         PartitionPipeline {
@@ -408,7 +418,7 @@ impl PartitionPipeline {
                 }
                 memo.insert(node.id, batch.clone());
             }
-            self.write(index, &batch, ack).await?;
+            self.write(index, &batch, ack, at).await?;
         }
         Ok(())
     }
@@ -418,10 +428,36 @@ impl PartitionPipeline {
         index: usize,
         batch: &RecordBatch,
         ack: &Arc<DeliveryBatch>,
+        at: &BatchRef<'_>,
     ) -> Result<()> {
         let producer = self.producer.clone();
         let stats = Arc::clone(&self.stats);
         match &mut self.sinks[index] {
+            SinkWriter::Unopened => Ok(()),
+            SinkWriter::Custom(name, writer) => {
+                if batch.num_rows() == 0 {
+                    return Ok(());
+                }
+                let position = crate::sink::SourcePosition {
+                    topic: at.topic,
+                    partition: at.partition,
+                    first_offset: at.first,
+                    last_offset: at.last,
+                };
+                writer
+                    .write(
+                        batch.clone(),
+                        position,
+                        crate::sink::Acks::new(ack, name.as_str()),
+                    )
+                    .await
+                    .map_err(|e| Error::Sink {
+                        sink: name.clone(),
+                        reason: e.to_string(),
+                    })?;
+                stats.add_out(name, batch.num_rows());
+                Ok(())
+            }
             SinkWriter::Print => {
                 if batch.num_rows() > 0 {
                     match arrow::util::pretty::pretty_format_batches(std::slice::from_ref(batch)) {

@@ -11,14 +11,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Schema};
 use datafusion::logical_expr::cast;
 use datafusion::prelude::SessionContext;
 use flumen_kafka::format::{is_metadata_column, KEY_COLUMN};
 
-use crate::operators::{OpError, Operator};
 use crate::plan::{Node, Op, Output, RepartitionSpec, SinkSpec};
+use crate::runtime::schema::frame_schema;
 use crate::topic::Topic;
 use crate::{Error, Result};
 
@@ -126,23 +125,10 @@ fn below(node: &Arc<Node>, moved: &mut HashMap<usize, Arc<Node>>) -> Option<Arc<
     Some(copy)
 }
 
-/// The data columns (no metadata) of the frame at `node`, found by running its
-/// chain on an empty batch of `input`.
+/// The data columns (no metadata) of the frame at `node`.
 fn data_schema(input: &Topic, node: &Arc<Node>, ctx: &Arc<SessionContext>) -> Result<Schema> {
-    let decoder = crate::runtime::application::decoder_of(input)?;
-    let mut batch = RecordBatch::new_empty(Arc::clone(decoder.schema()));
-    for n in node.chain() {
-        let Some(op) = n.op.clone() else { continue };
-        let mut operator = Operator::new(op, Arc::clone(ctx));
-        batch = operator.apply(batch).map_err(|e| match e {
-            OpError::Plan(reason) | OpError::Eval(reason) => Error::Plan(format!(
-                "before the repartition of topic '{}': {reason}",
-                input.name()
-            )),
-        })?;
-    }
-    let fields: Vec<_> = batch
-        .schema()
+    let schema = frame_schema(input, node, ctx)?;
+    let fields: Vec<_> = schema
         .fields()
         .iter()
         .filter(|f| !is_metadata_column(f.name()))

@@ -12,15 +12,15 @@ use flumen_testkit::sensor::Reading;
 use flumen_testkit::topics::TestRecord;
 use flumen_testkit::{unique_name, DevStack};
 
-const PARTITIONS: i32 = 3;
-const DEVICES: u64 = 12;
+pub(crate) const PARTITIONS: i32 = 3;
+pub(crate) const DEVICES: u64 = 12;
 
 fn partition_of(device: &str) -> i32 {
     crate::common::device_partition(device, PARTITIONS)
 }
 
 /// (count, sum, min, max, mean) of one window.
-type Row = (i64, f64, f64, f64, f64);
+pub(crate) type Row = (i64, f64, f64, f64, f64);
 
 /// Per (device, window start): count, sum, min, max, mean of the kept readings
 /// (`temp >= 0`), for every window any of them falls in.
@@ -51,7 +51,11 @@ fn all_windows(readings: &[Reading], size: i64, step: i64) -> BTreeMap<(String, 
 }
 
 /// The windows of [`all_windows`] closed by the end of their partition's input (grace 0).
-fn reference(readings: &[Reading], size: i64, step: i64) -> BTreeMap<(String, i64), Row> {
+pub(crate) fn reference(
+    readings: &[Reading],
+    size: i64,
+    step: i64,
+) -> BTreeMap<(String, i64), Row> {
     let mut end_of_partition: BTreeMap<i32, i64> = BTreeMap::new();
     for r in readings.iter().filter(|r| r.temp >= 0.0) {
         let end = end_of_partition
@@ -66,7 +70,7 @@ fn reference(readings: &[Reading], size: i64, step: i64) -> BTreeMap<(String, i6
 }
 
 /// The input topic: sensor readings with event time from `ts`.
-fn readings_topic(name: &str) -> Topic {
+pub(crate) fn readings_topic(name: &str) -> Topic {
     Topic::json(name)
         .schema(Schema::new(vec![
             Field::new("device", DataType::Utf8, false),
@@ -165,7 +169,7 @@ fn window_row(r: &flumen_testkit::ReadRecord, key: &str, size: i64) -> ((String,
 }
 
 /// Every expected window is there with its values (floats within 1e-9 relative), and no other.
-fn assert_windows(
+pub(crate) fn assert_windows(
     what: &str,
     actual: &BTreeMap<(String, i64), Row>,
     expected: &BTreeMap<(String, i64), Row>,

@@ -1,0 +1,45 @@
+//! `CassandraError`: everything the Cassandra connector can fail with.
+
+/// Errors of the Cassandra connector.
+#[derive(Debug, thiserror::Error)]
+pub enum CassandraError {
+    /// The sink was configured wrongly.
+    #[error("invalid Cassandra sink configuration: {0}")]
+    Config(String),
+    /// Connecting to the cluster failed.
+    #[error("cannot connect to Cassandra at {nodes}: {reason}")]
+    Connect {
+        /// The contact points.
+        nodes: String,
+        /// What the driver said.
+        reason: String,
+    },
+    /// The table does not fit the frame.
+    #[error("table {table}: {reason}")]
+    Schema {
+        /// `keyspace.table`.
+        table: String,
+        /// Which column, which types.
+        reason: String,
+    },
+    /// A statement failed.
+    #[error("table {table}: {operation} failed: {reason}")]
+    Request {
+        /// `keyspace.table`.
+        table: String,
+        /// What was attempted.
+        operation: String,
+        /// What the driver or server said.
+        reason: String,
+    },
+    /// A value of the frame cannot be written into its column.
+    #[error("table {table}: column '{column}': {reason}")]
+    Value {
+        /// `keyspace.table`.
+        table: String,
+        /// The table column.
+        column: String,
+        /// Why.
+        reason: String,
+    },
+}

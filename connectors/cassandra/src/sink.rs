@@ -1,0 +1,238 @@
+//! `CassandraSink`: its settings, and opening it (connect, check the table, prepare).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::datatypes::SchemaRef;
+use flumen::sink::{Sink, SinkWriter};
+use flumen::BoxError;
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use scylla::client::execution_profile::ExecutionProfile;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::policies::load_balancing::DefaultPolicy;
+use scylla::policies::retry::FallthroughRetryPolicy;
+
+pub use scylla::statement::Consistency;
+
+use crate::error::CassandraError;
+use crate::schema::{check_columns, create_table_cql, read_columns, Mapping};
+use crate::writer::{CassandraWriter, WriterSettings};
+
+/// How long written rows live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ttl {
+    /// Forever (the table's default TTL applies).
+    None,
+    /// This long.
+    Fixed(Duration),
+    /// Seconds from this integer column of the frame (null or 0: forever).
+    Column(String),
+}
+
+/// Upserts every row of a frame into a Cassandra / ScyllaDB table. See the
+/// crate documentation for what it guarantees.
+#[derive(Debug, Clone)]
+pub struct CassandraSink {
+    keyspace: String,
+    table: String,
+    nodes: Vec<String>,
+    datacenter: Option<String>,
+    credentials: Option<(String, String)>,
+    consistency: Consistency,
+    renames: Vec<(String, String)>,
+    ttl: Ttl,
+    create: Option<(Vec<String>, Vec<String>)>,
+    max_in_flight: usize,
+    retries: usize,
+    write_nulls: bool,
+    request_timeout: Duration,
+}
+
+impl CassandraSink {
+    /// A sink into `keyspace.table`, on `127.0.0.1:9042` unless [`nodes`](Self::nodes) says otherwise.
+    pub fn new(table: &str) -> Self {
+        let (keyspace, table) = match table.split_once('.') {
+            Some((k, t)) => (k.to_string(), t.to_string()),
+            None => (String::new(), table.to_string()),
+        };
+        CassandraSink {
+            keyspace,
+            table,
+            nodes: vec!["127.0.0.1:9042".into()],
+            datacenter: None,
+            credentials: None,
+            consistency: Consistency::LocalQuorum,
+            renames: Vec::new(),
+            ttl: Ttl::None,
+            create: None,
+            max_in_flight: 256,
+            retries: 8,
+            write_nulls: false,
+            request_timeout: Duration::from_secs(12),
+        }
+    }
+
+    /// Contact points, `host:port[,host:port...]`.
+    pub fn nodes(mut self, nodes: impl AsRef<str>) -> Self {
+        self.nodes = nodes
+            .as_ref()
+            .split(',')
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty())
+            .collect();
+        self
+    }
+
+    /// Prefers the nodes of this data center (and `LOCAL_*` consistency refers to it).
+    pub fn local_datacenter(mut self, datacenter: impl Into<String>) -> Self {
+        self.datacenter = Some(datacenter.into());
+        self
+    }
+
+    /// Username and password (PasswordAuthenticator).
+    pub fn credentials(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+        self.credentials = Some((user.into(), password.into()));
+        self
+    }
+
+    /// Write consistency (default `LOCAL_QUORUM`).
+    pub fn consistency(mut self, consistency: Consistency) -> Self {
+        self.consistency = consistency;
+        self
+    }
+
+    /// Writes frame column `frame` into table column `table` (columns map by
+    /// name otherwise). Metadata columns (`_key`, ...) are never written.
+    pub fn column(mut self, frame: impl Into<String>, table: impl Into<String>) -> Self {
+        self.renames.push((frame.into(), table.into()));
+        self
+    }
+
+    /// How long rows live (default: forever).
+    pub fn ttl(mut self, ttl: Ttl) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Creates the table at start when it does not exist, with these partition
+    /// key and clustering columns (table column names) and a column per frame
+    /// column, typed from the frame (`Int64` columns named like `*_start` /
+    /// `*_end` / `ts` / `*time*` become `timestamp`). The keyspace must exist.
+    pub fn create_table_if_missing<S: Into<String>>(
+        mut self,
+        partition_key: impl IntoIterator<Item = S>,
+        clustering: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.create = Some((
+            partition_key.into_iter().map(Into::into).collect(),
+            clustering.into_iter().map(Into::into).collect(),
+        ));
+        self
+    }
+
+    /// Most writes in flight at once (default 256); when reached, the
+    /// partition that writes waits (and stops pulling from Kafka).
+    pub fn max_in_flight(mut self, writes: usize) -> Self {
+        self.max_in_flight = writes.max(1);
+        self
+    }
+
+    /// Retries of a write after a timeout, overload or unavailability (default
+    /// 8, exponential backoff from 50 ms with jitter, up to 5 s apart). After
+    /// the last one the application stops with the error; nothing of the batch
+    /// is committed, so a restart writes it again.
+    pub fn retries(mut self, retries: usize) -> Self {
+        self.retries = retries;
+        self
+    }
+
+    /// Writes nulls as nulls (tombstones) instead of leaving the column unset.
+    pub fn write_nulls(mut self, yes: bool) -> Self {
+        self.write_nulls = yes;
+        self
+    }
+
+    /// Client-side timeout of one write attempt (default 12 s).
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    fn qualified(&self) -> String {
+        format!("{}.{}", self.keyspace, self.table)
+    }
+
+    async fn connect(&self) -> Result<Session, CassandraError> {
+        let mut policy = DefaultPolicy::builder();
+        if let Some(dc) = &self.datacenter {
+            policy = policy.prefer_datacenter(dc.clone());
+        }
+        let profile = ExecutionProfile::builder()
+            .consistency(self.consistency)
+            .request_timeout(Some(self.request_timeout))
+            .load_balancing_policy(policy.build())
+            // flumen retries itself, with backoff, and knows the writes are idempotent.
+            .retry_policy(Arc::new(FallthroughRetryPolicy::new()))
+            .build();
+        let mut builder = SessionBuilder::new()
+            .known_nodes(&self.nodes)
+            .default_execution_profile_handle(profile.into_handle());
+        if let Some((user, password)) = &self.credentials {
+            builder = builder.user(user, password);
+        }
+        builder.build().await.map_err(|e| CassandraError::Connect {
+            nodes: self.nodes.join(","),
+            reason: e.to_string(),
+        })
+    }
+
+    async fn open_writer(&self, schema: SchemaRef) -> Result<CassandraWriter, CassandraError> {
+        if self.keyspace.is_empty() || self.table.is_empty() {
+            return Err(CassandraError::Config(format!(
+                "the table must be written as keyspace.table, not '{}'",
+                self.table
+            )));
+        }
+        let table = self.qualified();
+        let mapping = Mapping::new(&schema, &self.renames, &self.ttl, &table)?;
+        let session = self.connect().await?;
+        if let Some((pk, ck)) = &self.create {
+            let ddl = create_table_cql(&self.keyspace, &self.table, &mapping, pk, ck)?;
+            session
+                .query_unpaged(ddl, &[])
+                .await
+                .map_err(|e| CassandraError::Request {
+                    table: table.clone(),
+                    operation: "CREATE TABLE IF NOT EXISTS".into(),
+                    reason: e.to_string(),
+                })?;
+        }
+        let columns = read_columns(&session, &self.keyspace, &self.table).await?;
+        let bound = check_columns(&mapping, &columns, &table)?;
+        let settings = WriterSettings {
+            table,
+            max_in_flight: self.max_in_flight,
+            retries: self.retries,
+            write_nulls: self.write_nulls,
+            ttl: self.ttl.clone(),
+            consistency: self.consistency,
+        };
+        CassandraWriter::new(session, &self.keyspace, &self.table, bound, settings).await
+    }
+}
+
+impl Sink for CassandraSink {
+    fn name(&self) -> String {
+        format!("cassandra table '{}'", self.qualified())
+    }
+
+    fn open(&self, schema: SchemaRef) -> BoxFuture<'_, Result<Arc<dyn SinkWriter>, BoxError>> {
+        async move {
+            let writer = self.open_writer(schema).await?;
+            Ok(Arc::new(writer) as Arc<dyn SinkWriter>)
+        }
+        .boxed()
+    }
+}
