@@ -3,6 +3,8 @@
 //! - `passthrough`: a stateless pipeline (filter, select, with_column) from one
 //!   topic to another on the local dev stack, with a throughput summary.
 //! - `windows`: tumbling 10 s windows per device over sensor readings, printed as tables.
+//! - `quickstart`: the same windows into the Cassandra table `metrics.device_temp`
+//!   (the CQL test server unless `FLUMEN_CASSANDRA_NODES` is set), read back and printed.
 //!
 //! This library holds what the examples share: logging and the dev stack.
 
