@@ -46,3 +46,81 @@ pub fn dev_app(stack: &DevStack, name: &str) -> ApplicationBuilder {
     }
     builder
 }
+
+/// The `device_temp` table of the quickstart and `sensor_metrics`, through the driver.
+pub mod cassandra {
+    use futures::TryStreamExt;
+    use scylla::client::session::Session;
+    use scylla::client::session_builder::SessionBuilder;
+    use scylla::statement::Statement;
+    use scylla::value::CqlTimestamp;
+
+    /// A boxed error.
+    pub type BoxError = Box<dyn std::error::Error>;
+
+    /// One row: device, window_start, window_end, count, sum, min, max, mean.
+    pub type Row = (String, CqlTimestamp, CqlTimestamp, i64, f64, f64, f64, f64);
+
+    /// Connects and creates `keyspace` (SimpleStrategy, RF 1) and the table
+    /// when missing.
+    pub async fn prepare_table(
+        nodes: &str,
+        keyspace: &str,
+        table: &str,
+    ) -> Result<Session, BoxError> {
+        let session = SessionBuilder::new()
+            .known_nodes(nodes.split(',').map(str::trim))
+            .build()
+            .await?;
+        session
+            .query_unpaged(
+                format!(
+                    "CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = \
+                     {{'class': 'SimpleStrategy', 'replication_factor': 1}}"
+                ),
+                &[],
+            )
+            .await?;
+        session
+            .query_unpaged(
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {keyspace}.{table} (device text, \
+                     window_start timestamp, window_end timestamp, count bigint, sum double, \
+                     min double, max double, mean double, PRIMARY KEY ((device), window_start))"
+                ),
+                &[],
+            )
+            .await?;
+        Ok(session)
+    }
+
+    /// Every row of the table (paged), by window start, then device.
+    pub async fn read_rows(
+        session: &Session,
+        keyspace: &str,
+        table: &str,
+    ) -> Result<Vec<Row>, BoxError> {
+        let mut select = Statement::new(format!(
+            "SELECT device, window_start, window_end, count, sum, min, max, mean \
+             FROM {keyspace}.{table}"
+        ));
+        select.set_page_size(5_000);
+        let mut rows: Vec<Row> = session
+            .query_iter(select, &[])
+            .await?
+            .rows_stream::<Row>()?
+            .try_collect()
+            .await?;
+        rows.sort_by(|a, b| (a.1 .0, &a.0).cmp(&(b.1 .0, &b.0)));
+        Ok(rows)
+    }
+
+    /// A row as the JSON object Kafka outputs carry (times in epoch ms).
+    pub fn row_json(row: &Row) -> serde_json::Value {
+        let (device, start, end, count, sum, min, max, mean) = row;
+        serde_json::json!({
+            "device": device, "window_start": start.0, "window_end": end.0,
+            "count": count, "sum": sum, "min": min, "max": max, "mean": mean,
+        })
+    }
+}

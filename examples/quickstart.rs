@@ -13,56 +13,15 @@ use std::time::{Duration, Instant};
 use arrow::datatypes::{DataType, Field, Schema};
 use flumen::prelude::*;
 use flumen_cassandra::CassandraSink;
+use flumen_examples::cassandra::{prepare_table, read_rows, Row};
 use flumen_testkit::cql::CqlTestServer;
 use flumen_testkit::sensor::SensorWorkload;
 use flumen_testkit::unique_name;
 use indicatif::{ProgressBar, ProgressStyle};
-use scylla::client::session::Session;
-use scylla::client::session_builder::SessionBuilder;
-use scylla::value::CqlTimestamp;
 
 const EVENTS: u64 = 200_000;
 const DEVICES: u64 = 100;
 const STEP_MS: i64 = 10;
-
-const TABLE_DDL: &str = "CREATE TABLE IF NOT EXISTS metrics.device_temp (\
-    device text, window_start timestamp, window_end timestamp, count bigint, \
-    sum double, min double, max double, mean double, \
-    PRIMARY KEY ((device), window_start))";
-
-/// One row of `metrics.device_temp`.
-type Row = (String, CqlTimestamp, CqlTimestamp, i64, f64, f64, f64, f64);
-
-async fn prepare_table(nodes: &str) -> Result<Session, Box<dyn std::error::Error>> {
-    let session = SessionBuilder::new()
-        .known_nodes(nodes.split(','))
-        .build()
-        .await?;
-    session
-        .query_unpaged(
-            "CREATE KEYSPACE IF NOT EXISTS metrics WITH replication = \
-             {'class': 'SimpleStrategy', 'replication_factor': 1}",
-            &[],
-        )
-        .await?;
-    session.query_unpaged(TABLE_DDL, &[]).await?;
-    Ok(session)
-}
-
-async fn read_table(session: &Session) -> Result<Vec<Row>, Box<dyn std::error::Error>> {
-    let mut rows: Vec<Row> = session
-        .query_unpaged(
-            "SELECT device, window_start, window_end, count, sum, min, max, mean \
-             FROM metrics.device_temp",
-            &[],
-        )
-        .await?
-        .into_rows_result()?
-        .rows::<Row>()?
-        .collect::<Result<_, _>>()?;
-    rows.sort_by(|a, b| (a.1 .0, &a.0).cmp(&(b.1 .0, &b.0)));
-    Ok(rows)
-}
 
 fn print_rows(rows: &[Row], show: usize) {
     println!(
@@ -96,7 +55,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             (server.node(), Some(server))
         }
     };
-    let session = prepare_table(&nodes).await?;
+    let session = prepare_table(&nodes, "metrics", "device_temp").await?;
 
     let input = unique_name("readings");
     stack.create_topic(&input, 3).await?;
@@ -164,7 +123,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let elapsed = started.elapsed();
     bar.finish();
 
-    let rows = read_table(&session).await?;
+    let rows = read_rows(&session, "metrics", "device_temp").await?;
     println!("\nmetrics.device_temp (first rows by window start):");
     print_rows(&rows, 12);
     let devices: std::collections::BTreeSet<&str> = rows.iter().map(|r| r.0.as_str()).collect();

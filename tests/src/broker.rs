@@ -148,6 +148,15 @@ fn spawn_broker(bin: &Path, port: u16, log: &Path) -> Result<Child, TestkitError
 }
 
 impl DevStack {
+    /// Points at an existing cluster; starts nothing.
+    pub fn connect(brokers: impl Into<String>) -> DevStack {
+        DevStack {
+            brokers: brokers.into(),
+            child: None,
+            log: None,
+        }
+    }
+
     /// Starts a broker on 127.0.0.1 with a free port and waits until it answers
     /// metadata requests; or uses `FLUMEN_KAFKA_BROKERS` when set.
     ///
@@ -156,11 +165,7 @@ impl DevStack {
     pub fn start() -> Result<DevStack, TestkitError> {
         if let Ok(brokers) = std::env::var("FLUMEN_KAFKA_BROKERS") {
             if !brokers.trim().is_empty() {
-                return Ok(DevStack {
-                    brokers,
-                    child: None,
-                    log: None,
-                });
+                return Ok(DevStack::connect(brokers));
             }
         }
         let bin = ensure_tansu()?;

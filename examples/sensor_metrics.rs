@@ -1,0 +1,309 @@
+//! The quickstart's pipeline, parameterized for benchmarks and comparisons:
+//! sensor readings -> `temp >= 0` -> tumbling or hopping windows per device
+//! (count, sum, min, max, mean) -> Cassandra, a Kafka topic, or stdout.
+//!
+//! ```sh
+//! cargo run --release --example sensor_metrics -- --events 1000000 --devices 1000 --step-ms 1 \
+//!     --window tumbling:10s --sink cassandra --dump-table /tmp/rows.jsonl
+//! ```
+//!
+//! Without `--brokers` (or `FLUMEN_KAFKA_BROKERS`) it starts the dev broker;
+//! without `--cassandra` (or `FLUMEN_CASSANDRA_NODES`) the CQL test server.
+//! Without `--input` it generates `--events` readings into a new topic and
+//! stops once it has read them all. The last line on stdout is JSON:
+//! `{"input_records", "output_rows", "seconds", "records_per_sec"}`, seconds
+//! from the first record processed to the last.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow::datatypes::{DataType, Field, Schema};
+use clap::Parser;
+use flumen::prelude::*;
+use flumen_cassandra::CassandraSink;
+use flumen_testkit::cql::CqlTestServer;
+use flumen_testkit::sensor::SensorWorkload;
+use flumen_testkit::{unique_name, DevStack};
+
+#[derive(Parser, Debug)]
+#[command(about = "The sensor metrics pipeline, parameterized")]
+struct Args {
+    /// Kafka bootstrap servers (default: FLUMEN_KAFKA_BROKERS, else a local dev broker).
+    #[arg(long)]
+    brokers: Option<String>,
+    /// Input topic (default: a new topic with generated readings).
+    #[arg(long)]
+    input: Option<String>,
+    /// Consumer group (default: a new one).
+    #[arg(long)]
+    group: Option<String>,
+    /// `tumbling:SIZE` or `hopping:SIZE:STEP`, e.g. `tumbling:10s`, `hopping:10s:2s`.
+    #[arg(long, default_value = "tumbling:10s")]
+    window: String,
+    /// How long a window accepts late readings after its end.
+    #[arg(long, default_value = "0s")]
+    grace: String,
+    /// `cassandra`, `kafka:TOPIC` or `stdout`.
+    #[arg(long, default_value = "cassandra")]
+    sink: String,
+    /// Cassandra contact points (default: FLUMEN_CASSANDRA_NODES, else the CQL test server).
+    #[arg(long)]
+    cassandra: Option<String>,
+    /// Keyspace of the table.
+    #[arg(long, default_value = "metrics")]
+    keyspace: String,
+    /// Table name.
+    #[arg(long, default_value = "device_temp")]
+    table: String,
+    /// After the run, read the table back and write its rows as JSON lines here.
+    #[arg(long)]
+    dump_table: Option<PathBuf>,
+    /// Readings to generate (without --input).
+    #[arg(long, default_value_t = 100_000)]
+    events: u64,
+    /// Devices (keys) of the generated readings.
+    #[arg(long, default_value_t = 100)]
+    devices: u64,
+    /// Event time between generated readings, in ms.
+    #[arg(long, default_value_t = 10)]
+    step_ms: i64,
+    /// Commit and exit once no input has arrived for this many seconds.
+    #[arg(long)]
+    exit_when_idle: Option<u64>,
+    /// Where the RocksDB state lives (default: under the system temp dir, per group).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+}
+
+/// `10s`, `500ms`, `2m`, `1h`.
+fn duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let (number, unit) = t
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((t, ""), |i| t.split_at(i));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration like 10s, 500ms, 2m"))?;
+    Ok(match unit {
+        "ms" => Duration::from_millis(n),
+        "s" | "" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(format!("'{text}': unknown unit '{unit}' (ms, s, m, h)")),
+    })
+}
+
+/// The window spec: (size, step).
+fn window(text: &str) -> Result<(Duration, Duration), String> {
+    let parts: Vec<&str> = text.split(':').collect();
+    match parts.as_slice() {
+        ["tumbling", size] => {
+            let size = duration(size)?;
+            Ok((size, size))
+        }
+        ["hopping", size, step] => Ok((duration(size)?, duration(step)?)),
+        _ => Err(format!(
+            "--window '{text}': expected tumbling:SIZE or hopping:SIZE:STEP"
+        )),
+    }
+}
+
+enum Output {
+    Cassandra(String, scylla::client::session::Session),
+    Kafka(String),
+    Stdout,
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    flumen_examples::init_logging();
+    let args = Args::parse();
+    let (size, step) = window(&args.window)?;
+    let grace = duration(&args.grace)?;
+
+    // A local broker, when started, runs as long as `stack` lives.
+    let stack = match args.brokers.clone().or_else(|| env("FLUMEN_KAFKA_BROKERS")) {
+        Some(brokers) => DevStack::connect(brokers),
+        None => flumen_examples::start_dev_stack()?,
+    };
+    let mut _server = None;
+    let output = match args.sink.as_str() {
+        "cassandra" => {
+            let nodes = match args
+                .cassandra
+                .clone()
+                .or_else(|| env("FLUMEN_CASSANDRA_NODES"))
+            {
+                Some(nodes) => nodes,
+                None => {
+                    let server = CqlTestServer::start()?;
+                    let node = server.node();
+                    eprintln!("cassandra: {node} (the testkit's CQL test server)");
+                    _server = Some(server);
+                    node
+                }
+            };
+            let session =
+                flumen_examples::cassandra::prepare_table(&nodes, &args.keyspace, &args.table)
+                    .await?;
+            Output::Cassandra(nodes, session)
+        }
+        "stdout" => Output::Stdout,
+        other => match other.strip_prefix("kafka:") {
+            Some(topic) if !topic.is_empty() => {
+                stack.create_topic(topic, 3).await?;
+                Output::Kafka(topic.to_string())
+            }
+            _ => {
+                return Err(
+                    format!("--sink '{other}': expected cassandra, kafka:TOPIC or stdout").into(),
+                )
+            }
+        },
+    };
+
+    let (input, generated) = match &args.input {
+        Some(topic) => (topic.clone(), None),
+        None => {
+            let topic = unique_name("readings");
+            stack.create_topic(&topic, 3).await?;
+            let workload = SensorWorkload {
+                events: args.events,
+                devices: args.devices,
+                step_ms: args.step_ms,
+                ..Default::default()
+            };
+            stack.produce_batched(&topic, workload.records()).await?;
+            eprintln!("produced {} readings to '{topic}'", args.events);
+            (topic, Some(args.events))
+        }
+    };
+
+    let group = args
+        .group
+        .clone()
+        .unwrap_or_else(|| unique_name("sensor-metrics"));
+    let mut builder = Application::builder()
+        .brokers(stack.brokers())
+        .consumer_group(&group);
+    for (k, v) in stack.consumer_settings() {
+        builder = builder.consumer_config(k, v);
+    }
+    if let Some(dir) = &args.state_dir {
+        builder = builder.state_dir(dir);
+    }
+    let app = builder.build()?;
+    let readings = app
+        .dataframe(
+            Topic::json(&input)
+                .schema(Schema::new(vec![
+                    Field::new("device", DataType::Utf8, false),
+                    Field::new("ts", DataType::Int64, false),
+                    Field::new("temp", DataType::Float64, false),
+                ]))
+                .timestamp_field("ts"),
+        )?
+        .filter(col("temp").gt_eq(lit(0.0)));
+    let windowed = if size == step {
+        readings.tumbling_window(size)
+    } else {
+        readings.hopping_window(size, step)
+    };
+    let windows = windowed
+        .grace(grace)
+        .agg([
+            count(),
+            sum(col("temp")).alias("sum"),
+            min(col("temp")).alias("min"),
+            max(col("temp")).alias("max"),
+            mean(col("temp")).alias("mean"),
+        ])
+        .final_()
+        .select([
+            col("key").alias("device"),
+            col("window_start"),
+            col("window_end"),
+            col("count"),
+            col("sum"),
+            col("min"),
+            col("max"),
+            col("mean"),
+        ]);
+    match &output {
+        Output::Cassandra(nodes, _) => windows
+            .sink(CassandraSink::new(&format!("{}.{}", args.keyspace, args.table)).nodes(nodes)),
+        Output::Kafka(topic) => windows.to_topic(Topic::json(topic)),
+        Output::Stdout => windows.print(),
+    }
+
+    // Watch the input: first and last record processed, idle exit.
+    let stats = app.stats();
+    let stop = app.stop_handle();
+    let span: Arc<Mutex<Option<(Instant, Instant)>>> = Arc::default();
+    let done = Arc::new(AtomicBool::new(false));
+    {
+        let (stats, span, done) = (Arc::clone(&stats), Arc::clone(&span), Arc::clone(&done));
+        let idle = args.exit_when_idle.map(Duration::from_secs);
+        tokio::spawn(async move {
+            let mut seen = 0;
+            while !done.load(Ordering::Relaxed) {
+                let now = Instant::now();
+                let read = stats.records_in();
+                if read > seen {
+                    seen = read;
+                    let mut s = span.lock().unwrap_or_else(|p| p.into_inner());
+                    let first = s.map_or(now, |(f, _)| f);
+                    *s = Some((first, now));
+                }
+                let last = span
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .map(|(_, l)| l);
+                let all_read = generated.is_some_and(|n| read >= n);
+                let idle_for = last.map(|l| now.duration_since(l));
+                if all_read || idle.zip(idle_for).is_some_and(|(limit, d)| d >= limit) {
+                    stop.stop();
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+    }
+    app.run().await?;
+    done.store(true, Ordering::Relaxed);
+
+    if let (Output::Cassandra(_, session), Some(path)) = (&output, &args.dump_table) {
+        let rows =
+            flumen_examples::cassandra::read_rows(session, &args.keyspace, &args.table).await?;
+        let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+        for row in &rows {
+            writeln!(file, "{}", flumen_examples::cassandra::row_json(row))?;
+        }
+        file.flush()?;
+        eprintln!("wrote {} rows to {}", rows.len(), path.display());
+    }
+    let seconds = span
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .map_or(0.0, |(first, last)| {
+            last.duration_since(first).as_secs_f64()
+        });
+    let input_records = stats.records_in();
+    println!(
+        "{}",
+        serde_json::json!({
+            "input_records": input_records,
+            "output_rows": stats.records_out(),
+            "seconds": seconds,
+            "records_per_sec": if seconds > 0.0 { input_records as f64 / seconds } else { 0.0 },
+        })
+    );
+    Ok(())
+}
