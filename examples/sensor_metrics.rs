@@ -112,7 +112,7 @@ fn window(text: &str) -> Result<(Duration, Duration), String> {
 }
 
 enum Output {
-    Cassandra(String, scylla::client::session::Session),
+    Cassandra(String, Box<scylla::client::session::Session>),
     Kafka(String),
     Stdout,
 }
@@ -153,7 +153,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let session =
                 flumen_examples::cassandra::prepare_table(&nodes, &args.keyspace, &args.table)
                     .await?;
-            Output::Cassandra(nodes, session)
+            Output::Cassandra(nodes, Box::new(session))
         }
         "stdout" => Output::Stdout,
         other => match other.strip_prefix("kafka:") {
