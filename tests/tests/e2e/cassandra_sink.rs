@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::common::{builder, produce_readings, run_until_read, start, DEADLINE};
+use crate::common::{builder, produce_readings, start, wait_until, DEADLINE};
 use crate::windows::{assert_windows, readings_topic, reference, Row, DEVICES, PARTITIONS};
 use flumen::prelude::*;
 use flumen_cassandra::CassandraSink;
@@ -14,56 +14,92 @@ use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::value::CqlTimestamp;
 
-const TABLE: &str = "metrics.device_temp";
-
-async fn session(server: &CqlTestServer) -> Session {
-    let session = SessionBuilder::new()
-        .known_node(server.node())
-        .build()
-        .await
-        .expect("driver session");
-    session
-        .query_unpaged(
-            "CREATE KEYSPACE IF NOT EXISTS metrics WITH replication = \
-             {'class': 'SimpleStrategy', 'replication_factor': 1}",
-            &[],
-        )
-        .await
-        .expect("keyspace");
-    session
+/// The cluster of a test: a real one when `FLUMEN_CASSANDRA_NODES` is set,
+/// else a CQL test server (only it can inject faults).
+struct Cluster {
+    nodes: String,
+    server: Option<CqlTestServer>,
+    session: Session,
+    table: String,
 }
 
-fn sink(server: &CqlTestServer) -> CassandraSink {
-    CassandraSink::new(TABLE)
-        .nodes(server.node())
-        .column("key", "device")
-        .create_table_if_missing(["device"], ["window_start"])
+impl Cluster {
+    async fn start() -> Cluster {
+        let (nodes, server) = match std::env::var("FLUMEN_CASSANDRA_NODES") {
+            Ok(nodes) if !nodes.trim().is_empty() => (nodes, None),
+            _ => {
+                let server = CqlTestServer::start().expect("cql server");
+                (server.node(), Some(server))
+            }
+        };
+        let session = SessionBuilder::new()
+            .known_nodes(nodes.split(','))
+            .build()
+            .await
+            .expect("driver session");
+        session
+            .query_unpaged(
+                "CREATE KEYSPACE IF NOT EXISTS metrics WITH replication = \
+                 {'class': 'SimpleStrategy', 'replication_factor': 1}",
+                &[],
+            )
+            .await
+            .expect("keyspace");
+        let table = format!("metrics.{}", unique_name("t").replace('-', "_"));
+        Cluster {
+            nodes,
+            server,
+            session,
+            table,
+        }
+    }
+
+    fn sink(&self) -> CassandraSink {
+        CassandraSink::new(&self.table)
+            .nodes(&self.nodes)
+            .column("key", "device")
+            .create_table_if_missing(["device"], ["window_start"])
+    }
 }
 
 /// The pipeline of the windows tests (tumbling 10 s per device) into `sink`.
-fn pipeline(app: &Application, input: &str, sink: CassandraSink) {
-    app.dataframe(readings_topic(input))
+fn pipeline(app: &Application, input: &str, sink: CassandraSink, step_ms: u64, current: bool) {
+    let readings = app
+        .dataframe(readings_topic(input))
         .expect("frame")
-        .filter(col("temp").gt_eq(lit(0.0)))
-        .tumbling_window(Duration::from_secs(10))
-        .agg([
-            count(),
-            sum(col("temp")).alias("sum"),
-            min(col("temp")).alias("min"),
-            max(col("temp")).alias("max"),
-            mean(col("temp")).alias("mean"),
-        ])
-        .final_()
-        .sink(sink);
+        .filter(col("temp").gt_eq(lit(0.0)));
+    let size = Duration::from_secs(10);
+    let windowed = if step_ms == 10_000 {
+        readings.tumbling_window(size)
+    } else {
+        readings.hopping_window(size, Duration::from_millis(step_ms))
+    };
+    let windowed = windowed.agg([
+        count(),
+        sum(col("temp")).alias("sum"),
+        min(col("temp")).alias("min"),
+        max(col("temp")).alias("max"),
+        mean(col("temp")).alias("mean"),
+    ]);
+    let windows = if current {
+        windowed.current()
+    } else {
+        windowed.final_()
+    };
+    windows.sink(sink);
 }
 
 /// Every row of the table: (device, window start) -> values, and the write
 /// timestamps seen.
-async fn table_rows(session: &Session) -> (BTreeMap<(String, i64), Row>, Vec<i64>) {
-    let rows = session
+async fn table_rows(cluster: &Cluster) -> (BTreeMap<(String, i64), Row>, Vec<i64>) {
+    let rows = cluster
+        .session
         .query_unpaged(
-            "SELECT device, window_start, count, sum, min, max, mean, writetime(count) \
-             FROM metrics.device_temp",
+            format!(
+                "SELECT device, window_start, count, sum, min, max, mean, writetime(count) \
+                 FROM {}",
+                cluster.table
+            ),
             &[],
         )
         .await
@@ -81,38 +117,71 @@ async fn table_rows(session: &Session) -> (BTreeMap<(String, i64), Row>, Vec<i64
     (out, stamps)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn windows_are_upserted_into_the_table_and_survive_write_faults() {
+/// The sensor workload through tumbling or hopping windows into the table;
+/// with the test server, write timeouts and overload for two seconds mid-stream
+/// and a dropped connection.
+async fn windows_into_cassandra(step_ms: u64) {
     let stack = DevStack::start().expect("dev stack");
-    let server = CqlTestServer::start().expect("cql server");
-    let session = session(&server).await;
+    let cluster = Cluster::start().await;
     let input = unique_name("in");
     stack
         .create_topic(&input, PARTITIONS)
         .await
         .expect("input topic");
     let workload = produce_readings(&stack, &input, PARTITIONS, 3_000, DEVICES).await;
-    // Timeouts and overload on the first writes: retried with backoff.
-    server.inject(Fault::WriteTimeout, FaultScope::Next(3));
-    server.inject(Fault::Overloaded, FaultScope::Next(2));
-
     let state = tempfile::tempdir().expect("state dir");
     let app = builder(&stack, &unique_name("g"))
         .state_dir(state.path())
+        .max_batch_records(100)
         .build()
         .expect("app");
-    pipeline(&app, &input, sink(&server));
-    let stats = run_until_read(app, workload.events).await;
-
-    let expected = reference(&workload.readings().collect::<Vec<_>>(), 10_000, 10_000);
-    let (actual, stamps) = table_rows(&session).await;
-    assert_windows("cassandra", &actual, &expected);
-    assert_eq!(server.faulted_requests(), 5, "every injected fault was met");
-    assert!(
-        stats.records_out() >= expected.len() as u64,
-        "{} rows out",
-        stats.records_out()
+    pipeline(
+        &app,
+        &input,
+        cluster.sink().max_in_flight(8),
+        step_ms,
+        false,
     );
+    let running = start(app);
+    let stats = running.stats.clone();
+    if let Some(server) = &cluster.server {
+        wait_until("a third of the input", || {
+            stats.records_in() >= workload.events / 3
+        })
+        .await;
+        server.inject(Fault::WriteTimeout, FaultScope::For(Duration::from_secs(1)));
+        server.inject(Fault::Overloaded, FaultScope::For(Duration::from_secs(2)));
+        wait_until("two thirds of the input", || {
+            stats.records_in() >= workload.events * 2 / 3
+        })
+        .await;
+        server.inject(Fault::DropConnection, FaultScope::Next(1));
+    }
+    wait_until("the input to be read", || {
+        stats.records_in() >= workload.events
+    })
+    .await;
+    running.stop().await.expect("clean stop");
+
+    let expected = reference(
+        &workload.readings().collect::<Vec<_>>(),
+        10_000,
+        step_ms as i64,
+    );
+    let (actual, stamps) = table_rows(&cluster).await;
+    assert_windows("cassandra", &actual, &expected);
+    if let Some(server) = &cluster.server {
+        assert!(
+            server.faulted_requests() >= 3,
+            "{}",
+            server.faulted_requests()
+        );
+    } else {
+        eprintln!(
+            "ran against FLUMEN_CASSANDRA_NODES={}: no faults injected",
+            cluster.nodes
+        );
+    }
     // Write timestamps are source offsets (each partition has 1,000 records).
     assert!(
         stamps.iter().all(|&t| (0..1_000).contains(&t)),
@@ -121,35 +190,115 @@ async fn windows_are_upserted_into_the_table_and_survive_write_faults() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_table_that_cannot_hold_the_frame_stops_the_start() {
+async fn tumbling_windows_into_cassandra_survive_faults() {
+    windows_into_cassandra(10_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hopping_windows_into_cassandra_survive_faults() {
+    windows_into_cassandra(2_000).await;
+}
+
+/// `current()` emission writes a window again after every batch; a second
+/// group replaying the first half of the input writes older values of the same
+/// windows, with older write timestamps: the table keeps the newer values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_older_update_never_overwrites_a_newer_row() {
     let stack = DevStack::start().expect("dev stack");
-    let server = CqlTestServer::start().expect("cql server");
-    let session = session(&server).await;
-    session
-        .query_unpaged(
-            "CREATE TABLE metrics.device_temp (device text, window_start timestamp, window_end timestamp, \
-             count int, sum double, min double, max double, mean double, \
-             PRIMARY KEY ((device), window_start))",
-            &[],
-        )
-        .await
-        .expect("table");
+    let cluster = Cluster::start().await;
     let input = unique_name("in");
     stack.create_topic(&input, 1).await.expect("input topic");
-    let app = builder(&stack, &unique_name("g"))
-        .state_dir(tempfile::tempdir().expect("state dir").path())
+    let workload = produce_readings(&stack, &input, 1, 1_000, 4).await;
+    let state = tempfile::tempdir().expect("state dir");
+    for (run, share) in [(0, workload.events), (1, workload.events / 2)] {
+        let app = builder(&stack, &unique_name(&format!("g{run}")))
+            .state_dir(state.path().join(run.to_string()))
+            .max_batch_records(50)
+            .build()
+            .expect("app");
+        pipeline(&app, &input, cluster.sink(), 10_000, true);
+        let running = start(app);
+        let stats = running.stats.clone();
+        wait_until("the run's share", || stats.records_in() >= share).await;
+        running.stop().await.expect("clean stop");
+        if run == 0 {
+            let (after_first, _) = table_rows(&cluster).await;
+            let expected = reference_all(&workload);
+            assert_windows("first run", &after_first, &expected);
+        }
+    }
+    let (after_replay, _) = table_rows(&cluster).await;
+    assert_windows("after the replay", &after_replay, &reference_all(&workload));
+}
+
+/// Every window of the input, open ones included (what `current()` leaves).
+fn reference_all(
+    workload: &flumen_testkit::sensor::SensorWorkload,
+) -> BTreeMap<(String, i64), Row> {
+    crate::windows::all_windows(&workload.readings().collect::<Vec<_>>(), 10_000, 10_000)
+}
+
+/// Starts the pipeline on `sink` and returns the error it stops with.
+async fn refused(stack: &DevStack, sink: CassandraSink) -> flumen::Error {
+    let input = unique_name("in");
+    stack.create_topic(&input, 1).await.expect("input topic");
+    let state = tempfile::tempdir().expect("state dir");
+    let app = builder(stack, &unique_name("g"))
+        .state_dir(state.path())
         .build()
         .expect("app");
-    pipeline(&app, &input, sink(&server));
+    pipeline(&app, &input, sink, 10_000, false);
     let running = start(app);
-    let error = tokio::time::timeout(DEADLINE, running.join)
+    tokio::time::timeout(DEADLINE, running.join)
         .await
         .expect("stops")
         .expect("task")
-        .expect_err("refused");
+        .expect_err("refused")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_or_unfit_table_stops_the_start() {
+    let stack = DevStack::start().expect("dev stack");
+    let cluster = Cluster::start().await;
+    let plain = || {
+        CassandraSink::new(&cluster.table)
+            .nodes(&cluster.nodes)
+            .column("key", "device")
+    };
+
+    let error = refused(&stack, plain()).await;
     let text = error.to_string();
     assert!(matches!(error, flumen::Error::Sink { .. }), "{text}");
-    for part in ["metrics.device_temp", "'count'", "int", "Int64"] {
+    assert!(text.contains("does not exist"), "{text}");
+
+    // A table without `mean`, and one whose `count` is an int.
+    let wrong_type = format!("{}_b", cluster.table);
+    for (table, count_type, mean) in [
+        (cluster.table.as_str(), "bigint", ""),
+        (wrong_type.as_str(), "int", "mean double, "),
+    ] {
+        cluster
+            .session
+            .query_unpaged(
+                format!(
+                    "CREATE TABLE {table} (device text, window_start timestamp, \
+                     window_end timestamp, count {count_type}, sum double, min double, \
+                     max double, {mean}PRIMARY KEY ((device), window_start))"
+                ),
+                &[],
+            )
+            .await
+            .expect("table");
+    }
+    let text = refused(&stack, plain()).await.to_string();
+    for part in [cluster.table.as_str(), "no column 'mean'", "Float64"] {
+        assert!(text.contains(part), "{part} missing from: {text}");
+    }
+    let sink = CassandraSink::new(&wrong_type)
+        .nodes(&cluster.nodes)
+        .column("key", "device");
+    let text = refused(&stack, sink).await.to_string();
+    for part in [wrong_type.as_str(), "'count'", "CQL type int", "Int64"] {
         assert!(text.contains(part), "{part} missing from: {text}");
     }
 }

@@ -110,17 +110,23 @@ async fn the_driver_reads_topology_and_schema_and_writes_and_reads_rows() {
         .expect("one row");
     assert_eq!(server_token, token.value());
 
-    // Batches and paged scans.
-    let mut batch = Batch::new(BatchType::Unlogged);
-    let mut values = Vec::new();
-    for i in 0..250i64 {
-        batch.append_statement(insert.clone());
-        values.push((format!("dev-{}", i % 25), ts(i * 1000), i, 0.5f64, 300i64));
+    // Batches, then 10,000 rows read back exactly, in pages.
+    let mut written = std::collections::BTreeSet::new();
+    for chunk in 0..10i64 {
+        let mut batch = Batch::new(BatchType::Unlogged);
+        let mut values = Vec::new();
+        for i in chunk * 1_000..(chunk + 1) * 1_000 {
+            batch.append_statement(insert.clone());
+            let device = format!("dev-{}", 100 + i % 50);
+            let mean = i as f64 / 8.0;
+            values.push((device.clone(), ts(i * 1000), i, mean, 300i64));
+            written.insert((device, i * 1000, i, mean.to_bits()));
+        }
+        session.batch(&batch, &values).await.expect("batch");
     }
-    session.batch(&batch, &values).await.expect("batch");
-    let mut scan = Statement::new("SELECT device, window_start FROM m.device_temp");
-    scan.set_page_size(40);
-    let scanned: Vec<(String, scylla::value::CqlTimestamp)> = session
+    let mut scan = Statement::new("SELECT device, window_start, count, mean FROM m.device_temp");
+    scan.set_page_size(700);
+    let scanned: Vec<(String, scylla::value::CqlTimestamp, i64, f64)> = session
         .query_iter(scan, &[])
         .await
         .expect("scan")
@@ -129,10 +135,15 @@ async fn the_driver_reads_topology_and_schema_and_writes_and_reads_rows() {
         .try_collect()
         .await
         .expect("all pages");
-    assert_eq!(
-        scanned.len(),
-        252,
-        "250 batched rows + the two rows of dev-1"
+    let read: std::collections::BTreeSet<(String, i64, i64, u64)> = scanned
+        .into_iter()
+        .filter(|(d, ..)| d != "dev-1")
+        .map(|(d, t, c, m)| (d, t.0, c, m.to_bits()))
+        .collect();
+    assert_eq!(read.len(), 10_000);
+    assert!(
+        read == written,
+        "the rows read back differ from those written"
     );
 
     // TTL: the row is there, with its TTL.
@@ -155,6 +166,36 @@ async fn the_driver_reads_topology_and_schema_and_writes_and_reads_rows() {
         .first_row()
         .expect("row");
     assert!(ttl.is_some_and(|t| (98..=100).contains(&t)), "{ttl:?}");
+
+    // An expired row is gone (TTL 1 s; polled, not slept on).
+    session
+        .query_unpaged(
+            "INSERT INTO m.device_temp (device, window_start, count) VALUES ('short', 0, 1) USING TTL 1",
+            &[],
+        )
+        .await
+        .expect("insert with ttl 1");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let rows = session
+            .query_unpaged(
+                "SELECT count FROM m.device_temp WHERE device = 'short'",
+                &[],
+            )
+            .await
+            .expect("select")
+            .into_rows_result()
+            .expect("rows")
+            .rows_num();
+        if rows == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the row did not expire"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

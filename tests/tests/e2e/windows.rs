@@ -24,7 +24,11 @@ pub(crate) type Row = (i64, f64, f64, f64, f64);
 
 /// Per (device, window start): count, sum, min, max, mean of the kept readings
 /// (`temp >= 0`), for every window any of them falls in.
-fn all_windows(readings: &[Reading], size: i64, step: i64) -> BTreeMap<(String, i64), Row> {
+pub(crate) fn all_windows(
+    readings: &[Reading],
+    size: i64,
+    step: i64,
+) -> BTreeMap<(String, i64), Row> {
     let mut windows: BTreeMap<(String, i64), Vec<f64>> = BTreeMap::new();
     for r in readings.iter().filter(|r| r.temp >= 0.0) {
         let mut start = r.ts - r.ts.rem_euclid(step);
