@@ -124,3 +124,15 @@ pub mod cassandra {
         })
     }
 }
+
+/// The sensor workload's aggregations of `temp`: count, sum, min, max, mean.
+pub fn temperature_aggregations() -> Vec<flumen::window::Aggregation> {
+    use flumen::prelude::*;
+    vec![
+        count(),
+        sum(col("temp")).alias("sum"),
+        min(col("temp")).alias("min"),
+        max(col("temp")).alias("max"),
+        mean(col("temp")).alias("mean"),
+    ]
+}

@@ -87,13 +87,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?
     .filter(col("temp").gt_eq(lit(0.0)))
     .tumbling_window(Duration::from_secs(10))
-    .agg([
-        count(),
-        sum(col("temp")).alias("sum"),
-        min(col("temp")).alias("min"),
-        max(col("temp")).alias("max"),
-        mean(col("temp")).alias("mean"),
-    ])
+    .agg(flumen_examples::temperature_aggregations())
     .final_()
     .sink(
         CassandraSink::new("metrics.device_temp")

@@ -218,13 +218,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let windows = windowed
         .grace(grace)
-        .agg([
-            count(),
-            sum(col("temp")).alias("sum"),
-            min(col("temp")).alias("min"),
-            max(col("temp")).alias("max"),
-            mean(col("temp")).alias("mean"),
-        ])
+        .agg(flumen_examples::temperature_aggregations())
         .final_()
         .select([
             col("key").alias("device"),

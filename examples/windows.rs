@@ -95,13 +95,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .dataframe(Topic::json(&input).schema(schema).timestamp_field("ts"))?
         .filter(col("temp").gt_eq(lit(0.0)))
         .tumbling_window(Duration::from_secs(args.window_secs))
-        .agg([
-            count(),
-            sum(col("temp")).alias("sum"),
-            min(col("temp")).alias("min"),
-            max(col("temp")).alias("max"),
-            mean(col("temp")).alias("mean"),
-        ])
+        .agg(flumen_examples::temperature_aggregations())
         .final_();
     windows.to_topic(Topic::json(&output));
     // A branch keeps the first rows for the table printed at the end.

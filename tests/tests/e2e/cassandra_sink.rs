@@ -74,13 +74,7 @@ fn pipeline(app: &Application, input: &str, sink: CassandraSink, step_ms: u64, c
     } else {
         readings.hopping_window(size, Duration::from_millis(step_ms))
     };
-    let windowed = windowed.agg([
-        count(),
-        sum(col("temp")).alias("sum"),
-        min(col("temp")).alias("min"),
-        max(col("temp")).alias("max"),
-        mean(col("temp")).alias("mean"),
-    ]);
+    let windowed = windowed.agg(crate::common::temperature_aggregations());
     let windows = if current {
         windowed.current()
     } else {

@@ -123,13 +123,7 @@ async fn run(window: &str) {
         )
     };
     windowed
-        .agg([
-            count(),
-            sum(col("temp")).alias("sum"),
-            min(col("temp")).alias("min"),
-            max(col("temp")).alias("max"),
-            mean(col("temp")).alias("mean"),
-        ])
+        .agg(crate::common::temperature_aggregations())
         .final_()
         .to_topic(Topic::json(&output));
     run_until_read(app, workload.events).await;
@@ -354,13 +348,7 @@ async fn group_by_a_field_the_input_is_not_keyed_by_repartitions() {
         .group_by(col("device"))
         .tumbling_window(Duration::from_secs(10))
         .grace(Duration::from_secs(3_600))
-        .agg([
-            count(),
-            sum(col("temp")).alias("sum"),
-            min(col("temp")).alias("min"),
-            max(col("temp")).alias("max"),
-            mean(col("temp")).alias("mean"),
-        ])
+        .agg(crate::common::temperature_aggregations())
         .current()
         .to_topic(Topic::json(&output));
     // Every input record, then every kept record again from the repartition topic.
