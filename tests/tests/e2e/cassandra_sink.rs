@@ -145,6 +145,22 @@ async fn windows_into_cassandra(step_ms: u64) {
         .await;
         server.inject(Fault::WriteTimeout, FaultScope::For(Duration::from_secs(1)));
         server.inject(Fault::Overloaded, FaultScope::For(Duration::from_secs(2)));
+        // Every write slot fails and retries: the partitions stop pulling. At
+        // most the batch each partition had started is counted meanwhile.
+        wait_until("the in-flight writes to fail", || {
+            server.faulted_requests() >= 8
+        })
+        .await;
+        let paused_at = stats.records_in();
+        wait_until("retries of the failing writes", || {
+            server.faulted_requests() >= 24
+        })
+        .await;
+        let read_meanwhile = stats.records_in() - paused_at;
+        assert!(
+            read_meanwhile <= PARTITIONS as u64 * 100,
+            "consumption went on while every write failed: {read_meanwhile} records"
+        );
         wait_until("two thirds of the input", || {
             stats.records_in() >= workload.events * 2 / 3
         })
