@@ -48,11 +48,11 @@ impl WriteTicket {
 #[derive(Debug)]
 pub struct Acks<'a> {
     batch: &'a Arc<DeliveryBatch>,
-    sink: &'a str,
+    sink: &'a Arc<str>,
 }
 
 impl<'a> Acks<'a> {
-    pub(crate) fn new(batch: &'a Arc<DeliveryBatch>, sink: &'a str) -> Self {
+    pub(crate) fn new(batch: &'a Arc<DeliveryBatch>, sink: &'a Arc<str>) -> Self {
         Acks { batch, sink }
     }
 

@@ -35,10 +35,57 @@ pub(crate) struct WriterSettings {
     pub(crate) consistency: Consistency,
 }
 
+/// What every row's write task needs, shared: the session, the prepared
+/// upsert and the table's metric handles (registered once, not per row).
+struct Upsert {
+    session: Session,
+    insert: PreparedStatement,
+    table: String,
+    retries: usize,
+    in_flight: metrics::Gauge,
+    written: metrics::Counter,
+    retried: metrics::Counter,
+    failed: metrics::Counter,
+    latency: metrics::Histogram,
+}
+
+impl Upsert {
+    /// Writes one row, retrying what can pass; settles nothing.
+    async fn write(&self, values: Vec<Bind>) -> Result<(), String> {
+        let started = Instant::now();
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(50))
+            .with_max_delay(Duration::from_secs(5))
+            .with_max_times(self.retries)
+            .with_jitter();
+        let result = (|| async { self.session.execute_unpaged(&self.insert, &values).await })
+            .retry(backoff)
+            .when(retryable)
+            .notify(|error, after| {
+                self.retried.increment(1);
+                tracing::warn!(table = %self.table, %error, ?after, "retrying a write");
+            })
+            .await;
+        self.latency.record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(_) => {
+                self.written.increment(1);
+                Ok(())
+            }
+            Err(error) => {
+                self.failed.increment(1);
+                Err(format!(
+                    "a row could not be written (after up to {} retries): {error}",
+                    self.retries
+                ))
+            }
+        }
+    }
+}
+
 /// The opened sink.
 pub(crate) struct CassandraWriter {
-    session: Arc<Session>,
-    insert: PreparedStatement,
+    upsert: Arc<Upsert>,
     columns: Vec<Bound>,
     ttl_index: Option<usize>,
     settings: WriterSettings,
@@ -77,9 +124,20 @@ impl CassandraWriter {
         // Upserts with explicit write timestamps: repeating one changes nothing.
         insert.set_is_idempotent(true);
         insert.set_consistency(settings.consistency);
-        Ok(CassandraWriter {
-            session: Arc::new(session),
+        let table = settings.table.clone();
+        let upsert = Upsert {
+            session,
             insert,
+            retries: settings.retries,
+            in_flight: metrics::gauge!("flumen_cassandra_in_flight", "table" => table.clone()),
+            written: metrics::counter!("flumen_cassandra_rows_written_total", "table" => table.clone()),
+            retried: metrics::counter!("flumen_cassandra_retries_total", "table" => table.clone()),
+            failed: metrics::counter!("flumen_cassandra_rows_failed_total", "table" => table.clone()),
+            latency: metrics::histogram!("flumen_cassandra_write_seconds", "table" => table.clone()),
+            table,
+        };
+        Ok(CassandraWriter {
+            upsert: Arc::new(upsert),
             columns,
             ttl_index,
             permits: Arc::new(Semaphore::new(settings.max_in_flight)),
@@ -155,46 +213,13 @@ impl CassandraWriter {
                 values.push(MaybeUnset::Set(Some(CqlValue::Int(ttls[row]))));
             }
             let ticket = acks.ticket();
-            let session = Arc::clone(&self.session);
-            let insert = self.insert.clone();
-            let table = self.settings.table.clone();
-            let retries = self.settings.retries;
-            metrics::gauge!("flumen_cassandra_in_flight", "table" => table.clone()).increment(1.0);
+            let upsert = Arc::clone(&self.upsert);
+            upsert.in_flight.increment(1.0);
             tokio::spawn(async move {
-                let started = Instant::now();
-                let backoff = ExponentialBuilder::default()
-                    .with_min_delay(Duration::from_millis(50))
-                    .with_max_delay(Duration::from_secs(5))
-                    .with_max_times(retries)
-                    .with_jitter();
-                let result = (|| async { session.execute_unpaged(&insert, &values).await })
-                    .retry(backoff)
-                    .when(retryable)
-                    .notify(|error, after| {
-                        metrics::counter!("flumen_cassandra_retries_total", "table" => table.clone())
-                            .increment(1);
-                        tracing::warn!(%table, %error, ?after, "retrying a write");
-                    })
-                    .await;
+                let result = upsert.write(values).await;
                 drop(permit);
-                metrics::gauge!("flumen_cassandra_in_flight", "table" => table.clone())
-                    .decrement(1.0);
-                metrics::histogram!("flumen_cassandra_write_seconds", "table" => table.clone())
-                    .record(started.elapsed().as_secs_f64());
-                match result {
-                    Ok(_) => {
-                        metrics::counter!("flumen_cassandra_rows_written_total", "table" => table)
-                            .increment(1);
-                        ticket.done(Ok(()));
-                    }
-                    Err(error) => {
-                        metrics::counter!("flumen_cassandra_rows_failed_total", "table" => table)
-                            .increment(1);
-                        ticket.done(Err(format!(
-                            "a row could not be written (after up to {retries} retries): {error}"
-                        )));
-                    }
-                }
+                upsert.in_flight.decrement(1.0);
+                ticket.done(result);
             });
         }
         Ok(())

@@ -44,11 +44,11 @@ impl DeliveryBatch {
     /// Starts tracking one more delivery that is not a Kafka record (e.g. a
     /// database write): the batch completes only after the ticket is settled.
     /// A ticket dropped unsettled counts as a failure.
-    pub fn track(self: &Arc<Self>, sink: &str) -> DeliveryTicket {
+    pub fn track(self: &Arc<Self>, sink: &Arc<str>) -> DeliveryTicket {
         self.pending.fetch_add(1, Ordering::AcqRel);
         DeliveryTicket {
             batch: Some(Arc::clone(self)),
-            sink: sink.to_string(),
+            sink: Arc::clone(sink),
         }
     }
 
@@ -78,7 +78,7 @@ impl DeliveryBatch {
 #[derive(Debug)]
 pub struct DeliveryTicket {
     batch: Option<Arc<DeliveryBatch>>,
-    sink: String,
+    sink: Arc<str>,
 }
 
 impl DeliveryTicket {
@@ -86,7 +86,7 @@ impl DeliveryTicket {
     pub fn done(mut self, result: std::result::Result<(), String>) {
         if let Some(batch) = self.batch.take() {
             batch.finish_one(result.err().map(|reason| KafkaError::SinkWrite {
-                sink: self.sink.clone(),
+                sink: self.sink.to_string(),
                 reason,
             }));
         }
@@ -97,7 +97,7 @@ impl Drop for DeliveryTicket {
     fn drop(&mut self) {
         if let Some(batch) = self.batch.take() {
             batch.finish_one(Some(KafkaError::SinkWrite {
-                sink: self.sink.clone(),
+                sink: self.sink.to_string(),
                 reason: "the write was abandoned before it completed".into(),
             }));
         }

@@ -47,7 +47,7 @@ struct TopicWriter {
 enum SinkWriter {
     Topic(Box<TopicWriter>),
     Print,
-    Custom(String, Arc<dyn crate::sink::SinkWriter>),
+    Custom(Arc<str>, Arc<dyn crate::sink::SinkWriter>),
     /// A custom sink while validating (not opened yet).
     Unopened,
 }
@@ -113,7 +113,7 @@ impl PartitionPipeline {
                 })),
                 SinkSpec::Print => SinkWriter::Print,
                 SinkSpec::Custom(sink) => match source.writers.get(i).cloned().flatten() {
-                    Some(writer) => SinkWriter::Custom(sink.name(), writer),
+                    Some(writer) => SinkWriter::Custom(Arc::from(sink.name()), writer),
                     None => SinkWriter::Unopened,
                 },
             })
@@ -445,14 +445,10 @@ impl PartitionPipeline {
                     last_offset: at.last,
                 };
                 writer
-                    .write(
-                        batch.clone(),
-                        position,
-                        crate::sink::Acks::new(ack, name.as_str()),
-                    )
+                    .write(batch.clone(), position, crate::sink::Acks::new(ack, name))
                     .await
                     .map_err(|e| Error::Sink {
-                        sink: name.clone(),
+                        sink: name.to_string(),
                         reason: e.to_string(),
                     })?;
                 stats.add_out(name, batch.num_rows());

@@ -171,6 +171,17 @@ impl Database {
         Ok((keyspace.to_string(), name.table.clone()))
     }
 
+    /// The keyspace, name and schema of the table a statement names.
+    fn target(
+        &self,
+        name: &TableName,
+        current: Option<&str>,
+    ) -> Result<(String, String, TableDef), ExecError> {
+        let (ks, table) = self.resolve(name, current)?;
+        let def = self.def(&ks, &table)?;
+        Ok((ks, table, def))
+    }
+
     fn def(&self, keyspace: &str, table: &str) -> Result<TableDef, ExecError> {
         self.table(keyspace, table)
             .map(|t| (*t.def).clone())
@@ -283,8 +294,7 @@ impl Database {
                 values,
                 using,
             } => {
-                let (ks, name) = self.resolve(table, req.keyspace)?;
-                let def = self.def(&ks, &name)?;
+                let (ks, name, def) = self.target(table, req.keyspace)?;
                 let mut bound = Vec::new();
                 for (column, term) in columns.iter().zip(values) {
                     let (i, col) = def.column(column).map_err(ExecError::Invalid)?;
@@ -299,8 +309,7 @@ impl Database {
                 set,
                 conditions,
             } => {
-                let (ks, name) = self.resolve(table, req.keyspace)?;
-                let def = self.def(&ks, &name)?;
+                let (ks, name, def) = self.target(table, req.keyspace)?;
                 let mut bound = Vec::new();
                 for (column, term) in set {
                     let (i, col) = def.column(column).map_err(ExecError::Invalid)?;
@@ -322,8 +331,7 @@ impl Database {
                 using,
                 conditions,
             } => {
-                let (ks, name) = self.resolve(table, req.keyspace)?;
-                let def = self.def(&ks, &name)?;
+                let (ks, name, def) = self.target(table, req.keyspace)?;
                 let keys = key_equalities(&def, conditions, req)?;
                 let find = |cols: &[usize]| -> Option<Vec<Vec<u8>>> {
                     cols.iter()
@@ -533,8 +541,7 @@ impl Database {
                 values,
                 using: u,
             } => {
-                let (ks, name) = self.resolve(table, current)?;
-                let def = self.def(&ks, &name)?;
+                let (ks, name, def) = self.target(table, current)?;
                 for (c, t) in columns.iter().zip(values) {
                     let (_, col) = def.column(c).map_err(ExecError::Invalid)?;
                     set(t, c.clone(), col.ty.clone());
@@ -558,8 +565,7 @@ impl Database {
                 set: assignments,
                 conditions,
             } => {
-                let (ks, name) = self.resolve(table, current)?;
-                let def = self.def(&ks, &name)?;
+                let (ks, name, def) = self.target(table, current)?;
                 using(u, &mut set);
                 for (c, t) in assignments {
                     let (_, col) = def.column(c).map_err(ExecError::Invalid)?;
@@ -573,8 +579,7 @@ impl Database {
                 using: u,
                 conditions,
             } => {
-                let (ks, name) = self.resolve(table, current)?;
-                let def = self.def(&ks, &name)?;
+                let (ks, name, def) = self.target(table, current)?;
                 using(u, &mut set);
                 describe_conditions(&def, conditions, &mut set);
                 (ks, name, Vec::new(), pk_terms(&def, conditions))
@@ -585,8 +590,7 @@ impl Database {
                 conditions,
                 limit,
             } => {
-                let (ks, name) = self.resolve(table, current)?;
-                let def = self.def(&ks, &name)?;
+                let (ks, name, def) = self.target(table, current)?;
                 describe_conditions(&def, conditions, &mut set);
                 if let Some(t) = limit {
                     set(t, "[limit]".into(), CqlType::Int);
