@@ -23,15 +23,24 @@ const EVENTS: u64 = 200_000;
 const DEVICES: u64 = 100;
 const STEP_MS: i64 = 10;
 
+/// An epoch-ms timestamp as UTC date and time.
+fn utc(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_else(|| ms.to_string())
+}
+
 fn print_rows(rows: &[Row], show: usize) {
     println!(
-        "{:<10} {:>14} {:>14} {:>6} {:>10} {:>8} {:>8} {:>8}",
-        "device", "window_start", "window_end", "count", "sum", "min", "max", "mean"
+        "{:<10} {:<19} {:<8} {:>6} {:>10} {:>8} {:>8} {:>8}",
+        "device", "window_start (UTC)", "end", "count", "sum", "min", "max", "mean"
     );
     for (device, start, end, count, sum, min, max, mean) in rows.iter().take(show) {
+        let end = utc(end.0);
         println!(
-            "{device:<10} {:>14} {:>14} {count:>6} {sum:>10.2} {min:>8.2} {max:>8.2} {mean:>8.2}",
-            start.0, end.0
+            "{device:<10} {:<19} {:<8} {count:>6} {sum:>10.2} {min:>8.2} {max:>8.2} {mean:>8.2}",
+            utc(start.0),
+            end.get(11..).unwrap_or(&end)
         );
     }
     if rows.len() > show {

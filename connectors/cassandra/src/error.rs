@@ -14,6 +14,14 @@ pub enum CassandraError {
         /// What the driver said.
         reason: String,
     },
+    /// A TLS setting cannot be used.
+    #[error("Cassandra TLS: {what}: {reason}")]
+    Tls {
+        /// Which setting or file.
+        what: String,
+        /// Why.
+        reason: String,
+    },
     /// The table does not fit the frame.
     #[error("table {table}: {reason}")]
     Schema {

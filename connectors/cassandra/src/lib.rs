@@ -49,7 +49,9 @@ mod convert;
 mod error;
 mod schema;
 mod sink;
+mod tls;
 mod writer;
 
 pub use error::CassandraError;
 pub use sink::{CassandraSink, Consistency, Ttl};
+pub use tls::Tls;

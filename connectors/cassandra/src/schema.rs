@@ -262,6 +262,8 @@ pub(crate) struct Bound {
     pub(crate) frame_index: usize,
     pub(crate) column: String,
     pub(crate) cql: CqlType,
+    /// Whether it is (part of) the table's partition key.
+    pub(crate) partition_key: bool,
 }
 
 /// Checks every mapped column against the table; every primary key column of
@@ -302,6 +304,7 @@ pub(crate) fn check_columns(
             frame_index: m.frame_index,
             column: column.name.clone(),
             cql,
+            partition_key: column.kind == "partition_key",
         });
     }
     let missing: Vec<&str> = table_columns

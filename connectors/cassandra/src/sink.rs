@@ -18,6 +18,7 @@ pub use scylla::statement::Consistency;
 
 use crate::error::CassandraError;
 use crate::schema::{check_columns, create_table_cql, read_columns, Mapping};
+use crate::tls::Tls;
 use crate::writer::{CassandraWriter, WriterSettings};
 
 /// How long written rows live.
@@ -48,6 +49,9 @@ pub struct CassandraSink {
     retries: usize,
     write_nulls: bool,
     request_timeout: Duration,
+    tls: Option<Tls>,
+    dead_letter_topic: Option<String>,
+    max_batch_bytes: Option<usize>,
 }
 
 impl CassandraSink {
@@ -71,6 +75,9 @@ impl CassandraSink {
             retries: 8,
             write_nulls: false,
             request_timeout: Duration::from_secs(12),
+            tls: None,
+            dead_letter_topic: None,
+            max_batch_bytes: None,
         }
     }
 
@@ -148,6 +155,27 @@ impl CassandraSink {
         self
     }
 
+    /// Rows that finally cannot be written (after the retries, or refused
+    /// outright, e.g. invalid) go to this Kafka topic as JSON objects of the
+    /// frame's columns, with headers `flumen.error.kind` (`sink`),
+    /// `flumen.error.reason`, `flumen.sink` and
+    /// `flumen.source.{topic,partition,offsets}`, instead of stopping the
+    /// application. Their batch commits once the topic acknowledged them. The
+    /// topic must exist.
+    pub fn dead_letter_topic(mut self, topic: impl Into<String>) -> Self {
+        self.dead_letter_topic = Some(topic.into());
+        self
+    }
+
+    /// Groups the rows of a micro-batch that share a partition key into
+    /// UNLOGGED batches of at most `max_bytes` (estimated; a larger row is sent
+    /// alone). Off by default: one request per row. Fewer, larger requests help
+    /// when many rows land in one partition (e.g. hopping windows of a device).
+    pub fn batch_by_partition(mut self, max_bytes: usize) -> Self {
+        self.max_batch_bytes = Some(max_bytes.max(1));
+        self
+    }
+
     /// Writes nulls as nulls (tombstones) instead of leaving the column unset.
     pub fn write_nulls(mut self, yes: bool) -> Self {
         self.write_nulls = yes;
@@ -157,6 +185,12 @@ impl CassandraSink {
     /// Client-side timeout of one write attempt (default 12 s).
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
+        self
+    }
+
+    /// Encrypts the connections (off by default).
+    pub fn tls(mut self, tls: Tls) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -181,6 +215,9 @@ impl CassandraSink {
             .default_execution_profile_handle(profile.into_handle());
         if let Some((user, password)) = &self.credentials {
             builder = builder.user(user, password);
+        }
+        if let Some(tls) = &self.tls {
+            builder = builder.tls_context(Some(tls.context()?));
         }
         builder.build().await.map_err(|e| CassandraError::Connect {
             nodes: self.nodes.join(","),
@@ -218,6 +255,7 @@ impl CassandraSink {
             write_nulls: self.write_nulls,
             ttl: self.ttl.clone(),
             consistency: self.consistency,
+            max_batch_bytes: self.max_batch_bytes,
         };
         CassandraWriter::new(session, &self.keyspace, &self.table, bound, settings).await
     }
@@ -234,5 +272,9 @@ impl Sink for CassandraSink {
             Ok(Arc::new(writer) as Arc<dyn SinkWriter>)
         }
         .boxed()
+    }
+
+    fn dead_letter_topic(&self) -> Option<String> {
+        self.dead_letter_topic.clone()
     }
 }

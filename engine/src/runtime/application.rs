@@ -379,6 +379,14 @@ impl Application {
                 needs_producer = true;
                 require_output(&admin, &dlq, "late-record dead-letter")?;
             }
+            for o in &mine {
+                if let SinkSpec::Custom(sink) = &o.sink {
+                    if let Some(dlq) = sink.dead_letter_topic() {
+                        needs_producer = true;
+                        require_output(&admin, &dlq, &format!("{} dead-letter", sink.name()))?;
+                    }
+                }
+            }
             let mut writers = Vec::new();
             for o in &mine {
                 writers.push(match &o.sink {

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::sink::{Acks, DeadLetterRoute};
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::prelude::SessionContext;
@@ -47,9 +48,16 @@ struct TopicWriter {
 enum SinkWriter {
     Topic(Box<TopicWriter>),
     Print,
-    Custom(Arc<str>, Arc<dyn crate::sink::SinkWriter>),
+    Custom(CustomWriter),
     /// A custom sink while validating (not opened yet).
     Unopened,
+}
+
+/// An opened [`Sink`](crate::sink::Sink) of a pipeline.
+struct CustomWriter {
+    name: Arc<str>,
+    writer: Arc<dyn crate::sink::SinkWriter>,
+    dead_letters: Option<Arc<DeadLetterRoute>>,
 }
 
 /// The operators and sinks of one source partition.
@@ -113,7 +121,14 @@ impl PartitionPipeline {
                 })),
                 SinkSpec::Print => SinkWriter::Print,
                 SinkSpec::Custom(sink) => match source.writers.get(i).cloned().flatten() {
-                    Some(writer) => SinkWriter::Custom(Arc::from(sink.name()), writer),
+                    Some(writer) => SinkWriter::Custom(CustomWriter {
+                        name: Arc::from(sink.name()),
+                        writer,
+                        dead_letters: sink
+                            .dead_letter_topic()
+                            .zip(producer.clone())
+                            .map(|(topic, producer)| Arc::new(DeadLetterRoute { producer, topic })),
+                    }),
                     None => SinkWriter::Unopened,
                 },
             })
@@ -434,7 +449,7 @@ impl PartitionPipeline {
         let stats = Arc::clone(&self.stats);
         match &mut self.sinks[index] {
             SinkWriter::Unopened => Ok(()),
-            SinkWriter::Custom(name, writer) => {
+            SinkWriter::Custom(custom) => {
                 if batch.num_rows() == 0 {
                     return Ok(());
                 }
@@ -444,14 +459,16 @@ impl PartitionPipeline {
                     first_offset: at.first,
                     last_offset: at.last,
                 };
-                writer
-                    .write(batch.clone(), position, crate::sink::Acks::new(ack, name))
+                let acks = Acks::new(ack, &custom.name, custom.dead_letters.as_ref(), position);
+                custom
+                    .writer
+                    .write(batch.clone(), position, acks)
                     .await
                     .map_err(|e| Error::Sink {
-                        sink: name.to_string(),
+                        sink: custom.name.to_string(),
                         reason: e.to_string(),
                     })?;
-                stats.add_out(name, batch.num_rows());
+                stats.add_out(&custom.name, batch.num_rows());
                 Ok(())
             }
             SinkWriter::Print => {

@@ -13,6 +13,9 @@
 //! and `ttl()`. [`Fault`]s can be injected into data requests: latency, write
 //! timeouts, overloaded, unavailable, dropped connections.
 //!
+//! [`CqlTestServer::start_tls`] serves the same over TLS with a fresh
+//! self-signed certificate.
+//!
 //! Not supported: authentication, compression, lightweight transactions,
 //! counters' semantics, secondary indexes, user-defined types.
 
@@ -21,7 +24,9 @@ mod parse;
 mod server;
 mod store;
 mod system;
+mod tls;
 mod types;
 
 pub use server::{CqlTestServer, Fault, FaultScope};
 pub use system::DATACENTER;
+pub use tls::TestCertificate;

@@ -5,6 +5,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,12 +30,15 @@ use cassandra_protocol::frame::{Direction, Envelope, Flags, Opcode, Serialize, V
 use cassandra_protocol::query::{QueryParams, QueryValues};
 use cassandra_protocol::types::value::Value;
 use cassandra_protocol::types::{CBytes, CBytesShort};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use openssl::ssl::{Ssl, SslAcceptor};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio_openssl::SslStream;
 
 use super::exec::{Bound, Database, Described, ExecError, Outcome, Request};
 use super::parse::{parse, Statement};
+use super::tls::TestCertificate;
 use super::types::CqlType;
 
 /// A fault the server injects into data requests (QUERY / EXECUTE / BATCH on
@@ -52,6 +56,8 @@ pub enum Fault {
     Unavailable,
     /// Close the connection without answering (nothing is written).
     DropConnection,
+    /// Answer with INVALID, an error no retry can pass (nothing is written).
+    Invalid,
 }
 
 /// How long a fault lasts.
@@ -109,6 +115,7 @@ impl Shared {
 /// ```
 pub struct CqlTestServer {
     addr: SocketAddr,
+    certificate: Option<TestCertificate>,
     shared: Arc<Shared>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -122,6 +129,25 @@ impl CqlTestServer {
 
     /// Starts a server on `addr`; it serves until dropped.
     pub fn start_on(addr: SocketAddr) -> std::io::Result<CqlTestServer> {
+        CqlTestServer::serve(addr, None)
+    }
+
+    /// Starts a server on 127.0.0.1 with a random port that speaks only TLS,
+    /// with a fresh self-signed certificate for 127.0.0.1
+    /// ([`certificate`](Self::certificate)).
+    pub fn start_tls() -> std::io::Result<CqlTestServer> {
+        let certificate = TestCertificate::self_signed().map_err(std::io::Error::other)?;
+        CqlTestServer::serve(SocketAddr::from(([127, 0, 0, 1], 0)), Some(certificate))
+    }
+
+    fn serve(
+        addr: SocketAddr,
+        certificate: Option<TestCertificate>,
+    ) -> std::io::Result<CqlTestServer> {
+        let acceptor = match &certificate {
+            Some(c) => Some(Arc::new(c.acceptor().map_err(std::io::Error::other)?)),
+            None => None,
+        };
         let listener = std::net::TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
@@ -139,13 +165,14 @@ impl CqlTestServer {
                         return;
                     };
                     tokio::select! {
-                        () = accept_loop(listener, serve_shared) => {}
+                        () = accept_loop(listener, serve_shared, acceptor) => {}
                         _ = rx => {}
                     }
                 });
             })?;
         Ok(CqlTestServer {
             addr,
+            certificate,
             shared,
             shutdown: Some(tx),
             thread: Some(thread),
@@ -155,6 +182,11 @@ impl CqlTestServer {
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The certificate it presents, when it speaks TLS.
+    pub fn certificate(&self) -> Option<&TestCertificate> {
+        self.certificate.as_ref()
     }
 
     /// `host:port`, as drivers take contact points.
@@ -211,14 +243,36 @@ impl Drop for CqlTestServer {
     }
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tls: Option<Arc<SslAcceptor>>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(serve_connection(stream, Arc::clone(&shared)));
+        let shared = Arc::clone(&shared);
+        match &tls {
+            None => {
+                tokio::spawn(serve_connection(stream, shared));
+            }
+            Some(acceptor) => {
+                let acceptor = Arc::clone(acceptor);
+                tokio::spawn(async move {
+                    if let Some(stream) = handshake(&acceptor, stream).await {
+                        serve_connection(stream, shared).await;
+                    }
+                });
+            }
+        }
     }
+}
+
+/// The server side of a TLS handshake; `None` when it fails (the client
+/// sees the connection close).
+async fn handshake(acceptor: &SslAcceptor, stream: TcpStream) -> Option<SslStream<TcpStream>> {
+    let ssl = Ssl::new(acceptor.context()).ok()?;
+    let mut stream = SslStream::new(ssl, stream).ok()?;
+    Pin::new(&mut stream).accept().await.ok()?;
+    Some(stream)
 }
 
 /// What a request handler sends to the connection's writer.
@@ -227,8 +281,11 @@ enum Reply {
     Close,
 }
 
-async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
-    let (mut reader, mut writer) = stream.into_split();
+async fn serve_connection<S>(stream: S, shared: Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut reader, mut writer) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::unbounded_channel::<Reply>();
     let write_task = tokio::spawn(async move {
         while let Some(reply) = rx.recv().await {
@@ -530,6 +587,7 @@ async fn inject(
             "Cannot achieve consistency level (injected)",
         )),
         Fault::DropConnection => Some(Reply::Close),
+        Fault::Invalid => Some(error(req, ErrorType::Invalid, "Invalid request (injected)")),
     }
 }
 

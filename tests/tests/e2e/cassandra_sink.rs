@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::common::{builder, produce_readings, start, wait_until, DEADLINE};
+use crate::metrics::metric;
 use crate::windows::{assert_windows, readings_topic, reference, Row, DEVICES, PARTITIONS};
 use flumen::prelude::*;
 use flumen_cassandra::CassandraSink;
@@ -16,15 +17,15 @@ use scylla::value::CqlTimestamp;
 
 /// The cluster of a test: a real one when `FLUMEN_CASSANDRA_NODES` is set,
 /// else a CQL test server (only it can inject faults).
-struct Cluster {
-    nodes: String,
-    server: Option<CqlTestServer>,
-    session: Session,
-    table: String,
+pub(crate) struct Cluster {
+    pub(crate) nodes: String,
+    pub(crate) server: Option<CqlTestServer>,
+    pub(crate) session: Session,
+    pub(crate) table: String,
 }
 
 impl Cluster {
-    async fn start() -> Cluster {
+    pub(crate) async fn start() -> Cluster {
         let (nodes, server) = match std::env::var("FLUMEN_CASSANDRA_NODES") {
             Ok(nodes) if !nodes.trim().is_empty() => (nodes, None),
             _ => {
@@ -37,6 +38,16 @@ impl Cluster {
             .build()
             .await
             .expect("driver session");
+        Cluster::on(nodes, server, session).await
+    }
+
+    /// A cluster reached through `session`, with the `metrics` keyspace and a
+    /// fresh table name.
+    pub(crate) async fn on(
+        nodes: String,
+        server: Option<CqlTestServer>,
+        session: Session,
+    ) -> Cluster {
         session
             .query_unpaged(
                 "CREATE KEYSPACE IF NOT EXISTS metrics WITH replication = \
@@ -54,7 +65,23 @@ impl Cluster {
         }
     }
 
-    fn sink(&self) -> CassandraSink {
+    /// Creates the table of the sensor windows.
+    pub(crate) async fn create_table(&self) {
+        self.session
+            .query_unpaged(
+                format!(
+                    "CREATE TABLE {} (device text, window_start timestamp, \
+                     window_end timestamp, count bigint, sum double, min double, \
+                     max double, mean double, PRIMARY KEY ((device), window_start))",
+                    self.table
+                ),
+                &[],
+            )
+            .await
+            .expect("table");
+    }
+
+    pub(crate) fn sink(&self) -> CassandraSink {
         CassandraSink::new(&self.table)
             .nodes(&self.nodes)
             .column("key", "device")
@@ -63,7 +90,13 @@ impl Cluster {
 }
 
 /// The pipeline of the windows tests (tumbling 10 s per device) into `sink`.
-fn pipeline(app: &Application, input: &str, sink: CassandraSink, step_ms: u64, current: bool) {
+pub(crate) fn pipeline(
+    app: &Application,
+    input: &str,
+    sink: CassandraSink,
+    step_ms: u64,
+    current: bool,
+) {
     let readings = app
         .dataframe(readings_topic(input))
         .expect("frame")
@@ -85,7 +118,7 @@ fn pipeline(app: &Application, input: &str, sink: CassandraSink, step_ms: u64, c
 
 /// Every row of the table: (device, window start) -> values, and the write
 /// timestamps seen.
-async fn table_rows(cluster: &Cluster) -> (BTreeMap<(String, i64), Row>, Vec<i64>) {
+pub(crate) async fn table_rows(cluster: &Cluster) -> (BTreeMap<(String, i64), Row>, Vec<i64>) {
     let rows = cluster
         .session
         .query_unpaged(
@@ -115,6 +148,7 @@ async fn table_rows(cluster: &Cluster) -> (BTreeMap<(String, i64), Row>, Vec<i64
 /// with the test server, write timeouts and overload for two seconds mid-stream
 /// and a dropped connection.
 async fn windows_into_cassandra(step_ms: u64) {
+    crate::metrics::endpoint();
     let stack = DevStack::start().expect("dev stack");
     let cluster = Cluster::start().await;
     let input = unique_name("in");
@@ -139,27 +173,37 @@ async fn windows_into_cassandra(step_ms: u64) {
     let running = start(app);
     let stats = running.stats.clone();
     if let Some(server) = &cluster.server {
+        // Read through the Prometheus endpoint, as an operator would.
+        let records_in = || metric("flumen_records_in_total", &format!("topic=\"{input}\""));
+        let table = format!("table=\"{}\"", cluster.table);
+        let in_flight = || metric("flumen_cassandra_in_flight", &table);
         wait_until("a third of the input", || {
-            stats.records_in() >= workload.events / 3
+            records_in() >= (workload.events / 3) as f64
         })
         .await;
         server.inject(Fault::WriteTimeout, FaultScope::For(Duration::from_secs(1)));
         server.inject(Fault::Overloaded, FaultScope::For(Duration::from_secs(2)));
         // Every write slot fails and retries: the partitions stop pulling. At
         // most the batch each partition had started is counted meanwhile.
-        wait_until("the in-flight writes to fail", || {
-            server.faulted_requests() >= 8
+        wait_until("every write slot to hold a failing write", || {
+            server.faulted_requests() >= 8 && in_flight() >= 8.0
         })
         .await;
-        let paused_at = stats.records_in();
+        let paused_at = records_in();
         wait_until("retries of the failing writes", || {
             server.faulted_requests() >= 24
+                && metric("flumen_cassandra_retries_total", &table) >= 16.0
         })
         .await;
-        let read_meanwhile = stats.records_in() - paused_at;
+        let read_meanwhile = records_in() - paused_at;
         assert!(
-            read_meanwhile <= PARTITIONS as u64 * 100,
+            read_meanwhile <= (PARTITIONS * 100) as f64,
             "consumption went on while every write failed: {read_meanwhile} records"
+        );
+        assert_eq!(
+            in_flight(),
+            8.0,
+            "the write window stays full while retrying"
         );
         wait_until("two thirds of the input", || {
             stats.records_in() >= workload.events * 2 / 3
@@ -249,7 +293,7 @@ fn reference_all(
 }
 
 /// Starts the pipeline on `sink` and returns the error it stops with.
-async fn refused(stack: &DevStack, sink: CassandraSink) -> flumen::Error {
+pub(crate) async fn refused(stack: &DevStack, sink: CassandraSink) -> flumen::Error {
     let input = unique_name("in");
     stack.create_topic(&input, 1).await.expect("input topic");
     let state = tempfile::tempdir().expect("state dir");

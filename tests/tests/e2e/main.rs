@@ -8,6 +8,7 @@
 mod common;
 
 mod bad_input;
+mod cassandra_options;
 mod cassandra_sink;
 mod cql_server;
 mod metrics;

@@ -1,15 +1,49 @@
-//! The Prometheus endpoint serves flumen's counters (one test: the recorder is process-wide).
+//! The Prometheus endpoint serves flumen's counters. The recorder is
+//! process-wide: every test that reads metrics shares [`endpoint`].
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use crate::common::{builder, run_until_read, sensor_topics};
 use arrow::datatypes::{DataType, Field, Schema};
 use flumen::prelude::*;
 use flumen_testkit::{unique_name, DevStack};
 
-fn scrape(addr: std::net::SocketAddr) -> String {
-    let mut stream = TcpStream::connect(addr).expect("connect to the metrics endpoint");
+/// The metrics endpoint of this test process, installed on first use. Call
+/// it before starting what you measure: metric handles taken before the
+/// recorder exists record nothing.
+pub(crate) fn endpoint() -> SocketAddr {
+    static ENDPOINT: OnceLock<SocketAddr> = OnceLock::new();
+    *ENDPOINT.get_or_init(|| {
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        // Installed from a thread outside any test's runtime, so the exporter
+        // runs on its own runtime and outlives the test that installed it.
+        std::thread::spawn(move || flumen::serve_metrics(addr).map_err(|e| e.to_string()))
+            .join()
+            .expect("install thread")
+            .expect("serve metrics");
+        addr
+    })
+}
+
+/// One scrape of the endpoint: status line, headers and body.
+pub(crate) fn scrape() -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut stream = loop {
+        match TcpStream::connect(endpoint()) {
+            Ok(stream) => break stream,
+            // The exporter binds its port in the background after installing.
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(%e, "metrics endpoint not listening yet");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("connect to the metrics endpoint: {e}"),
+        }
+    };
     stream
         .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .expect("request");
@@ -18,15 +52,24 @@ fn scrape(addr: std::net::SocketAddr) -> String {
     body
 }
 
+/// The sum of metric `name` over its series whose labels contain `label`
+/// (e.g. `topic="in-1"`); 0 when there is none yet.
+pub(crate) fn metric(name: &str, label: &str) -> f64 {
+    scrape()
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_endpoint_serves_pipeline_counters() {
-    let addr = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    flumen::serve_metrics(addr).expect("serve metrics");
+    endpoint();
+    let other = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
     assert!(
-        flumen::serve_metrics(addr).is_err(),
+        flumen::serve_metrics(other).is_err(),
         "the recorder is process-wide"
     );
 
@@ -42,13 +85,12 @@ async fn prometheus_endpoint_serves_pipeline_counters() {
     .to_topic(Topic::json(&output));
     run_until_read(app, workload.events).await;
 
-    let body = scrape(addr);
+    let body = scrape();
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
-    let line = body
-        .lines()
-        .find(|l| l.starts_with("flumen_records_in_total{") && l.contains(&input))
-        .unwrap_or_else(|| panic!("no records_in counter for {input}:\n{body}"));
-    let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
-    assert_eq!(value, workload.events as f64, "{line}");
+    assert_eq!(
+        metric("flumen_records_in_total", &format!("topic=\"{input}\"")),
+        workload.events as f64,
+        "{body}"
+    );
     assert!(body.contains("flumen_records_out_total"), "{body}");
 }
