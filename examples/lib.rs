@@ -5,6 +5,9 @@
 //! - `windows`: tumbling 10 s windows per device over sensor readings, printed as tables.
 //! - `quickstart`: the same windows into the Cassandra table `metrics.device_temp`
 //!   (the CQL test server unless `FLUMEN_CASSANDRA_NODES` is set), read back and printed.
+//! - `sensor_metrics`: the quickstart's pipeline with flags, for comparisons.
+//! - `bench`: the benchmark harness (raw consume ceiling vs. stateless,
+//!   tumbling, hopping -> Kafka and tumbling -> Cassandra on one topic).
 //!
 //! This library holds what the examples share: logging and the dev stack.
 

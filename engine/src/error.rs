@@ -7,7 +7,7 @@ use flumen_kafka::format::BadInputKind;
 pub enum Error {
     /// The Kafka connector failed.
     #[error(transparent)]
-    Kafka(#[from] flumen_kafka::KafkaError),
+    Kafka(Box<flumen_kafka::KafkaError>),
     /// The state store failed.
     #[error(transparent)]
     State(#[from] flumen_state::StateError),
@@ -99,3 +99,18 @@ impl Error {
 
 /// Result alias of the engine.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+impl From<flumen_kafka::KafkaError> for Error {
+    fn from(error: flumen_kafka::KafkaError) -> Self {
+        Error::Kafka(Box::new(error))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Small enough that `Result<T, Error>` stays cheap to return (and
+    /// clippy's `result_large_err` does not fire in users' code).
+    #[test]
+    fn the_error_stays_small() {
+        assert!(std::mem::size_of::<super::Error>() < 128);
+    }
+}

@@ -1,0 +1,521 @@
+//! The benchmark harness: one sensor workload in a topic, then on that same
+//! topic, in one process: (a) the raw consume ceiling (rdkafka reading every
+//! record), (b) stateless filter + project -> Kafka, (c) filter -> tumbling
+//! 10 s -> Kafka, (d) the same with hopping 10 s / 2 s, (e) (c) -> Cassandra
+//! (the CQL test server, in process, unless `--cassandra` / `FLUMEN_CASSANDRA_NODES`).
+//!
+//! For each it prints records/s (first record processed to last), MB/s of
+//! input, peak RSS, p50/p99 micro-batch processing time, CPU time per input
+//! record (for (e) without the in-process CQL server's thread, so it is
+//! flumen's CPU per written row and input record), and the ratio to (a); as a
+//! table and as JSON lines.
+//!
+//! `cargo run --release --example bench -- --events 1000000 --devices 1000`
+//!
+//! With `--brokers` (or `FLUMEN_KAFKA_BROKERS`) the input topic is named after
+//! the workload (`flumen-bench-<events>-<devices>-<step>ms-p<partitions>`) and
+//! reused when it exists; the local dev broker keeps topics only while it runs,
+//! so without it the workload is produced once per invocation.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow::datatypes::{DataType, Field, Schema};
+use clap::Parser;
+use flumen::prelude::*;
+use flumen::Stats;
+use flumen_cassandra::CassandraSink;
+use flumen_kafka::Admin;
+use flumen_testkit::cql::CqlTestServer;
+use flumen_testkit::sensor::SensorWorkload;
+use flumen_testkit::{unique_name, DevStack};
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Benchmarks flumen's pipelines against the raw consume ceiling.
+#[derive(Parser, Debug)]
+struct Args {
+    /// Kafka bootstrap servers (default: FLUMEN_KAFKA_BROKERS, else a local dev broker).
+    #[arg(long)]
+    brokers: Option<String>,
+    /// Events in the workload.
+    #[arg(long, default_value_t = 1_000_000)]
+    events: u64,
+    /// Devices (keys) in the workload.
+    #[arg(long, default_value_t = 1_000)]
+    devices: u64,
+    /// Event-time step between events, ms.
+    #[arg(long, default_value_t = 1)]
+    step_ms: i64,
+    /// Partitions of the input topic.
+    #[arg(long, default_value_t = 3)]
+    partitions: i32,
+    /// Scenarios to run, comma-separated: raw, stateless, tumbling, hopping, cassandra.
+    #[arg(long, default_value = "raw,stateless,tumbling,hopping,cassandra")]
+    scenarios: String,
+    /// Cassandra contact points for (e) (default: FLUMEN_CASSANDRA_NODES, else the CQL test server).
+    #[arg(long)]
+    cassandra: Option<String>,
+}
+
+/// What one scenario measured.
+#[derive(Debug, Clone, Default)]
+struct Measured {
+    name: &'static str,
+    records: u64,
+    output_rows: u64,
+    seconds: f64,
+    input_bytes: u64,
+    peak_rss_bytes: u64,
+    batch_p50_ms: Option<f64>,
+    batch_p99_ms: Option<f64>,
+    cpu_seconds: f64,
+}
+
+impl Measured {
+    fn records_per_sec(&self) -> f64 {
+        per_sec(self.records as f64, self.seconds)
+    }
+
+    fn json(&self, ceiling: Option<f64>) -> serde_json::Value {
+        serde_json::json!({
+            "scenario": self.name,
+            "records": self.records,
+            "output_rows": self.output_rows,
+            "seconds": self.seconds,
+            "records_per_sec": self.records_per_sec(),
+            "mb_per_sec": per_sec(self.input_bytes as f64 / 1e6, self.seconds),
+            "peak_rss_mb": self.peak_rss_bytes as f64 / (1 << 20) as f64,
+            "batch_p50_ms": self.batch_p50_ms,
+            "batch_p99_ms": self.batch_p99_ms,
+            "cpu_us_per_record": 1e6 * self.cpu_seconds / self.records.max(1) as f64,
+            "cpu_us_per_output_row": (self.output_rows > 0)
+                .then(|| 1e6 * self.cpu_seconds / self.output_rows as f64),
+            "ratio_to_raw": ceiling.map(|c| self.records_per_sec() / c),
+        })
+    }
+}
+
+fn per_sec(amount: f64, seconds: f64) -> f64 {
+    if seconds > 0.0 {
+        amount / seconds
+    } else {
+        0.0
+    }
+}
+
+/// Process memory and CPU from /proc (Linux).
+mod process {
+    /// Resets the peak RSS (VmHWM) of this process.
+    pub fn reset_peak_rss() {
+        let _ = std::fs::write("/proc/self/clear_refs", "5");
+    }
+
+    /// Peak RSS since the last reset, bytes.
+    pub fn peak_rss() -> u64 {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmHWM:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            })
+            .map_or(0, |kib| kib * 1024)
+    }
+
+    /// utime + stime of a /proc stat line, seconds.
+    fn cpu_of(stat: &str) -> f64 {
+        // Fields after the parenthesised name: state is field 3, utime 14, stime 15.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            return 0.0;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        // Clock ticks: USER_HZ, 100 on Linux.
+        (ticks(11) + ticks(12)) / 100.0
+    }
+
+    /// CPU seconds of this process, minus its threads whose name starts with `exclude`.
+    pub fn cpu_seconds(exclude: &str) -> f64 {
+        let total = std::fs::read_to_string("/proc/self/stat")
+            .map(|s| cpu_of(&s))
+            .unwrap_or(0.0);
+        let excluded: f64 = std::fs::read_dir("/proc/self/task")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|task| {
+                std::fs::read_to_string(task.path().join("comm"))
+                    .is_ok_and(|name| !exclude.is_empty() && name.starts_with(exclude))
+            })
+            .filter_map(|task| std::fs::read_to_string(task.path().join("stat")).ok())
+            .map(|s| cpu_of(&s))
+            .sum();
+        total - excluded
+    }
+}
+
+/// p50 and p99 of the micro-batch processing times recorded since the last call, ms.
+fn batch_percentiles(snapshotter: &Snapshotter) -> (Option<f64>, Option<f64>) {
+    let mut values: Vec<f64> = Vec::new();
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        if let DebugValue::Histogram(samples) = value {
+            if key.key().name() == "flumen_batch_seconds" {
+                values.extend(samples.iter().map(|v| v.into_inner() * 1e3));
+            }
+        }
+    }
+    if values.is_empty() {
+        return (None, None);
+    }
+    values.sort_by(f64::total_cmp);
+    let at = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
+    (Some(at(0.5)), Some(at(0.99)))
+}
+
+/// The input topic: produced unless a complete copy exists.
+async fn input_topic(stack: &DevStack, args: &Args) -> Result<String, BoxError> {
+    let workload = SensorWorkload {
+        events: args.events,
+        devices: args.devices,
+        step_ms: args.step_ms,
+        ..Default::default()
+    };
+    let topic = if stack.is_local() {
+        unique_name("flumen-bench")
+    } else {
+        format!(
+            "flumen-bench-{}-{}-{}ms-p{}",
+            args.events, args.devices, args.step_ms, args.partitions
+        )
+    };
+    let admin = Admin::new(&stack.kafka_config())?;
+    if admin.partition_count(&topic)?.is_some() {
+        eprintln!("reusing input topic '{topic}'");
+        return Ok(topic);
+    }
+    stack.create_topic(&topic, args.partitions).await?;
+    let started = Instant::now();
+    stack.produce_batched(&topic, workload.records()).await?;
+    eprintln!(
+        "produced {} readings of {} devices to '{topic}' in {:.1?}",
+        args.events,
+        args.devices,
+        started.elapsed()
+    );
+    Ok(topic)
+}
+
+/// (a): every record read with a plain rdkafka consumer, no processing.
+fn raw_consume(stack: &DevStack, topic: &str, args: &Args) -> Result<Measured, BoxError> {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", stack.brokers())
+        .set("group.id", unique_name("bench-raw"))
+        .set("enable.auto.commit", "false");
+    for (k, v) in stack.consumer_settings() {
+        config.set(k, v);
+    }
+    let consumer: BaseConsumer = config.create()?;
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..args.partitions {
+        assignment.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&assignment)?;
+    let cpu = process::cpu_seconds("");
+    let (mut records, mut bytes) = (0u64, 0u64);
+    let (mut first, mut last) = (None, Instant::now());
+    let mut idle_since = Instant::now();
+    while records < args.events {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => {
+                let now = Instant::now();
+                first.get_or_insert(now);
+                last = now;
+                idle_since = now;
+                records += 1;
+                bytes += (message.payload_len() + message.key().map_or(0, <[u8]>::len)) as u64;
+            }
+            Some(Err(e)) => return Err(format!("raw consume of '{topic}': {e}").into()),
+            None if idle_since.elapsed() > Duration::from_secs(30) => {
+                return Err(format!(
+                "topic '{topic}' holds only {records} of {} records; delete it to produce it again",
+                args.events
+            )
+                .into())
+            }
+            None => {}
+        }
+    }
+    Ok(Measured {
+        name: "a raw consume",
+        records,
+        seconds: first.map_or(0.0, |f| last.duration_since(f).as_secs_f64()),
+        input_bytes: bytes,
+        cpu_seconds: process::cpu_seconds("") - cpu,
+        ..Default::default()
+    })
+}
+
+/// The input frame: readings with event time from `ts`, `temp >= 0`.
+fn readings(app: &Application, topic: &str) -> flumen::Result<StreamingDataFrame> {
+    Ok(app
+        .dataframe(
+            Topic::json(topic)
+                .schema(Schema::new(vec![
+                    Field::new("device", DataType::Utf8, false),
+                    Field::new("ts", DataType::Int64, false),
+                    Field::new("temp", DataType::Float64, false),
+                ]))
+                .timestamp_field("ts"),
+        )?
+        .filter(col("temp").gt_eq(lit(0.0))))
+}
+
+/// Runs `app` until it has read `events` records; first to last record processed.
+async fn run_timed(app: Application, events: u64) -> Result<(f64, Arc<Stats>), BoxError> {
+    let stats = app.stats();
+    let stop = app.stop_handle();
+    let span: Arc<Mutex<Option<(Instant, Instant)>>> = Arc::default();
+    let done = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (stats, span, done) = (Arc::clone(&stats), Arc::clone(&span), Arc::clone(&done));
+        tokio::spawn(async move {
+            let mut seen = 0;
+            while !done.load(Ordering::Relaxed) {
+                let read = stats.records_in();
+                if read > seen {
+                    seen = read;
+                    let now = Instant::now();
+                    let mut s = span.lock().unwrap_or_else(|p| p.into_inner());
+                    *s = Some((s.map_or(now, |(f, _)| f), now));
+                }
+                if read >= events {
+                    stop.stop();
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    let result = app.run().await;
+    done.store(true, Ordering::Relaxed);
+    let _ = watcher.await;
+    result?;
+    let seconds = span
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .map_or(0.0, |(f, l)| l.duration_since(f).as_secs_f64());
+    Ok((seconds, stats))
+}
+
+/// Which flumen pipeline a scenario runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pipeline {
+    Stateless,
+    Tumbling,
+    Hopping,
+    Cassandra,
+}
+
+impl Pipeline {
+    fn label(self) -> &'static str {
+        match self {
+            Pipeline::Stateless => "b stateless -> kafka",
+            Pipeline::Tumbling => "c tumbling -> kafka",
+            Pipeline::Hopping => "d hopping -> kafka",
+            Pipeline::Cassandra => "e tumbling -> cassandra",
+        }
+    }
+}
+
+async fn run_pipeline(
+    stack: &DevStack,
+    topic: &str,
+    args: &Args,
+    pipeline: Pipeline,
+    cassandra: &str,
+) -> Result<Measured, BoxError> {
+    let state = tempfile::tempdir()?;
+    let app = flumen_examples::dev_app(stack, "bench")
+        .state_dir(state.path())
+        .build()?;
+    let frame = readings(&app, topic)?;
+    let output = unique_name("bench-out");
+    if pipeline != Pipeline::Cassandra {
+        stack.create_topic(&output, args.partitions).await?;
+    }
+    let tumbling = || frame.clone().tumbling_window(Duration::from_secs(10));
+    match pipeline {
+        Pipeline::Stateless => frame
+            .select([
+                col("device"),
+                col("ts"),
+                (col("temp") * lit(1.8) + lit(32.0)).alias("temp_f"),
+            ])
+            .to_topic(Topic::json(&output)),
+        Pipeline::Tumbling => tumbling()
+            .agg(flumen_examples::temperature_aggregations())
+            .final_()
+            .to_topic(Topic::json(&output)),
+        Pipeline::Hopping => frame
+            .clone()
+            .hopping_window(Duration::from_secs(10), Duration::from_secs(2))
+            .agg(flumen_examples::temperature_aggregations())
+            .final_()
+            .to_topic(Topic::json(&output)),
+        Pipeline::Cassandra => tumbling()
+            .agg(flumen_examples::temperature_aggregations())
+            .final_()
+            .select([
+                col("key").alias("device"),
+                col("window_start"),
+                col("window_end"),
+                col("count"),
+                col("sum"),
+                col("min"),
+                col("max"),
+                col("mean"),
+            ])
+            .sink(CassandraSink::new("bench.device_temp").nodes(cassandra)),
+    }
+    let cpu = process::cpu_seconds("cql-test-serv");
+    let (seconds, stats) = run_timed(app, args.events).await?;
+    Ok(Measured {
+        name: pipeline.label(),
+        records: stats.records_in(),
+        output_rows: stats.records_out(),
+        seconds,
+        cpu_seconds: process::cpu_seconds("cql-test-serv") - cpu,
+        ..Default::default()
+    })
+}
+
+fn print_table(results: &[Measured], ceiling: Option<f64>) {
+    println!(
+        "\n{:<24} {:>10} {:>12} {:>8} {:>9} {:>9} {:>9} {:>10} {:>8}",
+        "scenario",
+        "records",
+        "records/s",
+        "MB/s",
+        "RSS MB",
+        "p50 ms",
+        "p99 ms",
+        "CPU us/rec",
+        "vs raw"
+    );
+    let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+    for m in results {
+        println!(
+            "{:<24} {:>10} {:>12.0} {:>8.1} {:>9.0} {:>9} {:>9} {:>10.2} {:>8}",
+            m.name,
+            m.records,
+            m.records_per_sec(),
+            per_sec(m.input_bytes as f64 / 1e6, m.seconds),
+            m.peak_rss_bytes as f64 / (1 << 20) as f64,
+            ms(m.batch_p50_ms),
+            ms(m.batch_p99_ms),
+            1e6 * m.cpu_seconds / m.records.max(1) as f64,
+            ceiling.map_or("-".to_string(), |c| format!(
+                "{:.0}%",
+                100.0 * m.records_per_sec() / c
+            )),
+        );
+    }
+    println!();
+    for m in results {
+        println!("{}", m.json(ceiling));
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    recorder
+        .install()
+        .map_err(|e| format!("installing the metrics recorder: {e}"))?;
+    let args = Args::parse();
+    let stack = match args
+        .brokers
+        .clone()
+        .or_else(|| std::env::var("FLUMEN_KAFKA_BROKERS").ok())
+    {
+        Some(brokers) => DevStack::connect(brokers),
+        None => DevStack::start()?,
+    };
+    eprintln!("broker: {}", stack.brokers());
+    let topic = input_topic(&stack, &args).await?;
+    let wanted: Vec<&str> = args.scenarios.split(',').map(str::trim).collect();
+
+    let mut _server = None;
+    let cassandra = match args
+        .cassandra
+        .clone()
+        .or_else(|| std::env::var("FLUMEN_CASSANDRA_NODES").ok())
+    {
+        Some(nodes) => nodes,
+        None if wanted.contains(&"cassandra") => {
+            let server = CqlTestServer::start()?;
+            let node = server.node();
+            _server = Some(server);
+            node
+        }
+        None => String::new(),
+    };
+    if wanted.contains(&"cassandra") {
+        flumen_examples::cassandra::prepare_table(&cassandra, "bench", "device_temp")
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+
+    let mut results = Vec::new();
+    let mut input_bytes = 0;
+    let scenarios: BTreeMap<&str, Option<Pipeline>> = [
+        ("raw", None),
+        ("stateless", Some(Pipeline::Stateless)),
+        ("tumbling", Some(Pipeline::Tumbling)),
+        ("hopping", Some(Pipeline::Hopping)),
+        ("cassandra", Some(Pipeline::Cassandra)),
+    ]
+    .into_iter()
+    .collect();
+    for name in ["raw", "stateless", "tumbling", "hopping", "cassandra"] {
+        if !wanted.contains(&name) {
+            continue;
+        }
+        eprintln!("running {name}...");
+        process::reset_peak_rss();
+        batch_percentiles(&snapshotter);
+        let mut measured = match scenarios[name] {
+            None => {
+                let m = raw_consume(&stack, &topic, &args)?;
+                input_bytes = m.input_bytes;
+                m
+            }
+            Some(p) => run_pipeline(&stack, &topic, &args, p, &cassandra).await?,
+        };
+        if measured.input_bytes == 0 {
+            measured.input_bytes = input_bytes;
+        }
+        measured.peak_rss_bytes = process::peak_rss();
+        (measured.batch_p50_ms, measured.batch_p99_ms) = batch_percentiles(&snapshotter);
+        results.push(measured);
+    }
+    let ceiling = results
+        .iter()
+        .find(|m| m.name.starts_with("a "))
+        .map(Measured::records_per_sec);
+    print_table(&results, ceiling);
+    Ok(())
+}
