@@ -30,6 +30,7 @@ mod consumer;
 mod error;
 pub mod format;
 mod producer;
+mod reader;
 mod record;
 
 pub use admin::{Admin, TopicSpec};
@@ -39,6 +40,7 @@ pub use consumer::{
 };
 pub use error::{KafkaError, Result};
 pub use producer::{DeliveryBatch, DeliveryContext, DeliveryTicket, OutRecord, Producer};
+pub use reader::{read_partition, PartitionRecord};
 pub use record::{headers_with, RawBatch};
 
 /// Re-export of the librdkafka binding, for callers that need its types.

@@ -12,6 +12,7 @@ use flumen_kafka::{Admin, AutoOffsetReset, GroupConsumer, KafkaConfig, Producer,
 
 use crate::dataframe::{Outputs, StreamingDataFrame};
 use crate::plan::SinkSpec;
+use crate::runtime::changelog::{self, Changelogs};
 use crate::runtime::pipeline::{PartitionPipeline, SourcePlan};
 use crate::runtime::repartition::{self, Stages};
 use crate::runtime::stats::Stats;
@@ -35,6 +36,7 @@ pub struct ApplicationBuilder {
     producer_extra: Vec<(String, String)>,
     state_dir: Option<PathBuf>,
     block_cache_bytes: usize,
+    changelogs: bool,
 }
 
 impl Default for ApplicationBuilder {
@@ -52,6 +54,7 @@ impl Default for ApplicationBuilder {
             producer_extra: Vec::new(),
             state_dir: None,
             block_cache_bytes: 64 << 20,
+            changelogs: true,
         }
     }
 }
@@ -124,6 +127,17 @@ impl ApplicationBuilder {
     /// the same directory to continue from its state.
     pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.state_dir = Some(dir.into());
+        self
+    }
+
+    /// Whether window state is also written to changelog topics (default:
+    /// yes). Each window store of an input `T` writes its changes to
+    /// `<consumer group>-changelog-<T>-<store>` (created at start, partitioned
+    /// like `T`, compacted), and a state directory that is missing, empty or
+    /// behind the group's committed offsets is rebuilt from it; without
+    /// changelogs such a directory stops the start with `Error::StateBehind`.
+    pub fn changelogs(mut self, enabled: bool) -> Self {
+        self.changelogs = enabled;
         self
     }
 
@@ -394,13 +408,21 @@ impl Application {
                     _ => None,
                 });
             }
-            let plan = SourcePlan {
+            let mut plan = Arc::new(SourcePlan {
                 topic: topic.clone(),
                 decoder: decoder_of(topic)?,
                 outputs: mine,
                 writers,
-            };
-            sources.insert(name.clone(), Arc::new(plan));
+                changelogs: Changelogs::new(),
+            });
+            if self.settings.changelogs {
+                let changelogs = self.changelogs_of(&admin, name, &plan, &ctx).await?;
+                needs_producer |= !changelogs.is_empty();
+                if let Some(plan) = Arc::get_mut(&mut plan) {
+                    plan.changelogs = changelogs;
+                }
+            }
+            sources.insert(name.clone(), plan);
         }
         let stats = Arc::clone(&self.stats);
         for source in sources.values() {
@@ -426,6 +448,7 @@ impl Application {
             drain_timeout: Duration::from_secs(120),
         };
         let state = StateSettings {
+            kafka: with_extra(&self.kafka, &self.settings.consumer_extra),
             dir: self.state_dir(),
             application: self.group.clone(),
             cache: flumen_state::BlockCache::new(s.block_cache_bytes),
@@ -439,6 +462,32 @@ impl Application {
             self.stop.clone(),
             state,
         ))
+    }
+}
+
+impl Application {
+    /// The changelog topics of `plan`'s window stores, created when missing.
+    async fn changelogs_of(
+        &self,
+        admin: &Admin,
+        topic: &str,
+        plan: &Arc<SourcePlan>,
+        ctx: &Arc<SessionContext>,
+    ) -> Result<Changelogs> {
+        let probe = PartitionPipeline::new(Arc::clone(plan), None, Arc::clone(&self.stats), ctx);
+        let mut changelogs = Changelogs::new();
+        for store in probe.store_names() {
+            let name = changelog::topic_name(&self.group, topic, store);
+            if admin.partition_count(&name)?.is_none() {
+                let partitions = admin.require_topic(topic)?;
+                tracing::info!(topic = %name, partitions, "creating the changelog topic");
+                admin
+                    .create_topic(&TopicSpec::new(&name, partitions).compacted())
+                    .await?;
+            }
+            changelogs.insert(store.to_string(), name);
+        }
+        Ok(changelogs)
     }
 }
 

@@ -1,6 +1,7 @@
 //! Running a pipeline: the application, partition tasks, commits and stopping.
 
 mod application;
+mod changelog;
 mod pipeline;
 mod prometheus;
 mod repartition;

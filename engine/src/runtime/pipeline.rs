@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::runtime::changelog::{self, Changelogs};
 use crate::sink::{Acks, DeadLetterRoute};
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
@@ -26,6 +27,8 @@ pub(crate) struct SourcePlan {
     pub(crate) outputs: Vec<Output>,
     /// The opened writer of each output with a custom sink (by output index).
     pub(crate) writers: Vec<Option<Arc<dyn crate::sink::SinkWriter>>>,
+    /// The changelog topic of each window store (empty: no changelogs).
+    pub(crate) changelogs: Changelogs,
 }
 
 /// What processing a batch left to do: wait for `ack`, then commit `next_offset`.
@@ -143,6 +146,11 @@ impl PartitionPipeline {
             stores,
             skip_below: i64::MIN,
         }
+    }
+
+    /// What this pipeline runs.
+    pub(crate) fn source(&self) -> &SourcePlan {
+        &self.source
     }
 
     /// The names of the state stores of this pipeline (empty when it is stateless).
@@ -264,6 +272,18 @@ impl PartitionPipeline {
         // committed that far) must not move the checkpoint back: the state
         // already reflects every record up to it.
         let next_offset = next_offset.max(self.skip_below);
+        if !state.is_empty() && !self.source.changelogs.is_empty() {
+            let changelogs = &self.source.changelogs;
+            changelog::send(
+                self.producer()?,
+                changelogs,
+                raw.partition(),
+                &state,
+                next_offset,
+                &ack,
+            )
+            .await?;
+        }
         Ok(BatchOutcome {
             ack,
             next_offset,

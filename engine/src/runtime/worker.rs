@@ -12,6 +12,7 @@ use flumen_state::{BlockCache, Checkpoint, RocksStore, StateStore, StoreIdentity
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::runtime::changelog;
 use crate::runtime::pipeline::{PartitionPipeline, SourcePlan};
 use crate::runtime::stats::Stats;
 use crate::runtime::stop::{StopHandle, StopMode};
@@ -31,6 +32,8 @@ pub(crate) struct BatchSettings {
 /// Where and how partitions keep their state.
 #[derive(Debug, Clone)]
 pub(crate) struct StateSettings {
+    /// The cluster, for restoring from changelogs.
+    pub(crate) kafka: flumen_kafka::KafkaConfig,
     /// One RocksDB database per (source topic, partition) below this directory.
     pub(crate) dir: std::path::PathBuf,
     /// The application (consumer group) the state belongs to.
@@ -153,20 +156,38 @@ impl Worker {
                 Err(e) => return Err(e.into()),
             }
         };
-        let checkpoint = store.checkpoint()?.map(|c| c.next_offset);
+        let mut checkpoint = store.checkpoint()?.map(|c| c.next_offset);
+        let store = Arc::new(store);
         if let Some(committed) = committed {
             if checkpoint.is_none_or(|c| c < committed) && committed > 0 {
-                return Err(Error::StateBehind {
-                    topic: tp.topic.clone(),
-                    partition: tp.partition,
-                    path: path.display().to_string(),
-                    group: self.state.application.clone(),
-                    checkpoint: checkpoint.map_or("none".into(), |c| c.to_string()),
-                    committed,
-                });
+                let changelogs = &pipeline.source().changelogs;
+                if changelogs.is_empty() {
+                    return Err(Error::StateBehind {
+                        topic: tp.topic.clone(),
+                        partition: tp.partition,
+                        path: path.display().to_string(),
+                        group: self.state.application.clone(),
+                        checkpoint: checkpoint.map_or("none".into(), |c| c.to_string()),
+                        committed,
+                    });
+                }
+                tracing::info!(
+                    %tp, path = %path.display(), ?checkpoint, committed,
+                    "the state is behind the committed offset; restoring it from the changelog"
+                );
+                let (kafka, changelogs, partition) =
+                    (self.state.kafka.clone(), changelogs.clone(), tp.partition);
+                let target = Arc::clone(&store);
+                let from = checkpoint;
+                tokio::task::spawn_blocking(move || {
+                    changelog::restore(&kafka, &changelogs, partition, from, committed, &*target)
+                })
+                .await
+                .map_err(|e| Error::Runtime(format!("restoring {tp}: {e}")))??;
+                checkpoint = Some(committed);
             }
         }
-        pipeline.restore(&store, checkpoint)?;
+        pipeline.restore(&*store, checkpoint)?;
         match checkpoint {
             Some(at) => tracing::info!(
                 %tp, path = %path.display(), checkpoint = at, ?committed,
@@ -174,7 +195,7 @@ impl Worker {
             ),
             None => tracing::info!(%tp, path = %path.display(), "new state"),
         }
-        Ok(Some(Arc::new(store)))
+        Ok(Some(store as Arc<dyn StateStore>))
     }
 
     async fn run_partition(

@@ -130,7 +130,10 @@ async fn reference(stack: &DevStack, input: &str) -> Windows {
     windows
 }
 
-async fn interrupted(kill: bool) {
+/// Stops (or kills) three runs mid-stream and checks the final run's windows;
+/// with `fresh_state` every run starts on an empty state directory, so its
+/// state comes from the changelog.
+async fn interrupted(kill: bool, fresh_state: bool) {
     let stack = DevStack::start().expect("dev stack");
     let input = setup(&stack).await;
     let expected = reference(&stack, &input).await;
@@ -139,8 +142,17 @@ async fn interrupted(kill: bool) {
     let output = output_topic(&stack).await;
     let group = unique_name("g");
     let mut read = 0;
+    let mut fresh = Vec::new();
+    let mut state_dir = || {
+        if fresh_state {
+            fresh.push(tempfile::tempdir().expect("state dir"));
+            fresh.last().expect("pushed").path().to_path_buf()
+        } else {
+            state.path().to_path_buf()
+        }
+    };
     for stop_after in [EVENTS / 4, EVENTS / 2, EVENTS * 3 / 4] {
-        let running = start(app(&stack, &group, state.path(), &input, &output));
+        let running = start(app(&stack, &group, &state_dir(), &input, &output));
         let stats = running.stats.clone();
         wait_until("the run to read its share", || {
             read + stats.records_in() >= stop_after
@@ -156,7 +168,7 @@ async fn interrupted(kill: bool) {
         // flight, and the next run skips them (its state already has them).
         read += stats.records_in();
     }
-    let running = start(app(&stack, &group, state.path(), &input, &output));
+    let running = start(app(&stack, &group, &state_dir(), &input, &output));
     let (actual, records) = wait_for_windows(&stack, &output, expected.len()).await;
     running.stop().await.expect("final run");
     assert_eq!(
@@ -178,12 +190,22 @@ async fn interrupted(kill: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_restarts_on_the_same_state_give_the_uninterrupted_windows() {
-    interrupted(false).await;
+    interrupted(false, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_runs_restarted_on_the_same_state_give_the_uninterrupted_windows() {
-    interrupted(true).await;
+    interrupted(true, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_restarts_on_empty_state_restore_from_the_changelog() {
+    interrupted(false, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_runs_restarted_on_empty_state_restore_from_the_changelog() {
+    interrupted(true, true).await;
 }
 
 /// Runs that never commit (killed before their first commit) leave a state
@@ -228,20 +250,25 @@ async fn a_state_ahead_of_the_group_is_kept_when_the_input_is_read_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_state_directory_behind_the_committed_offset_is_refused() {
+async fn without_changelogs_a_state_directory_behind_the_committed_offset_is_refused() {
     let stack = DevStack::start().expect("dev stack");
     let input = setup(&stack).await;
     let output = output_topic(&stack).await;
     let group = unique_name("g");
     let first = tempfile::tempdir().expect("state dir");
-    let running = start(app(&stack, &group, first.path(), &input, &output));
+    let no_changelogs = || {
+        builder(&stack, &group)
+            .max_batch_records(200)
+            .changelogs(false)
+    };
+    let running = start(frame(no_changelogs(), first.path(), &input, &output));
     let stats = running.stats.clone();
     wait_until("some input to be read", || stats.records_in() >= EVENTS / 2).await;
     running.stop().await.expect("first run");
 
     // Same group, empty state directory: the committed offsets are ahead of it.
     let empty = tempfile::tempdir().expect("state dir");
-    let running = start(app(&stack, &group, empty.path(), &input, &output));
+    let running = start(frame(no_changelogs(), empty.path(), &input, &output));
     let error = running.finish().await.expect_err("refused");
     let text = error.to_string();
     assert!(matches!(error, flumen::Error::StateBehind { .. }), "{text}");
