@@ -12,6 +12,8 @@ pub struct Stats {
     records_in: AtomicU64,
     records_out: AtomicU64,
     batches: AtomicU64,
+    assigned: AtomicU64,
+    restored: AtomicU64,
     bad: Mutex<BTreeMap<(BadInputKind, &'static str), u64>>,
     /// Per (topic, partition, window operator): records it dropped.
     dropped: Mutex<BTreeMap<(String, i32, usize), crate::window::Dropped>>,
@@ -31,6 +33,39 @@ impl Stats {
     /// Micro-batches processed.
     pub fn batches(&self) -> u64 {
         self.batches.load(Ordering::Relaxed)
+    }
+
+    /// Input partitions this instance of the application owns now.
+    pub fn assigned_partitions(&self) -> u64 {
+        self.assigned.load(Ordering::Relaxed)
+    }
+
+    /// State changes restored from changelog topics so far.
+    pub fn restored_changes(&self) -> u64 {
+        self.restored.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn add_assigned(&self, partitions: usize) {
+        let now = self
+            .assigned
+            .fetch_add(partitions as u64, Ordering::Relaxed)
+            + partitions as u64;
+        metrics::gauge!("flumen_assigned_partitions").set(now as f64);
+    }
+
+    pub(crate) fn remove_assigned(&self, partitions: usize) {
+        let before = self
+            .assigned
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_sub(partitions as u64))
+            })
+            .unwrap_or(0);
+        metrics::gauge!("flumen_assigned_partitions")
+            .set(before.saturating_sub(partitions as u64) as f64);
+    }
+
+    pub(crate) fn add_restored(&self, changes: u64) {
+        self.restored.fetch_add(changes, Ordering::Relaxed);
     }
 
     /// Bad records of `kind` handled by the policy named `policy` (`skip`, `dead_letter`, `fail`).

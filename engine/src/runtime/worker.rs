@@ -179,11 +179,12 @@ impl Worker {
                     (self.state.kafka.clone(), changelogs.clone(), tp.partition);
                 let target = Arc::clone(&store);
                 let from = checkpoint;
-                tokio::task::spawn_blocking(move || {
+                let restored = tokio::task::spawn_blocking(move || {
                     changelog::restore(&kafka, &changelogs, partition, from, committed, &*target)
                 })
                 .await
                 .map_err(|e| Error::Runtime(format!("restoring {tp}: {e}")))??;
+                self.stats.add_restored(restored);
                 checkpoint = Some(committed);
             }
         }
@@ -482,6 +483,7 @@ impl RebalanceListener for Rebalancer {
                 lock(&worker.tasks).insert(tp.clone(), task);
             }
         }
+        worker.stats.add_assigned(partitions.len());
     }
 
     fn on_revoke(&self, partitions: &[TopicPartition]) -> Vec<(TopicPartition, i64)> {
@@ -490,6 +492,7 @@ impl RebalanceListener for Rebalancer {
         };
         lock(&worker.revoked).extend_from_slice(partitions);
         worker.revoked_flag.store(true, Ordering::Release);
+        worker.stats.remove_assigned(partitions.len());
         if worker.stop.mode() == StopMode::Kill {
             return Vec::new();
         }

@@ -6,10 +6,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::common::{builder, produce_readings, start, wait_until, DEADLINE};
+use crate::common::{builder, device_partition, produce_readings, start, wait_until, DEADLINE};
 use arrow::datatypes::{DataType, Field, Schema};
 use flumen::prelude::*;
 use flumen::ApplicationBuilder;
+use flumen_testkit::sensor::SensorWorkload;
+use flumen_testkit::topics::TestRecord;
 use flumen_testkit::{unique_name, DevStack};
 
 const PARTITIONS: i32 = 3;
@@ -273,4 +275,82 @@ async fn without_changelogs_a_state_directory_behind_the_committed_offset_is_ref
     let text = error.to_string();
     assert!(matches!(error, flumen::Error::StateBehind { .. }), "{text}");
     assert!(text.contains(&group) && text.contains("none"), "{text}");
+}
+
+/// One instance, then three (two join), then one again (two leave), over one
+/// input produced in thirds: partitions move between state directories and
+/// are restored from the changelog, and the windows equal one instance's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_joining_and_leaving_change_nothing_in_the_results() {
+    let stack = DevStack::start().expect("dev stack");
+    let input = unique_name("in");
+    stack.create_topic(&input, PARTITIONS).await.expect("input");
+    let workload = SensorWorkload {
+        events: EVENTS,
+        devices: DEVICES,
+        step_ms: 100,
+        ..Default::default()
+    };
+    let records: Vec<TestRecord> = workload
+        .readings()
+        .map(|r| {
+            TestRecord::new(&r.device, r.to_json())
+                .to_partition(device_partition(&r.device, PARTITIONS))
+        })
+        .collect();
+    let third = records.len() / 3;
+    let produce = |range: std::ops::Range<usize>| {
+        let part = records[range].to_vec();
+        let (stack, input) = (&stack, &input);
+        async move { stack.produce(input, part).await.expect("produce") }
+    };
+    let output = output_topic(&stack).await;
+    let group = unique_name("g");
+    let dirs: Vec<_> = (0..3)
+        .map(|_| tempfile::tempdir().expect("state dir"))
+        .collect();
+    let instance = |i: usize| start(app(&stack, &group, dirs[i].path(), &input, &output));
+
+    produce(0..third).await;
+    let a = instance(0);
+    wait_until("the only instance to read the first third", || {
+        a.stats.records_in() >= third as u64
+    })
+    .await;
+
+    let (b, c) = (instance(1), instance(2));
+    let all = [&a, &b, &c];
+    wait_until("three instances to own a partition each", || {
+        all.iter().all(|r| r.stats.assigned_partitions() == 1)
+    })
+    .await;
+    produce(third..2 * third).await;
+    wait_until("the second third to be read", || {
+        all.iter().map(|r| r.stats.records_in()).sum::<u64>() >= 2 * third as u64
+    })
+    .await;
+    assert!(
+        b.stats.restored_changes() + c.stats.restored_changes() > 0,
+        "partitions the first instance had state for were restored from the changelog"
+    );
+
+    b.stop().await.expect("second instance leaves");
+    c.stop().await.expect("third instance leaves");
+    wait_until("the first instance to own every partition again", || {
+        a.stats.assigned_partitions() == PARTITIONS as u64
+    })
+    .await;
+    produce(2 * third..records.len()).await;
+
+    let expected = reference(&stack, &input).await;
+    let (actual, _) = wait_for_windows(&stack, &output, expected.len()).await;
+    a.stop().await.expect("last instance");
+    assert_eq!(
+        actual.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>(),
+        "the same windows"
+    );
+    for (key, want) in &expected {
+        assert_eq!(&actual[key], want, "window {key:?}");
+    }
 }
