@@ -8,7 +8,9 @@
 //! input, peak RSS, p50/p99 micro-batch processing time, CPU time per input
 //! record (for (e) without the in-process CQL server's thread, so it is
 //! flumen's CPU per written row and input record), and the ratio to (a); as a
-//! table and as JSON lines.
+//! table and as JSON lines. `--scenarios restore` measures rebuilding a
+//! window store of `--restore-entries` entries from its changelog onto an
+//! empty state directory (records/s there = restored changes/s).
 //!
 //! `cargo run --release --example bench -- --events 1000000 --devices 1000`
 //!
@@ -18,6 +20,7 @@
 //! so without it the workload is produced once per invocation.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -55,9 +58,14 @@ struct Args {
     /// Partitions of the input topic.
     #[arg(long, default_value_t = 3)]
     partitions: i32,
-    /// Scenarios to run, comma-separated: raw, stateless, tumbling, hopping, cassandra.
+    /// Scenarios to run, comma-separated: raw, stateless, tumbling, hopping,
+    /// cassandra, restore (not by default: its own workload of --restore-entries
+    /// devices with one open window each, restored onto an empty state directory).
     #[arg(long, default_value = "raw,stateless,tumbling,hopping,cassandra")]
     scenarios: String,
+    /// Entries of the window store the restore scenario rebuilds from its changelog.
+    #[arg(long, default_value_t = 1_000_000)]
+    restore_entries: u64,
     /// Cassandra contact points for (e) (default: FLUMEN_CASSANDRA_NODES, else the CQL test server).
     #[arg(long)]
     cassandra: Option<String>,
@@ -319,6 +327,101 @@ async fn run_timed(app: Application, events: u64) -> Result<(f64, Arc<Stats>), B
     Ok((seconds, stats))
 }
 
+/// The restore scenario: `entries` devices with one reading each, all in one
+/// 10 s window (so the store holds one open window per device), read by a
+/// first run; a second run of the same group on an empty state directory
+/// restores them from the changelog (timed from the first restored change to
+/// the last), then one record per partition past the window closes them all:
+/// every device's window must be emitted.
+async fn restore(stack: &DevStack, args: &Args) -> Result<Measured, BoxError> {
+    let input = unique_name("bench-restore");
+    stack.create_topic(&input, args.partitions).await?;
+    let workload = SensorWorkload {
+        events: args.restore_entries,
+        devices: args.restore_entries,
+        step_ms: 0,
+        ..Default::default()
+    };
+    stack.produce_batched(&input, workload.records()).await?;
+    // Readings below 0 are filtered out: one window per kept reading.
+    let entries = workload.readings().filter(|r| r.temp >= 0.0).count() as u64;
+    let output = unique_name("bench-restore-out");
+    stack.create_topic(&output, args.partitions).await?;
+    let group = unique_name("bench-restore");
+    let app = |state: &Path| -> Result<Application, BoxError> {
+        let mut builder = flumen::Application::builder()
+            .brokers(stack.brokers())
+            .consumer_group(&group)
+            .state_dir(state);
+        for (k, v) in stack.consumer_settings() {
+            builder = builder.consumer_config(k, v);
+        }
+        let app = builder.build()?;
+        readings(&app, &input)?
+            .tumbling_window(Duration::from_secs(10))
+            .agg([flumen::window::count()])
+            .final_()
+            .to_topic(Topic::json(&output));
+        Ok(app)
+    };
+    let first = tempfile::tempdir()?;
+    run_timed(app(first.path())?, args.restore_entries).await?;
+
+    let empty = tempfile::tempdir()?;
+    let second = app(empty.path())?;
+    let stats = second.stats();
+    let stop = second.stop_handle();
+    let running = tokio::spawn(async move { second.run().await });
+    let cpu = process::cpu_seconds("");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut first_seen: Option<(Instant, u64)> = None;
+    while stats.restored_changes() < entries {
+        if Instant::now() > deadline || running.is_finished() {
+            stop.stop();
+            let _ = running.await;
+            return Err(
+                format!("restored {} of {entries} changes", stats.restored_changes()).into(),
+            );
+        }
+        let restored = stats.restored_changes();
+        if restored > 0 && first_seen.is_none() {
+            first_seen = Some((Instant::now(), restored));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let (since, already) = first_seen.unwrap_or((Instant::now(), 0));
+    let seconds = since.elapsed().as_secs_f64();
+    let cpu_seconds = process::cpu_seconds("") - cpu;
+    // One reading per partition 20 s later closes every window.
+    let closing = (0..args.partitions).map(|p| {
+        let ts = workload.start_ms + 20_000;
+        let value = format!(r#"{{"device":"closer-{p}","ts":{ts},"temp":1.0}}"#);
+        flumen_testkit::topics::TestRecord::new(format!("closer-{p}"), value).to_partition(p)
+    });
+    stack.produce(&input, closing).await?;
+    let emitted = Instant::now();
+    while stats.records_out() < entries && emitted.elapsed() < Duration::from_secs(300) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.stop();
+    running.await??;
+    if stats.records_out() != entries {
+        return Err(format!(
+            "after the restore {} of {entries} windows were emitted",
+            stats.records_out()
+        )
+        .into());
+    }
+    Ok(Measured {
+        name: "f restore from changelog",
+        records: entries - already,
+        output_rows: stats.records_out(),
+        seconds,
+        cpu_seconds,
+        ..Default::default()
+    })
+}
+
 /// Which flumen pipeline a scenario runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pipeline {
@@ -455,8 +558,12 @@ async fn main() -> Result<(), BoxError> {
         None => DevStack::start()?,
     };
     eprintln!("broker: {}", stack.brokers());
-    let topic = input_topic(&stack, &args).await?;
     let wanted: Vec<&str> = args.scenarios.split(',').map(str::trim).collect();
+    let topic = if wanted.iter().any(|s| *s != "restore") {
+        input_topic(&stack, &args).await?
+    } else {
+        String::new()
+    };
 
     let mut _server = None;
     let cassandra = match args
@@ -490,14 +597,22 @@ async fn main() -> Result<(), BoxError> {
     ]
     .into_iter()
     .collect();
-    for name in ["raw", "stateless", "tumbling", "hopping", "cassandra"] {
+    for name in [
+        "raw",
+        "stateless",
+        "tumbling",
+        "hopping",
+        "cassandra",
+        "restore",
+    ] {
         if !wanted.contains(&name) {
             continue;
         }
         eprintln!("running {name}...");
         process::reset_peak_rss();
         batch_percentiles(&snapshotter);
-        let mut measured = match scenarios[name] {
+        let mut measured = match scenarios.get(name).copied().flatten() {
+            _ if name == "restore" => restore(&stack, &args).await?,
             None => {
                 let m = raw_consume(&stack, &topic, &args)?;
                 input_bytes = m.input_bytes;
