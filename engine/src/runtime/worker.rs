@@ -146,12 +146,27 @@ impl Worker {
         let path = self.state.dir.join(state_dir_name(tp));
         let identity = StoreIdentity::new(&self.state.application, &tp.topic, tp.partition);
         let deadline = Instant::now() + STATE_LOCK_WAIT;
+        let can_rebuild = !pipeline.source().changelogs.is_empty();
+        let mut rebuilt = false;
         let store = loop {
             match RocksStore::open_with_cache(&path, &identity, &names, &self.state.cache) {
                 Ok(store) => break store,
                 // The previous owner of this partition in this process may still be closing.
                 Err(e) if e.to_string().contains("lock") && Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) if can_rebuild && !rebuilt && unusable(&e) => {
+                    tracing::warn!(
+                        %tp, path = %path.display(), error = %e,
+                        "the state directory cannot be used; deleting it and rebuilding the state from the changelog"
+                    );
+                    std::fs::remove_dir_all(&path).map_err(|io| {
+                        Error::Runtime(format!(
+                            "deleting the unusable state at {} failed: {io} (it was: {e})",
+                            path.display()
+                        ))
+                    })?;
+                    rebuilt = true;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -517,6 +532,18 @@ async fn wait_for_deliveries(
                 "outputs of a batch are still not acknowledged"
             ),
         }
+    }
+}
+
+/// Whether opening a state failed for a reason rebuilding it cures: it is
+/// another application's or partition's, or RocksDB cannot read it.
+fn unusable(error: &flumen_state::StateError) -> bool {
+    match error {
+        flumen_state::StateError::Mismatch { .. } => true,
+        flumen_state::StateError::Storage {
+            operation, reason, ..
+        } => operation == "opening" && !reason.contains("lock"),
+        _ => false,
     }
 }
 

@@ -354,3 +354,45 @@ async fn instances_joining_and_leaving_change_nothing_in_the_results() {
         assert_eq!(&actual[key], want, "window {key:?}");
     }
 }
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create dir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
+    }
+}
+
+/// A state directory RocksDB cannot read, and one holding another partition's
+/// state, are deleted with a warning and rebuilt from the changelog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_or_foreign_state_directory_is_rebuilt_from_the_changelog() {
+    let stack = DevStack::start().expect("dev stack");
+    let input = setup(&stack).await;
+    let expected = reference(&stack, &input).await;
+    let state = tempfile::tempdir().expect("state dir");
+    let output = output_topic(&stack).await;
+    let group = unique_name("g");
+    let running = start(app(&stack, &group, state.path(), &input, &output));
+    let stats = running.stats.clone();
+    wait_until("half the input", || stats.records_in() >= EVENTS / 2).await;
+    running.stop().await.expect("first run");
+
+    let partition_dir = |p: i32| state.path().join(format!("{input}-{p}"));
+    std::fs::write(partition_dir(0).join("CURRENT"), b"garbage").expect("corrupt");
+    std::fs::remove_dir_all(partition_dir(1)).expect("remove");
+    copy_dir(&partition_dir(2), &partition_dir(1));
+
+    let running = start(app(&stack, &group, state.path(), &input, &output));
+    let (actual, _) = wait_for_windows(&stack, &output, expected.len()).await;
+    let restored = running.stats.restored_changes();
+    running.stop().await.expect("second run");
+    assert!(restored > 0, "nothing restored");
+    assert_eq!(
+        actual.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>()
+    );
+    for (key, want) in &expected {
+        assert_eq!(&actual[key], want, "window {key:?}");
+    }
+}
