@@ -20,6 +20,9 @@ pub struct PartitionRecord<'a> {
     pub key: Option<&'a [u8]>,
     /// Its value (`None`: a tombstone).
     pub value: Option<&'a [u8]>,
+    /// The partition's high watermark when reading started, for progress
+    /// reports (only a hint: some brokers report less than the end).
+    pub end_hint: i64,
     headers: Option<&'a rdkafka::message::BorrowedHeaders>,
 }
 
@@ -70,6 +73,9 @@ pub fn read_partition(
     consumer
         .assign(&assignment)
         .map_err(|e| KafkaError::client(format!("reading {topic}/{partition}"), e))?;
+    let end_hint = consumer
+        .fetch_watermarks(topic, partition, Duration::from_secs(10))
+        .map_or(0, |(_, high)| high);
     let mut read = 0u64;
     let mut progress = Instant::now();
     loop {
@@ -81,6 +87,7 @@ pub fn read_partition(
                     offset: message.offset(),
                     key: message.key(),
                     value: message.payload(),
+                    end_hint,
                     headers: message.headers(),
                 };
                 if each(record).is_break() {

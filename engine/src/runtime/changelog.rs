@@ -136,7 +136,11 @@ pub(crate) fn restore(
                         .increment(RESTORE_BATCH as u64);
                     if last_log.elapsed() > Duration::from_secs(5) {
                         last_log = Instant::now();
-                        tracing::info!(%topic, partition, applied, up_to = until, at_offset = record.offset, "restoring state");
+                        let percent = (100 * (record.offset + 1) / record.end_hint.max(1)).min(100);
+                        tracing::info!(
+                            %topic, partition, applied, up_to = until, at_offset = record.offset,
+                            "restoring state: about {percent}% of the changelog read"
+                        );
                     }
                 }
                 ControlFlow::Continue(())
