@@ -230,7 +230,11 @@ fn raw_consume(stack: &DevStack, topic: &str, args: &Args) -> Result<Measured, B
     config
         .set("bootstrap.servers", stack.brokers())
         .set("group.id", unique_name("bench-raw"))
-        .set("enable.auto.commit", "false");
+        .set("enable.auto.commit", "false")
+        // The fetch settings flumen's consumer uses, so (a) is its ceiling.
+        .set("fetch.wait.max.ms", "100")
+        .set("queued.min.messages", "200000")
+        .set("fetch.max.bytes", "52428800");
     for (k, v) in stack.consumer_settings() {
         config.set(k, v);
     }
@@ -378,10 +382,16 @@ async fn restore(stack: &DevStack, args: &Args) -> Result<Measured, BoxError> {
     while stats.restored_changes() < entries {
         if Instant::now() > deadline || running.is_finished() {
             stop.stop();
-            let _ = running.await;
-            return Err(
-                format!("restored {} of {entries} changes", stats.restored_changes()).into(),
-            );
+            let ended = match running.await {
+                Ok(Ok(())) => "a clean stop".to_string(),
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => e.to_string(),
+            };
+            return Err(format!(
+                "restored {} of {entries} changes; the run ended with: {ended}",
+                stats.restored_changes()
+            )
+            .into());
         }
         let restored = stats.restored_changes();
         if restored > 0 && first_seen.is_none() {
@@ -543,6 +553,7 @@ fn print_table(results: &[Measured], ceiling: Option<f64>) {
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
+    flumen_examples::init_logging();
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     recorder

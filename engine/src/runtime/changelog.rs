@@ -90,6 +90,7 @@ pub(crate) fn restore(
     from: Option<i64>,
     until: i64,
     store: &dyn StateStore,
+    on_applied: &dyn Fn(u64),
 ) -> Result<u64> {
     let started = Instant::now();
     let mut applied = 0u64;
@@ -134,6 +135,7 @@ pub(crate) fn restore(
                     }
                     metrics::counter!("flumen_restored_changes_total", "store" => topic.clone())
                         .increment(RESTORE_BATCH as u64);
+                    on_applied(RESTORE_BATCH as u64);
                     if last_log.elapsed() > Duration::from_secs(5) {
                         last_log = Instant::now();
                         let percent = (100 * (record.offset + 1) / record.end_hint.max(1)).min(100);
@@ -153,7 +155,9 @@ pub(crate) fn restore(
         }
         metrics::counter!("flumen_restored_changes_total", "store" => topic.clone())
             .increment(batch.len() as u64);
+        let rest = batch.len() as u64;
         store.write(batch, None)?;
+        on_applied(rest);
     }
     store.write(
         WriteBatch::default(),

@@ -194,12 +194,21 @@ impl Worker {
                     (self.state.kafka.clone(), changelogs.clone(), tp.partition);
                 let target = Arc::clone(&store);
                 let from = checkpoint;
-                let restored = tokio::task::spawn_blocking(move || {
-                    changelog::restore(&kafka, &changelogs, partition, from, committed, &*target)
+                let stats = Arc::clone(&self.stats);
+                tokio::task::spawn_blocking(move || {
+                    let counted = |n| stats.add_restored(n);
+                    changelog::restore(
+                        &kafka,
+                        &changelogs,
+                        partition,
+                        from,
+                        committed,
+                        &*target,
+                        &counted,
+                    )
                 })
                 .await
                 .map_err(|e| Error::Runtime(format!("restoring {tp}: {e}")))??;
-                self.stats.add_restored(restored);
                 checkpoint = Some(committed);
             }
         }
