@@ -490,16 +490,7 @@ async fn run_pipeline(
         Pipeline::Cassandra => tumbling()
             .agg(flumen_examples::temperature_aggregations())
             .final_()
-            .select([
-                col("key").alias("device"),
-                col("window_start"),
-                col("window_end"),
-                col("count"),
-                col("sum"),
-                col("min"),
-                col("max"),
-                col("mean"),
-            ])
+            .select(flumen_examples::device_temp_columns())
             .sink(CassandraSink::new("bench.device_temp").nodes(cassandra)),
     }
     let cpu = process::cpu_seconds("cql-test-serv");

@@ -128,6 +128,26 @@ pub mod cassandra {
     }
 }
 
+/// The columns of the `device_temp` table, from a window frame of
+/// [`temperature_aggregations`] (its `key` is the device).
+pub fn device_temp_columns() -> Vec<flumen::expr::Expr> {
+    use flumen::prelude::*;
+    let mut columns = vec![col("key").alias("device")];
+    columns.extend(
+        [
+            "window_start",
+            "window_end",
+            "count",
+            "sum",
+            "min",
+            "max",
+            "mean",
+        ]
+        .map(col),
+    );
+    columns
+}
+
 /// The sensor workload's aggregations of `temp`: count, sum, min, max, mean.
 pub fn temperature_aggregations() -> Vec<flumen::window::Aggregation> {
     use flumen::prelude::*;

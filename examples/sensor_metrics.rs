@@ -220,16 +220,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .grace(grace)
         .agg(flumen_examples::temperature_aggregations())
         .final_()
-        .select([
-            col("key").alias("device"),
-            col("window_start"),
-            col("window_end"),
-            col("count"),
-            col("sum"),
-            col("min"),
-            col("max"),
-            col("mean"),
-        ]);
+        .select(flumen_examples::device_temp_columns());
     match &output {
         Output::Cassandra(nodes, _) => windows
             .sink(CassandraSink::new(&format!("{}.{}", args.keyspace, args.table)).nodes(nodes)),

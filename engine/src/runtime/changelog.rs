@@ -13,6 +13,7 @@ use flumen_kafka::{headers_with, read_partition, DeliveryBatch, KafkaConfig, Out
 use flumen_state::{BatchOp, Checkpoint, StateStore, WriteBatch};
 
 use crate::error::{Error, Result};
+use crate::runtime::worker::file_safe;
 
 /// Header holding the next source offset the change reflects.
 const OFFSET_HEADER: &str = "flumen.offset";
@@ -23,18 +24,12 @@ const RESTORE_BATCH: usize = 10_000;
 /// The changelog topic of store `store` of the pipeline reading `topic` in
 /// application `group`.
 pub(crate) fn topic_name(group: &str, topic: &str, store: &str) -> String {
-    let safe = |s: &str| -> String {
-        s.chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect()
-    };
-    format!("{group}-changelog-{}-{}", safe(topic), safe(store))
+    // Kafka topic names allow the same characters as flumen's file names.
+    format!(
+        "{group}-changelog-{}-{}",
+        file_safe(topic),
+        file_safe(store)
+    )
 }
 
 /// The changelog topics of one pipeline, by store name.

@@ -79,6 +79,18 @@ async fn windows(stack: &DevStack, output: &str) -> (Windows, usize) {
     (out, records.len())
 }
 
+/// The same windows with the same values.
+fn assert_same_windows(actual: &Windows, expected: &Windows) {
+    assert_eq!(
+        actual.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>(),
+        "the same windows"
+    );
+    for (key, want) in expected {
+        assert_eq!(&actual[key], want, "window {key:?}");
+    }
+}
+
 /// Waits until `output` holds `expected` distinct windows.
 async fn wait_for_windows(stack: &DevStack, output: &str, expected: usize) -> (Windows, usize) {
     let start = Instant::now();
@@ -173,14 +185,7 @@ async fn interrupted(kill: bool, fresh_state: bool) {
     let running = start(app(&stack, &group, &state_dir(), &input, &output));
     let (actual, records) = wait_for_windows(&stack, &output, expected.len()).await;
     running.stop().await.expect("final run");
-    assert_eq!(
-        actual.keys().collect::<Vec<_>>(),
-        expected.keys().collect::<Vec<_>>(),
-        "the same windows"
-    );
-    for (key, want) in &expected {
-        assert_eq!(&actual[key], want, "window {key:?}");
-    }
+    assert_same_windows(&actual, &expected);
     if !kill {
         assert_eq!(
             records,
@@ -345,14 +350,7 @@ async fn instances_joining_and_leaving_change_nothing_in_the_results() {
     let expected = reference(&stack, &input).await;
     let (actual, _) = wait_for_windows(&stack, &output, expected.len()).await;
     a.stop().await.expect("last instance");
-    assert_eq!(
-        actual.keys().collect::<Vec<_>>(),
-        expected.keys().collect::<Vec<_>>(),
-        "the same windows"
-    );
-    for (key, want) in &expected {
-        assert_eq!(&actual[key], want, "window {key:?}");
-    }
+    assert_same_windows(&actual, &expected);
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -388,11 +386,5 @@ async fn a_corrupted_or_foreign_state_directory_is_rebuilt_from_the_changelog() 
     let restored = running.stats.restored_changes();
     running.stop().await.expect("second run");
     assert!(restored > 0, "nothing restored");
-    assert_eq!(
-        actual.keys().collect::<Vec<_>>(),
-        expected.keys().collect::<Vec<_>>()
-    );
-    for (key, want) in &expected {
-        assert_eq!(&actual[key], want, "window {key:?}");
-    }
+    assert_same_windows(&actual, &expected);
 }
