@@ -19,7 +19,6 @@
 //! reused when it exists; the local dev broker keeps topics only while it runs,
 //! so without it the workload is produced once per invocation.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -590,15 +589,6 @@ async fn main() -> Result<(), BoxError> {
 
     let mut results = Vec::new();
     let mut input_bytes = 0;
-    let scenarios: BTreeMap<&str, Option<Pipeline>> = [
-        ("raw", None),
-        ("stateless", Some(Pipeline::Stateless)),
-        ("tumbling", Some(Pipeline::Tumbling)),
-        ("hopping", Some(Pipeline::Hopping)),
-        ("cassandra", Some(Pipeline::Cassandra)),
-    ]
-    .into_iter()
-    .collect();
     for name in [
         "raw",
         "stateless",
@@ -613,14 +603,18 @@ async fn main() -> Result<(), BoxError> {
         eprintln!("running {name}...");
         process::reset_peak_rss();
         batch_percentiles(&snapshotter);
-        let mut measured = match scenarios.get(name).copied().flatten() {
-            _ if name == "restore" => restore(&stack, &args).await?,
-            None => {
+        let pipeline = |p| run_pipeline(&stack, &topic, &args, p, &cassandra);
+        let mut measured = match name {
+            "raw" => {
                 let m = raw_consume(&stack, &topic, &args)?;
                 input_bytes = m.input_bytes;
                 m
             }
-            Some(p) => run_pipeline(&stack, &topic, &args, p, &cassandra).await?,
+            "stateless" => pipeline(Pipeline::Stateless).await?,
+            "tumbling" => pipeline(Pipeline::Tumbling).await?,
+            "hopping" => pipeline(Pipeline::Hopping).await?,
+            "cassandra" => pipeline(Pipeline::Cassandra).await?,
+            _ => restore(&stack, &args).await?,
         };
         if measured.input_bytes == 0 {
             measured.input_bytes = input_bytes;
