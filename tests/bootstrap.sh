@@ -8,12 +8,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# libclang itself (libclang.so*, libclang-14.so*), which bindgen loads; not
+# libclang-cpp, which some machines have without it.
 have_libclang() {
-    if [[ -n "${LIBCLANG_PATH:-}" ]] && compgen -G "${LIBCLANG_PATH}/libclang*.so*" >/dev/null; then
-        return 0
-    fi
-    ldconfig -p 2>/dev/null | grep -qE 'libclang(-[0-9.]+)?\.so' && return 0
-    compgen -G "/usr/lib/llvm-*/lib/libclang*.so*" >/dev/null
+    local dir
+    for dir in "${LIBCLANG_PATH:-}" /usr/lib/llvm-*/lib /usr/lib/x86_64-linux-gnu /usr/lib/aarch64-linux-gnu; do
+        [[ -n "$dir" ]] || continue
+        if compgen -G "${dir}/libclang.so*" >/dev/null || compgen -G "${dir}/libclang-[0-9]*.so*" >/dev/null; then
+            return 0
+        fi
+    done
+    return 1
 }
 
 have_openssl() {

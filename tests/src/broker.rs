@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use flumen_kafka::{Admin, KafkaConfig, TopicSpec};
 
+use crate::proxy::OutageProxy;
 use crate::TestkitError;
 
 /// The pinned Tansu version.
@@ -64,6 +65,8 @@ pub fn ensure_tansu() -> Result<PathBuf, TestkitError> {
             "--version",
             TANSU_VERSION,
             "--locked",
+            "--features",
+            TANSU_FEATURES,
             "--root",
         ])
         .arg(&root)
@@ -97,6 +100,7 @@ pub struct DevStack {
     brokers: String,
     child: Option<Child>,
     log: Option<PathBuf>,
+    proxy: Option<OutageProxy>,
 }
 
 fn free_port() -> Result<u16, TestkitError> {
@@ -109,8 +113,14 @@ fn free_port() -> Result<u16, TestkitError> {
 }
 
 #[allow(unsafe_code)]
-fn spawn_broker(bin: &Path, port: u16, log: &Path) -> Result<Child, TestkitError> {
+fn spawn_broker(
+    bin: &Path,
+    port: u16,
+    advertised_port: u16,
+    log: &Path,
+) -> Result<Child, TestkitError> {
     let url = format!("tcp://127.0.0.1:{port}");
+    let advertised = format!("tcp://127.0.0.1:{advertised_port}");
     let out = std::fs::File::create(log)
         .map_err(TestkitError::io(format!("creating {}", log.display())))?;
     let err = out
@@ -123,7 +133,7 @@ fn spawn_broker(bin: &Path, port: u16, log: &Path) -> Result<Child, TestkitError
             "--listener-url",
             &url,
             "--advertised-listener-url",
-            &url,
+            &advertised,
         ])
         .args(["--storage-engine", "memory://tansu/"])
         .env("RUST_LOG", "warn")
@@ -154,6 +164,7 @@ impl DevStack {
             brokers: brokers.into(),
             child: None,
             log: None,
+            proxy: None,
         }
     }
 
@@ -168,16 +179,35 @@ impl DevStack {
                 return Ok(DevStack::connect(brokers));
             }
         }
+        DevStack::start_local(false)
+    }
+
+    /// Starts a local broker whose clients all connect through an
+    /// [`OutageProxy`] (the broker advertises the proxy's address), so a test
+    /// can cut the broker off and bring it back ([`DevStack::proxy`]). Ignores
+    /// `FLUMEN_KAFKA_BROKERS`: an outage needs a broker of its own.
+    pub fn start_behind_proxy() -> Result<DevStack, TestkitError> {
+        DevStack::start_local(true)
+    }
+
+    fn start_local(behind_proxy: bool) -> Result<DevStack, TestkitError> {
         let bin = ensure_tansu()?;
         let mut last_error = None;
         for _ in 0..3 {
             let port = free_port()?;
+            let proxy = if behind_proxy {
+                Some(OutageProxy::start(([127, 0, 0, 1], port).into())?)
+            } else {
+                None
+            };
+            let advertised = proxy.as_ref().map_or(port, |p| p.address().port());
             let log = std::env::temp_dir().join(format!("flumen-tansu-{port}.log"));
-            let child = spawn_broker(&bin, port, &log)?;
+            let child = spawn_broker(&bin, port, advertised, &log)?;
             let mut stack = DevStack {
-                brokers: format!("127.0.0.1:{port}"),
+                brokers: format!("127.0.0.1:{advertised}"),
                 child: Some(child),
                 log: Some(log),
+                proxy,
             };
             match stack.wait_ready(Duration::from_secs(30)) {
                 Ok(()) => return Ok(stack),
@@ -214,6 +244,11 @@ impl DevStack {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The proxy in front of the broker (see [`DevStack::start_behind_proxy`]).
+    pub fn proxy(&self) -> Option<&OutageProxy> {
+        self.proxy.as_ref()
     }
 
     /// `host:port` of the broker.
