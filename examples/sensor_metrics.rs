@@ -76,6 +76,10 @@ struct Args {
     /// Where the RocksDB state lives (default: under the system temp dir, per group).
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// Exactly-once processing: outputs, changelogs and offsets commit in one
+    /// Kafka transaction per partition and commit interval.
+    #[arg(long)]
+    exactly_once: bool,
 }
 
 /// `10s`, `500ms`, `2m`, `1h`.
@@ -198,6 +202,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(dir) = &args.state_dir {
         builder = builder.state_dir(dir);
+    }
+    if args.exactly_once {
+        builder = builder.processing_guarantee(ProcessingGuarantee::ExactlyOnce);
     }
     let app = builder.build()?;
     let readings = app

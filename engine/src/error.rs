@@ -82,6 +82,21 @@ pub enum Error {
         /// The group's committed offset.
         committed: i64,
     },
+    /// A transaction (exactly-once mode) failed and was aborted: none of its
+    /// outputs, changelog records or offsets took effect. The application
+    /// rewinds to the last committed offsets and runs again.
+    #[error(
+        "transaction of topic '{topic}' partition {partition} aborted: {reason} \
+         (its outputs and offsets were discarded; processing resumes from the last committed offset)"
+    )]
+    TransactionAborted {
+        /// Source topic.
+        topic: String,
+        /// Source partition.
+        partition: i32,
+        /// Why it was aborted.
+        reason: String,
+    },
     /// The runtime itself failed (a task died, a thread could not start).
     #[error("runtime: {0}")]
     Runtime(String),
@@ -92,6 +107,7 @@ impl Error {
     pub fn is_retriable(&self) -> bool {
         match self {
             Error::Kafka(e) => e.is_retriable(),
+            Error::TransactionAborted { .. } => true,
             _ => false,
         }
     }

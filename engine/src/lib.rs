@@ -61,7 +61,9 @@ pub use dataframe::{GroupedFrame, StreamingDataFrame, WindowedFrame};
 pub use error::{Error, Result};
 pub use flumen_kafka::AutoOffsetReset;
 pub use plan::{BatchFn, BoxError};
-pub use runtime::{serve_metrics, Application, ApplicationBuilder, Stats, StopHandle};
+pub use runtime::{
+    serve_metrics, Application, ApplicationBuilder, ProcessingGuarantee, Stats, StopHandle,
+};
 pub use sink::Sink;
 pub use topic::{BadInputPolicy, Topic, DEFAULT_MAX_RECORD_BYTES};
 
@@ -72,5 +74,8 @@ pub mod prelude {
     pub use crate::window::{
         aggregate, avg, collect, count, first, last, max, mean, min, sum, LateRecords,
     };
-    pub use crate::{Application, AutoOffsetReset, BadInputPolicy, StreamingDataFrame, Topic};
+    pub use crate::{
+        Application, AutoOffsetReset, BadInputPolicy, ProcessingGuarantee, StreamingDataFrame,
+        Topic,
+    };
 }

@@ -1,7 +1,9 @@
-//! Process-level crash test: `sensor_metrics` as a child process, killed with
+//! Process-level crash tests: `sensor_metrics` as a child process, killed with
 //! SIGKILL three times mid-stream and restarted with the same flags (twice on
-//! an empty state directory, restored from the changelog); the final Cassandra
-//! table equals an uninterrupted run's, row for row.
+//! an empty state directory, restored from the changelog). At-least-once into
+//! Cassandra: the final table equals an uninterrupted run's, row for row.
+//! Exactly-once into Kafka: the output as a `read_committed` consumer sees it
+//! holds every window of the uninterrupted run exactly once.
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test helpers fail loudly
 
 use std::path::{Path, PathBuf};
@@ -13,6 +15,7 @@ use flumen_testkit::cql::CqlTestServer;
 use flumen_testkit::sensor::SensorWorkload;
 use flumen_testkit::{unique_name, DevStack};
 use scylla::client::session::Session;
+use scylla::value::CqlTimestamp;
 
 const EVENTS: u64 = 9_000;
 const DEVICES: u64 = 30;
@@ -38,10 +41,10 @@ fn sensor_metrics() -> PathBuf {
 /// The child's command line: the same flags every time, but the state directory.
 struct Run<'a> {
     stack: &'a DevStack,
-    nodes: &'a str,
     input: &'a str,
     group: String,
-    table: String,
+    /// The sink's flags.
+    sink: Vec<String>,
 }
 
 impl Run<'_> {
@@ -51,9 +54,7 @@ impl Run<'_> {
             .args(["--input", self.input])
             .args(["--group", &self.group])
             .args(["--window", "tumbling:10s"])
-            .args(["--sink", "cassandra"])
-            .args(["--cassandra", self.nodes])
-            .args(["--keyspace", "metrics", "--table", &self.table])
+            .args(&self.sink)
             .args(["--exit-when-idle", "3"])
             .arg("--state-dir")
             .arg(state)
@@ -62,6 +63,58 @@ impl Run<'_> {
             .spawn()
             .expect("spawn sensor_metrics")
     }
+
+    /// Kills a run at each share of `expected` outputs (counted by `count`),
+    /// the first and third on an empty state directory, the second on the
+    /// state directory the final run uses; then lets the final run finish.
+    async fn crash_three_times<F, Fut>(&self, expected: usize, count: F)
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = usize>,
+    {
+        let same_state = tempfile::tempdir().expect("state");
+        let mut empty_states = Vec::new();
+        for (i, share) in [0.2, 0.45, 0.7].into_iter().enumerate() {
+            let state = if i % 2 == 0 {
+                empty_states.push(tempfile::tempdir().expect("state"));
+                empty_states.last().expect("pushed").path().to_path_buf()
+            } else {
+                same_state.path().to_path_buf()
+            };
+            let mut child = self.spawn(&state);
+            let want = (expected as f64 * share) as usize;
+            let deadline = Instant::now() + DEADLINE;
+            while count().await < want {
+                assert!(Instant::now() < deadline, "run {i} never wrote {want} rows");
+                assert!(
+                    child.try_wait().expect("status").is_none(),
+                    "run {i} exited before it was killed"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            child.kill().expect("SIGKILL");
+            child.wait().expect("reaped");
+        }
+        wait_for_exit(self.spawn(same_state.path()));
+    }
+}
+
+/// Creates the input topic and writes the workload, one record per producer
+/// batch (a restart may resume at any offset on Tansu).
+async fn input(stack: &DevStack) -> String {
+    let input = unique_name("readings");
+    stack.create_topic(&input, 3).await.expect("input topic");
+    let workload = SensorWorkload {
+        events: EVENTS,
+        devices: DEVICES,
+        step_ms: 100,
+        ..Default::default()
+    };
+    stack
+        .produce(&input, workload.records())
+        .await
+        .expect("produce");
+    input
 }
 
 /// Waits for `child` to exit on its own, successfully.
@@ -108,26 +161,16 @@ async fn sensor_metrics_killed_three_times_writes_the_uninterrupted_table() {
     let stack = DevStack::start().expect("dev stack");
     let server = CqlTestServer::start().expect("cql server");
     let nodes = server.node();
-    let input = unique_name("readings");
-    stack.create_topic(&input, 3).await.expect("input topic");
-    // One record per producer batch: a restart may resume at any offset on Tansu.
-    let workload = SensorWorkload {
-        events: EVENTS,
-        devices: DEVICES,
-        step_ms: 100,
-        ..Default::default()
-    };
-    stack
-        .produce(&input, workload.records())
-        .await
-        .expect("produce");
-
+    let input = input(&stack).await;
     let run = |table: &str| Run {
         stack: &stack,
-        nodes: &nodes,
         input: &input,
         group: unique_name("crash"),
-        table: table.to_string(),
+        sink: ["--sink", "cassandra", "--cassandra", &nodes]
+            .into_iter()
+            .chain(["--keyspace", "metrics", "--table", table])
+            .map(String::from)
+            .collect(),
     };
     let session = prepare_table(&nodes, "metrics", "reference")
         .await
@@ -143,35 +186,74 @@ async fn sensor_metrics_killed_three_times_writes_the_uninterrupted_table() {
         .expect("reference rows");
     assert!(expected.len() > 500, "{} windows", expected.len());
 
-    let crashed = run("crashed");
-    let same_state = tempfile::tempdir().expect("state");
-    let mut empty_states = Vec::new();
-    for (i, share) in [0.2, 0.45, 0.7].into_iter().enumerate() {
-        // Runs 1 and 3 start on an empty state directory: restored from the changelog.
-        let state = if i % 2 == 0 {
-            empty_states.push(tempfile::tempdir().expect("state"));
-            empty_states.last().expect("pushed").path().to_path_buf()
-        } else {
-            same_state.path().to_path_buf()
-        };
-        let mut child = crashed.spawn(&state);
-        let want = (expected.len() as f64 * share) as i64;
-        let deadline = Instant::now() + DEADLINE;
-        while row_count(&session, "crashed").await < want {
-            assert!(Instant::now() < deadline, "run {i} never wrote {want} rows");
-            assert!(
-                child.try_wait().expect("status").is_none(),
-                "run {i} exited before it was killed"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        child.kill().expect("SIGKILL");
-        child.wait().expect("reaped");
-    }
-    wait_for_exit(crashed.spawn(same_state.path()));
+    run("crashed")
+        .crash_three_times(expected.len(), || async {
+            row_count(&session, "crashed").await as usize
+        })
+        .await;
 
     let actual = read_rows(&session, "metrics", "crashed")
         .await
         .expect("rows");
+    assert_same_rows(&actual, &expected);
+}
+
+/// The windows of a Kafka output as a `read_committed` consumer sees them,
+/// sorted by window start and device, as rows.
+async fn committed_rows(stack: &DevStack, topic: &str) -> Vec<Row> {
+    let mut rows: Vec<Row> = stack
+        .read_committed(topic, DEADLINE)
+        .await
+        .expect("read committed")
+        .iter()
+        .map(|r| {
+            let v = r.json();
+            let f = |name: &str| v[name].as_f64().expect(name);
+            let ms = |name: &str| CqlTimestamp(v[name].as_i64().expect(name));
+            (
+                v["device"].as_str().expect("device").to_string(),
+                ms("window_start"),
+                ms("window_end"),
+                v["count"].as_i64().expect("count"),
+                f("sum"),
+                f("min"),
+                f("max"),
+                f("mean"),
+            )
+        })
+        .collect();
+    rows.sort_by(|a, b| (a.1 .0, &a.0).cmp(&(b.1 .0, &b.0)));
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sensor_metrics_exactly_once_killed_three_times_commits_each_window_once() {
+    let stack = DevStack::start().expect("dev stack");
+    let input = input(&stack).await;
+    let run = |topic: &str| Run {
+        stack: &stack,
+        input: &input,
+        group: unique_name("crash-eos"),
+        sink: vec![
+            "--sink".into(),
+            format!("kafka:{topic}"),
+            "--exactly-once".into(),
+        ],
+    };
+    let (reference, crashed) = (unique_name("reference"), unique_name("crashed"));
+
+    let reference_state = tempfile::tempdir().expect("state");
+    wait_for_exit(run(&reference).spawn(reference_state.path()));
+    let expected = committed_rows(&stack, &reference).await;
+    assert!(expected.len() > 500, "{} windows", expected.len());
+
+    run(&crashed)
+        .crash_three_times(expected.len(), || async {
+            committed_rows(&stack, &crashed).await.len()
+        })
+        .await;
+
+    let actual = committed_rows(&stack, &crashed).await;
+    // Every window once: a duplicate or a missing one changes the rows.
     assert_same_rows(&actual, &expected);
 }

@@ -26,6 +26,9 @@ pub enum TestkitError {
         #[source]
         source: std::io::Error,
     },
+    /// A Kafka protocol exchange of the testkit's own went wrong.
+    #[error("kafka protocol: {0}")]
+    Protocol(String),
     /// A wait ran past its deadline.
     #[error("timed out: {0}")]
     Timeout(String),

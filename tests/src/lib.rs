@@ -18,11 +18,14 @@
 //! ```
 
 mod broker;
+mod committed;
 pub mod cql;
 mod error;
+mod proxy;
 pub mod sensor;
 pub mod topics;
 
 pub use broker::{ensure_tansu, DevStack, TANSU_FEATURES, TANSU_VERSION};
 pub use error::TestkitError;
+pub use proxy::OutageProxy;
 pub use topics::{unique_name, ReadRecord};

@@ -34,12 +34,40 @@ impl std::fmt::Display for TopicPartition {
     }
 }
 
+/// The consumer group's view of this member (group, generation, member id),
+/// which a transactional producer sends with the offsets it commits so that
+/// the broker can refuse commits of a member that was fenced out of the group.
+pub struct GroupMetadata(rdkafka::consumer::ConsumerGroupMetadata);
+
+impl GroupMetadata {
+    pub(crate) fn as_rdkafka(&self) -> &rdkafka::consumer::ConsumerGroupMetadata {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for GroupMetadata {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GroupMetadata")
+    }
+}
+
 /// Receives partition assignments and revocations, on the polling thread, while
 /// the rebalance is in progress.
 pub trait RebalanceListener: Send + Sync + 'static {
+    /// Partitions are about to be assigned to this member, before the consumer
+    /// reads their committed offsets (e.g. to fence earlier transactional
+    /// producers of these partitions first). Default: nothing.
+    fn before_assign(&self, partitions: &[TopicPartition]) {
+        let _ = partitions;
+    }
     /// Partitions were assigned to this member, each with the group's committed
-    /// offset (`None`: nothing committed, or it could not be read).
-    fn on_assign(&self, partitions: &[(TopicPartition, Option<i64>)]);
+    /// offset (`None`: nothing committed, or it could not be read), together
+    /// with the member's current group metadata.
+    fn on_assign(
+        &self,
+        partitions: &[(TopicPartition, Option<i64>)],
+        group: Option<Arc<GroupMetadata>>,
+    );
     /// Partitions are being taken away. Finish their in-flight work and return the
     /// offsets (next offset to read) to commit before they go.
     fn on_revoke(&self, partitions: &[TopicPartition]) -> Vec<(TopicPartition, i64)>;
@@ -74,7 +102,7 @@ fn offsets_of(list: &TopicPartitionList) -> Vec<(TopicPartition, Option<i64>)> {
         .collect()
 }
 
-fn offsets_list(offsets: &[(TopicPartition, i64)]) -> Result<TopicPartitionList> {
+pub(crate) fn offsets_list(offsets: &[(TopicPartition, i64)]) -> Result<TopicPartitionList> {
     let mut tpl = TopicPartitionList::new();
     for (tp, offset) in offsets {
         tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*offset))
@@ -85,6 +113,9 @@ fn offsets_list(offsets: &[(TopicPartition, i64)]) -> Result<TopicPartitionList>
 
 impl ConsumerContext for ListenerContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            self.listener.before_assign(&partitions_of(tpl));
+        }
         if let Rebalance::Revoke(tpl) = rebalance {
             let partitions = partitions_of(tpl);
             tracing::info!(?partitions, "partitions revoked");
@@ -127,7 +158,10 @@ impl ConsumerContext for ListenerContext {
                         (tp, offset)
                     })
                     .collect();
-                self.listener.on_assign(&with_offsets);
+                let group = consumer
+                    .group_metadata()
+                    .map(|m| Arc::new(GroupMetadata(m)));
+                self.listener.on_assign(&with_offsets, group);
             }
             Rebalance::Error(error) => tracing::warn!(%error, "rebalance error"),
             Rebalance::Revoke(_) => {}

@@ -80,6 +80,38 @@ impl KafkaError {
             _ => false,
         }
     }
+
+    /// The librdkafka error of a failed transactional call, if this is one.
+    fn transaction_error(&self) -> Option<&rdkafka::error::RDKafkaError> {
+        match self {
+            KafkaError::Client {
+                source: rdkafka::error::KafkaError::Transaction(e),
+                ..
+            } => Some(e),
+            _ => None,
+        }
+    }
+
+    /// For a failed transactional call: whether the same call may simply be
+    /// made again (the transaction is still usable).
+    pub fn transaction_retriable(&self) -> bool {
+        self.transaction_error().is_some_and(|e| e.is_retriable())
+    }
+
+    /// Whether the producer can no longer be used (fenced by a newer producer
+    /// with the same `transactional.id`, or another fatal error).
+    pub fn is_fatal(&self) -> bool {
+        match self {
+            KafkaError::Client { source, .. } => {
+                self.transaction_error().is_some_and(|e| e.is_fatal())
+                    || matches!(
+                        source.rdkafka_error_code(),
+                        Some(rdkafka::types::RDKafkaErrorCode::Fatal)
+                    )
+            }
+            _ => false,
+        }
+    }
 }
 
 fn is_retriable_code(code: rdkafka::types::RDKafkaErrorCode) -> bool {

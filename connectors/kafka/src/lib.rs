@@ -36,7 +36,8 @@ mod record;
 pub use admin::{Admin, TopicSpec};
 pub use config::KafkaConfig;
 pub use consumer::{
-    AutoOffsetReset, GroupConsumer, ListenerContext, RebalanceListener, TopicPartition,
+    AutoOffsetReset, GroupConsumer, GroupMetadata, ListenerContext, RebalanceListener,
+    TopicPartition,
 };
 pub use error::{KafkaError, Result};
 pub use producer::{DeliveryBatch, DeliveryContext, DeliveryTicket, OutRecord, Producer};

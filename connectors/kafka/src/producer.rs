@@ -12,6 +12,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 use tokio::sync::Notify;
 
+use crate::consumer::{offsets_list, GroupMetadata, TopicPartition};
 use crate::{KafkaConfig, KafkaError, Result};
 
 /// Tracks the deliveries of a group of records (for example every output of one
@@ -145,26 +146,109 @@ pub struct OutRecord<'a> {
 
 /// An idempotent producer (`enable.idempotence=true`, `acks=all`) with a background
 /// polling thread. Keys are partitioned with murmur2, as the Java client does.
+///
+/// A transactional producer ([`Producer::transactional`]) sends every record
+/// inside a transaction that ends with [`Producer::commit_transaction`], which
+/// also commits the consumer offsets the transaction covers.
 pub struct Producer {
     inner: ThreadedProducer<DeliveryContext>,
+    /// The `transactional.id`, for a transactional producer.
+    transactional_id: Option<String>,
 }
+
+/// flumen's producer defaults; the caller's extra settings override them.
+const PRODUCER_DEFAULTS: [(&str, &str); 7] = [
+    ("enable.idempotence", "true"),
+    ("acks", "all"),
+    ("linger.ms", "5"),
+    ("batch.num.messages", "10000"),
+    ("compression.type", "lz4"),
+    ("partitioner", "murmur2_random"),
+    ("queue.buffering.max.messages", "1000000"),
+];
 
 impl Producer {
     /// Creates a producer; `extra` settings override the defaults.
     pub fn new(config: &KafkaConfig) -> Result<Self> {
         let inner = config
-            .client_config(&[
-                ("enable.idempotence", "true"),
-                ("acks", "all"),
-                ("linger.ms", "5"),
-                ("batch.num.messages", "10000"),
-                ("compression.type", "lz4"),
-                ("partitioner", "murmur2_random"),
-                ("queue.buffering.max.messages", "1000000"),
-            ])
+            .client_config(&PRODUCER_DEFAULTS)
             .create_with_context(DeliveryContext)
             .map_err(|e| KafkaError::client("creating producer", e))?;
-        Ok(Producer { inner })
+        Ok(Producer {
+            inner,
+            transactional_id: None,
+        })
+    }
+
+    /// Creates a transactional producer with `transactional.id` =
+    /// `transactional_id` and initializes it: the broker fences every earlier
+    /// producer with the same id and aborts its open transaction. Blocking.
+    pub fn transactional(
+        config: &KafkaConfig,
+        transactional_id: &str,
+        timeout: Duration,
+    ) -> Result<Self> {
+        let context = || format!("transactional producer '{transactional_id}'");
+        let mut client = config.client_config(&PRODUCER_DEFAULTS);
+        client.set("transactional.id", transactional_id);
+        let inner: ThreadedProducer<DeliveryContext> = client
+            .create_with_context(DeliveryContext)
+            .map_err(|e| KafkaError::client(format!("creating {}", context()), e))?;
+        inner
+            .init_transactions(timeout)
+            .map_err(|e| KafkaError::client(format!("initializing {}", context()), e))?;
+        Ok(Producer {
+            inner,
+            transactional_id: Some(transactional_id.to_string()),
+        })
+    }
+
+    fn transaction_context(&self, what: &str) -> String {
+        format!(
+            "{what} of transactional producer '{}'",
+            self.transactional_id.as_deref().unwrap_or("-")
+        )
+    }
+
+    /// Starts a transaction (transactional producers only). Local: no request.
+    pub fn begin_transaction(&self) -> Result<()> {
+        self.inner
+            .begin_transaction()
+            .map_err(|e| KafkaError::client(self.transaction_context("beginning a transaction"), e))
+    }
+
+    /// Adds `offsets` (the next offsets to read, for `group`) to the open
+    /// transaction and commits it: its records become visible to
+    /// `read_committed` consumers and the offsets are committed, or neither.
+    /// Blocking; flushes queued records first.
+    pub fn commit_transaction(
+        &self,
+        offsets: &[(TopicPartition, i64)],
+        group: &GroupMetadata,
+        timeout: Duration,
+    ) -> Result<()> {
+        if !offsets.is_empty() {
+            let list = offsets_list(offsets)?;
+            self.inner
+                .send_offsets_to_transaction(&list, group.as_rdkafka(), timeout)
+                .map_err(|e| {
+                    KafkaError::client(
+                        self.transaction_context("sending offsets to the transaction"),
+                        e,
+                    )
+                })?;
+        }
+        self.inner.commit_transaction(timeout).map_err(|e| {
+            KafkaError::client(self.transaction_context("committing the transaction"), e)
+        })
+    }
+
+    /// Aborts the open transaction: its records are never visible to
+    /// `read_committed` consumers and its offsets are not committed. Blocking.
+    pub fn abort_transaction(&self, timeout: Duration) -> Result<()> {
+        self.inner.abort_transaction(timeout).map_err(|e| {
+            KafkaError::client(self.transaction_context("aborting the transaction"), e)
+        })
     }
 
     /// Queues one record; its acknowledgement settles `batch`. Waits while the

@@ -17,9 +17,30 @@ use crate::runtime::pipeline::{PartitionPipeline, SourcePlan};
 use crate::runtime::repartition::{self, Stages};
 use crate::runtime::stats::Stats;
 use crate::runtime::stop::StopHandle;
-use crate::runtime::worker::{BatchSettings, Rebalancer, StateSettings, Worker};
+use crate::runtime::worker::{
+    BatchSettings, Rebalancer, RunSettings, StateSettings, TransactionSettings, Worker,
+};
 use crate::topic::Topic;
 use crate::{Error, Result};
+
+/// What a run promises about the effects of each input record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProcessingGuarantee {
+    /// Offsets are committed after every output of their records was
+    /// acknowledged; after a crash the records since the last commit are
+    /// processed again, so Kafka outputs may hold some results twice.
+    #[default]
+    AtLeastOnce,
+    /// Each input partition's outputs, changelog records and consumer offsets
+    /// are committed together in one Kafka transaction every
+    /// `commit_interval` (a transactional producer per partition,
+    /// `transactional.id` = `<consumer group>-<topic>-<partition>`); a failed
+    /// transaction is aborted and the application rewinds to the last
+    /// committed offsets. Consumers reading the outputs with
+    /// `isolation.level=read_committed` see every result exactly once.
+    /// Cassandra outputs stay idempotent upserts.
+    ExactlyOnce,
+}
 
 /// Builds an [`Application`].
 #[derive(Debug, Clone)]
@@ -37,6 +58,7 @@ pub struct ApplicationBuilder {
     state_dir: Option<PathBuf>,
     block_cache_bytes: usize,
     changelogs: bool,
+    guarantee: ProcessingGuarantee,
 }
 
 impl Default for ApplicationBuilder {
@@ -55,6 +77,7 @@ impl Default for ApplicationBuilder {
             state_dir: None,
             block_cache_bytes: 64 << 20,
             changelogs: true,
+            guarantee: ProcessingGuarantee::AtLeastOnce,
         }
     }
 }
@@ -138,6 +161,12 @@ impl ApplicationBuilder {
     /// changelogs such a directory stops the start with `Error::StateBehind`.
     pub fn changelogs(mut self, enabled: bool) -> Self {
         self.changelogs = enabled;
+        self
+    }
+
+    /// At-least-once (default) or exactly-once processing; see [`ProcessingGuarantee`].
+    pub fn processing_guarantee(mut self, guarantee: ProcessingGuarantee) -> Self {
+        self.guarantee = guarantee;
         self
     }
 
@@ -278,12 +307,44 @@ impl Application {
     /// Runs until `until` completes (or a stop handle fires, or an error), then
     /// finishes in-flight batches, commits and returns.
     pub async fn run_until(&self, until: impl Future<Output = ()>) -> Result<()> {
-        let result = self.run_once(until).await;
+        let result = self.run_restarting(until).await;
         // A stop asked before or during this run was consumed by it; the next
         // run of this application starts afresh. (Resetting at the start instead
         // would lose a stop asked just before the run's first poll.)
         self.stop.reset();
         result
+    }
+
+    /// Runs until `until`, a stop or an error; in exactly-once mode a run
+    /// whose transaction was aborted starts again from the committed offsets
+    /// (up to [`MAX_RESTARTS`] times in a row without a committed transaction).
+    async fn run_restarting(&self, until: impl Future<Output = ()>) -> Result<()> {
+        let mut until = std::pin::pin!(until);
+        let mut failures = 0u32;
+        loop {
+            let committed_before = self.stats.transactions_committed();
+            match self.run_once(until.as_mut()).await {
+                Err(error @ Error::TransactionAborted { .. })
+                    if self.stop.mode() == crate::runtime::stop::StopMode::Running =>
+                {
+                    if self.stats.transactions_committed() > committed_before {
+                        failures = 0;
+                    }
+                    failures += 1;
+                    if failures > MAX_RESTARTS {
+                        return Err(error);
+                    }
+                    let backoff = Duration::from_millis(200 << failures.min(6));
+                    tracing::warn!(
+                        %error, attempt = failures, ?backoff,
+                        "rewinding to the last committed offsets and starting again"
+                    );
+                    self.stats.add_restart();
+                    tokio::time::sleep(backoff).await;
+                }
+                result => return result,
+            }
+        }
     }
 
     async fn run_once(&self, until: impl Future<Output = ()>) -> Result<()> {
@@ -311,15 +372,18 @@ impl Application {
             .map_err(|e| Error::Runtime(format!("cannot start the polling thread: {e}")))?;
         tracing::info!(group = %self.group, inputs = worker.sources.len(), "running");
         // If this future is dropped mid-run, the polling thread still winds down.
-        let _guard = StopOnDrop(self.stop.clone());
+        let guard = StopOnDrop(Some(self.stop.clone()));
         let mut done_rx = done_rx;
-        tokio::select! {
-            result = &mut done_rx => return result.unwrap_or_else(|_| Err(Error::Runtime("polling thread died".into()))),
-            () = until => self.stop.stop(),
-        }
-        done_rx
-            .await
-            .unwrap_or_else(|_| Err(Error::Runtime("polling thread died".into())))
+        let died = || Err(Error::Runtime("polling thread died".into()));
+        let result = tokio::select! {
+            result = &mut done_rx => result.unwrap_or_else(|_| died()),
+            () = until => {
+                self.stop.stop();
+                (&mut done_rx).await.unwrap_or_else(|_| died())
+            }
+        };
+        guard.disarm();
+        result
     }
 
     /// Checks topics and the plan, connects the producer, builds the worker.
@@ -430,7 +494,9 @@ impl Application {
                 .validate()
                 .await?;
         }
-        let producer = if needs_producer {
+        let exactly_once = self.settings.guarantee == ProcessingGuarantee::ExactlyOnce;
+        // In exactly-once mode every partition has its own transactional producer.
+        let producer = if needs_producer && !exactly_once {
             Some(Arc::new(Producer::new(&with_extra(
                 &self.kafka,
                 &self.settings.producer_extra,
@@ -453,14 +519,22 @@ impl Application {
             application: self.group.clone(),
             cache: flumen_state::BlockCache::new(s.block_cache_bytes),
         };
+        let transactions = exactly_once.then(|| TransactionSettings {
+            config: with_extra(&self.kafka, &self.settings.producer_extra),
+            id_prefix: self.group.clone(),
+            timeout: Duration::from_secs(60),
+        });
         Ok(Worker::new(
             sources,
             producer,
             ctx,
             stats,
-            settings,
             self.stop.clone(),
-            state,
+            RunSettings {
+                batches: settings,
+                state,
+                transactions,
+            },
         ))
     }
 }
@@ -491,12 +565,25 @@ impl Application {
     }
 }
 
-/// Asks a run to stop when the future driving it is dropped.
-struct StopOnDrop(StopHandle);
+/// How often in a row a run may be restarted after an aborted transaction
+/// without committing one in between.
+const MAX_RESTARTS: u32 = 10;
+
+/// Asks a run to stop when the future driving it is dropped before it ended.
+struct StopOnDrop(Option<StopHandle>);
+
+impl StopOnDrop {
+    /// The run ended: nothing to stop.
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
-        self.0.stop();
+        if let Some(stop) = &self.0 {
+            stop.stop();
+        }
     }
 }
 

@@ -173,6 +173,11 @@ pub(crate) fn restore(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
+
+    use flumen_kafka::TopicSpec;
+    use flumen_state::{RocksStore, StoreIdentity};
+    use flumen_testkit::{unique_name, DevStack};
 
     #[test]
     fn topic_names_are_kafka_safe() {
@@ -180,5 +185,128 @@ mod tests {
             topic_name("app", "in/x", "window 0"),
             "app-changelog-in_x-window_0"
         );
+    }
+
+    /// Entries of the restored store.
+    const ENTRIES: usize = 1_000_000;
+
+    fn key(i: usize) -> Vec<u8> {
+        format!("key-{i:08}").into_bytes()
+    }
+
+    /// A changelog of more than a million changes as the runtime writes it
+    /// (puts, overwrites, deletes, a crashed run's uncommitted changes, then a
+    /// later run's), restored onto an empty state directory: the store holds
+    /// exactly the committed state. Prints the restore speed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_million_entries_are_restored_exactly_up_to_the_committed_offset() {
+        let stack = DevStack::start().expect("dev stack");
+        let topic = unique_name("changelog");
+        stack
+            .create_topic_spec(&TopicSpec::new(&topic, 1).compacted())
+            .await
+            .expect("topic");
+        // (key, value or tombstone, tag) in log order, and the state they
+        // must leave when restored up to `committed`.
+        let extra = ENTRIES / 20;
+        let mut log: Vec<(Vec<u8>, Option<Vec<u8>>, i64)> = Vec::new();
+        for i in 0..ENTRIES + extra {
+            log.push((
+                key(i),
+                Some(format!("v1-{i}").into_bytes()),
+                (i / 10_000) as i64 + 1,
+            ));
+        }
+        let committed = log.last().map_or(0, |c| c.2) + 1;
+        for i in (0..ENTRIES).step_by(7) {
+            log.push((key(i), Some(format!("v2-{i}").into_bytes()), committed - 1));
+        }
+        for i in ENTRIES..ENTRIES + extra {
+            log.push((key(i), None, committed));
+        }
+        // A crashed run's changes past the committed offset: skipped.
+        for i in (0..ENTRIES).step_by(11) {
+            log.push((key(i), Some(b"uncommitted".to_vec()), committed + 5));
+        }
+        // The next run processed those records again, committed up to `committed`.
+        for i in (0..ENTRIES).step_by(13) {
+            log.push((key(i), Some(format!("v3-{i}").into_bytes()), committed));
+        }
+        let mut expected: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        for (k, v, tag) in &log {
+            if *tag > committed {
+                continue;
+            }
+            match v {
+                Some(v) => expected.insert(k.clone(), v.clone()),
+                None => expected.remove(k),
+            };
+        }
+        assert_eq!(expected.len(), ENTRIES);
+
+        let producer = Producer::new(&stack.kafka_config()).expect("producer");
+        let ack = DeliveryBatch::new();
+        for (k, v, tag) in &log {
+            let record = OutRecord {
+                topic: &topic,
+                key: Some(k),
+                value: v.as_deref(),
+                timestamp_ms: None,
+                partition: Some(0),
+            };
+            let headers = headers_with(None, &[(OFFSET_HEADER, tag.to_string().as_str())]);
+            producer
+                .send(record, Some(headers), &ack)
+                .await
+                .expect("send");
+        }
+        ack.wait().await.expect("changelog written");
+
+        let dir = tempfile::tempdir().expect("state dir");
+        let store = RocksStore::open(
+            &dir.path().join("state"),
+            &StoreIdentity::new("app", "input", 0),
+            &["window-0"],
+        )
+        .expect("store");
+        let changelogs = Changelogs::from([("window-0".to_string(), topic.clone())]);
+        let counted = std::sync::atomic::AtomicU64::new(0);
+        let started = Instant::now();
+        let applied = tokio::task::block_in_place(|| {
+            restore(
+                &stack.kafka_config(),
+                &changelogs,
+                0,
+                None,
+                committed,
+                &store,
+                &|n| {
+                    counted.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                },
+            )
+        })
+        .expect("restore");
+        let seconds = started.elapsed().as_secs_f64();
+        eprintln!(
+            "restored {} entries from {applied} changes of {} in {seconds:.2} s: \
+             {:.0} changes/s (debug build)",
+            expected.len(),
+            log.len(),
+            applied as f64 / seconds
+        );
+        let skipped = log.iter().filter(|c| c.2 > committed).count();
+        assert_eq!(applied as usize, log.len() - skipped, "changes applied");
+        assert_eq!(counted.into_inner(), applied, "progress counted");
+        assert_eq!(
+            store.checkpoint().expect("checkpoint"),
+            Some(Checkpoint {
+                next_offset: committed
+            })
+        );
+        let restored = store.prefix("window-0", b"").expect("entries");
+        assert_eq!(restored.len(), expected.len(), "entries");
+        for ((k, v), (ek, ev)) in restored.iter().zip(&expected) {
+            assert_eq!((k, v), (ek, ev), "entry");
+        }
     }
 }

@@ -2,6 +2,7 @@
 
 mod application;
 mod changelog;
+mod exactly_once;
 mod pipeline;
 mod prometheus;
 mod repartition;
@@ -10,7 +11,7 @@ mod stats;
 mod stop;
 mod worker;
 
-pub use application::{Application, ApplicationBuilder};
+pub use application::{Application, ApplicationBuilder, ProcessingGuarantee};
 pub use prometheus::serve_metrics;
 pub use stats::Stats;
 pub use stop::StopHandle;

@@ -14,6 +14,9 @@ pub struct Stats {
     batches: AtomicU64,
     assigned: AtomicU64,
     restored: AtomicU64,
+    transactions_committed: AtomicU64,
+    transactions_aborted: AtomicU64,
+    restarts: AtomicU64,
     bad: Mutex<BTreeMap<(BadInputKind, &'static str), u64>>,
     /// Per (topic, partition, window operator): records it dropped.
     dropped: Mutex<BTreeMap<(String, i32, usize), crate::window::Dropped>>,
@@ -43,6 +46,38 @@ impl Stats {
     /// State changes restored from changelog topics so far.
     pub fn restored_changes(&self) -> u64 {
         self.restored.load(Ordering::Relaxed)
+    }
+
+    /// Transactions committed (exactly-once mode).
+    pub fn transactions_committed(&self) -> u64 {
+        self.transactions_committed.load(Ordering::Relaxed)
+    }
+
+    /// Transactions aborted (exactly-once mode); each rewinds the application
+    /// to the last committed offsets.
+    pub fn transactions_aborted(&self) -> u64 {
+        self.transactions_aborted.load(Ordering::Relaxed)
+    }
+
+    /// Times a run rewound to the last committed offsets and started again
+    /// after a failed transaction (exactly-once mode).
+    pub fn restarts(&self) -> u64 {
+        self.restarts.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn add_transaction(&self, committed: bool) {
+        let (counter, outcome) = if committed {
+            (&self.transactions_committed, "committed")
+        } else {
+            (&self.transactions_aborted, "aborted")
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("flumen_transactions_total", "outcome" => outcome).increment(1);
+    }
+
+    pub(crate) fn add_restart(&self) {
+        self.restarts.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("flumen_restarts_total").increment(1);
     }
 
     pub(crate) fn add_assigned(&self, partitions: usize) {

@@ -7,12 +7,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use datafusion::prelude::SessionContext;
-use flumen_kafka::{GroupConsumer, Producer, RawBatch, RebalanceListener, TopicPartition};
+use flumen_kafka::{
+    GroupConsumer, GroupMetadata, KafkaConfig, Producer, RawBatch, RebalanceListener,
+    TopicPartition,
+};
 use flumen_state::{BlockCache, Checkpoint, RocksStore, StateStore, StoreIdentity, WriteBatch};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::runtime::changelog;
+use crate::runtime::exactly_once;
 use crate::runtime::pipeline::{PartitionPipeline, SourcePlan};
 use crate::runtime::stats::Stats;
 use crate::runtime::stop::{StopHandle, StopMode};
@@ -41,15 +45,42 @@ pub(crate) struct StateSettings {
     pub(crate) cache: BlockCache,
 }
 
+/// Exactly-once mode: how partitions' transactional producers are made.
+#[derive(Debug, Clone)]
+pub(crate) struct TransactionSettings {
+    /// The producer configuration (the application's plus producer settings).
+    pub(crate) config: KafkaConfig,
+    /// Prefix of every `transactional.id`: the consumer group.
+    pub(crate) id_prefix: String,
+    /// How long a transactional call (init, commit, abort) may take.
+    pub(crate) timeout: Duration,
+}
+
+impl TransactionSettings {
+    /// The `transactional.id` of a partition's producer: stable across runs
+    /// and instances, so the partition's next owner fences the previous one
+    /// and aborts its open transaction.
+    pub(crate) fn transactional_id(&self, tp: &TopicPartition) -> String {
+        format!("{}-{}-{}", self.id_prefix, tp.topic, tp.partition)
+    }
+}
+
+/// Everything that configures a run of a [`Worker`].
+pub(crate) struct RunSettings {
+    pub(crate) batches: BatchSettings,
+    pub(crate) state: StateSettings,
+    pub(crate) transactions: Option<TransactionSettings>,
+}
+
 /// How long opening a state waits for the previous owner in this process
 /// (a task being torn down) to release its lock.
 const STATE_LOCK_WAIT: Duration = Duration::from_secs(30);
 
 /// What the delivery waiter does once a batch's outputs are acknowledged.
-struct Delivered {
-    ack: Arc<flumen_kafka::DeliveryBatch>,
-    next_offset: i64,
-    state: WriteBatch,
+pub(crate) struct Delivered {
+    pub(crate) ack: Arc<flumen_kafka::DeliveryBatch>,
+    pub(crate) next_offset: i64,
+    pub(crate) state: WriteBatch,
 }
 
 struct PartitionTask {
@@ -67,6 +98,12 @@ pub(crate) struct Worker {
     pub(crate) settings: BatchSettings,
     pub(crate) stop: StopHandle,
     pub(crate) state: StateSettings,
+    /// Exactly-once mode (`None`: at-least-once).
+    pub(crate) transactions: Option<TransactionSettings>,
+    /// The consumer's group metadata since the last assignment (exactly-once).
+    group_metadata: Mutex<Option<Arc<GroupMetadata>>>,
+    /// Transactional producers made for partitions about to be assigned.
+    txn_producers: Mutex<HashMap<TopicPartition, Result<Arc<Producer>>>>,
     tasks: Mutex<HashMap<TopicPartition, PartitionTask>>,
     committable: Mutex<HashMap<TopicPartition, i64>>,
     revoked: Mutex<Vec<TopicPartition>>,
@@ -84,11 +121,15 @@ impl Worker {
         producer: Option<Arc<Producer>>,
         ctx: Arc<SessionContext>,
         stats: Arc<Stats>,
-        settings: BatchSettings,
         stop: StopHandle,
-        state: StateSettings,
+        settings: RunSettings,
     ) -> Self {
         let runtime = tokio::runtime::Handle::current();
+        let RunSettings {
+            batches: settings,
+            state,
+            transactions,
+        } = settings;
         Worker {
             sources,
             producer,
@@ -98,6 +139,9 @@ impl Worker {
             settings,
             stop,
             state,
+            transactions,
+            group_metadata: Mutex::new(None),
+            txn_producers: Mutex::new(HashMap::new()),
             tasks: Mutex::new(HashMap::new()),
             committable: Mutex::new(HashMap::new()),
             revoked: Mutex::new(Vec::new()),
@@ -106,15 +150,28 @@ impl Worker {
         }
     }
 
-    /// Records the first fatal error and asks the run to stop.
-    fn fail(&self, error: Error) {
+    /// Records the first fatal error; the run then stops (see [`Worker::mode`]).
+    pub(crate) fn fail(&self, error: Error) {
         tracing::error!(%error, "stopping");
         lock(&self.failure).get_or_insert(error);
-        self.stop.stop();
     }
 
-    fn failed(&self) -> bool {
+    pub(crate) fn failed(&self) -> bool {
         lock(&self.failure).is_some()
+    }
+
+    /// How this run should go on: the application's stop handle, or a
+    /// graceful stop once a task failed.
+    pub(crate) fn mode(&self) -> StopMode {
+        match self.stop.mode() {
+            StopMode::Running if self.failed() => StopMode::Graceful,
+            mode => mode,
+        }
+    }
+
+    /// The group metadata of the consumer's current generation.
+    pub(crate) fn group_metadata(&self) -> Option<Arc<GroupMetadata>> {
+        lock(&self.group_metadata).clone()
     }
 
     fn spawn_partition(
@@ -125,10 +182,67 @@ impl Worker {
         let source = Arc::clone(self.sources.get(&tp.topic)?);
         let (tx, rx) = mpsc::channel(self.settings.queued_batches);
         let worker = Arc::clone(self);
-        let join = self
-            .runtime
-            .spawn(async move { worker.run_partition(tp, committed, source, rx).await });
+        let txn_producer = match lock(&self.txn_producers).remove(&tp) {
+            Some(Ok(producer)) => Some(producer),
+            Some(Err(error)) => {
+                self.fail(error);
+                None
+            }
+            None if self.transactions.is_some() => {
+                self.fail(Error::Runtime(format!(
+                    "no transactional producer was made for {tp}"
+                )));
+                None
+            }
+            None => None,
+        };
+        let join = self.runtime.spawn(async move {
+            if let Err(error) = worker
+                .run_partition(&tp, committed, source, rx, txn_producer)
+                .await
+            {
+                worker.fail(error);
+            }
+        });
         Some(PartitionTask { tx, join })
+    }
+
+    /// Exactly-once mode: makes (and initializes, fencing their previous
+    /// owners) the transactional producers of `partitions`, in parallel.
+    fn make_txn_producers(&self, partitions: &[TopicPartition]) {
+        let Some(settings) = &self.transactions else {
+            return;
+        };
+        let made: Vec<(TopicPartition, Result<Arc<Producer>>)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = partitions
+                .iter()
+                .filter(|tp| self.sources.contains_key(&tp.topic))
+                .map(|tp| {
+                    let handle = scope.spawn(move || {
+                        Producer::transactional(
+                            &settings.config,
+                            &settings.transactional_id(tp),
+                            settings.timeout,
+                        )
+                        .map(Arc::new)
+                        .map_err(Error::from)
+                    });
+                    (tp.clone(), handle)
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|(tp, handle)| {
+                    let made = handle.join().unwrap_or_else(|_| {
+                        Err(Error::Runtime(format!(
+                            "making the transactional producer of {tp} panicked"
+                        )))
+                    });
+                    (tp, made)
+                })
+                .collect()
+        });
+        lock(&self.txn_producers).extend(made);
     }
 
     /// Opens the partition's state (when the pipeline has any), checks it against
@@ -224,41 +338,46 @@ impl Worker {
     }
 
     async fn run_partition(
-        self: Arc<Self>,
-        tp: TopicPartition,
+        self: &Arc<Self>,
+        tp: &TopicPartition,
         committed: Option<i64>,
         source: Arc<SourcePlan>,
+        rx: mpsc::Receiver<RawBatch>,
+        txn_producer: Option<Arc<Producer>>,
+    ) -> Result<()> {
+        let producer = txn_producer.clone().or_else(|| self.producer.clone());
+        let mut pipeline =
+            PartitionPipeline::new(source, producer, Arc::clone(&self.stats), &self.ctx);
+        let store = self.open_state(tp, committed, &mut pipeline).await?;
+        match txn_producer {
+            Some(producer) => exactly_once::run(self, tp, pipeline, store, producer, rx).await,
+            None => self.run_at_least_once(tp, pipeline, store, rx).await,
+        }
+    }
+
+    /// Processes batches while earlier ones are being delivered; a batch's
+    /// state is checkpointed and its offset made committable once everything
+    /// it produced was acknowledged.
+    async fn run_at_least_once(
+        self: &Arc<Self>,
+        tp: &TopicPartition,
+        mut pipeline: PartitionPipeline,
+        store: Option<Arc<dyn StateStore>>,
         mut rx: mpsc::Receiver<RawBatch>,
-    ) {
-        let mut pipeline = PartitionPipeline::new(
-            source,
-            self.producer.clone(),
-            Arc::clone(&self.stats),
-            &self.ctx,
-        );
-        let store = match self.open_state(&tp, committed, &mut pipeline).await {
-            Ok(store) => store,
-            Err(error) => {
-                self.fail(error);
-                return;
-            }
-        };
+    ) -> Result<()> {
         let (done_tx, mut done_rx) = mpsc::channel::<Delivered>(self.settings.queued_batches);
         // Deliveries are awaited in order beside processing, so the next batch can
         // be processed while the previous one is still being acknowledged.
         let waiter = {
-            let worker = Arc::clone(&self);
+            let worker = Arc::clone(self);
             let tp = tp.clone();
             tokio::spawn(async move {
                 while let Some(delivered) = done_rx.recv().await {
-                    if let Err(error) = wait_for_deliveries(&tp, &delivered).await {
-                        worker.fail(error.into());
-                        return;
-                    }
+                    wait_for_deliveries(&tp, &delivered.ack, delivered.next_offset).await?;
                     // A killed run behaves like a crashed one: nothing more is
                     // checkpointed or made committable.
-                    if worker.stop.mode() == StopMode::Kill {
-                        return;
+                    if worker.mode() == StopMode::Kill {
+                        return Ok(());
                     }
                     // The state is checkpointed only once everything the batch
                     // produced was delivered: a checkpoint never covers a lost output.
@@ -266,47 +385,50 @@ impl Worker {
                         let checkpoint = Checkpoint {
                             next_offset: delivered.next_offset,
                         };
-                        if let Err(error) = store.write(delivered.state, Some(checkpoint)) {
-                            worker.fail(error.into());
-                            return;
-                        }
+                        store.write(delivered.state, Some(checkpoint))?;
                     }
                     lock(&worker.committable).insert(tp.clone(), delivered.next_offset);
                 }
+                Ok::<(), Error>(())
             })
         };
+        let mut result = Ok(());
         while let Some(raw) = rx.recv().await {
             if self.failed() {
                 break;
             }
             let started = Instant::now();
-            match pipeline.process(raw).await {
-                Ok(outcome) => {
-                    metrics::histogram!("flumen_batch_seconds")
-                        .record(started.elapsed().as_secs_f64());
-                    let failure = outcome.failure;
-                    let delivered = Delivered {
-                        ack: outcome.ack,
-                        next_offset: outcome.next_offset,
-                        state: outcome.state,
-                    };
-                    if done_tx.send(delivered).await.is_err() {
-                        break;
-                    }
-                    if let Some(error) = failure {
-                        self.fail(error);
-                        break;
-                    }
-                }
+            let outcome = match pipeline.process(raw).await {
+                Ok(outcome) => outcome,
                 Err(error) => {
-                    self.fail(error);
+                    result = Err(error);
                     break;
                 }
+            };
+            metrics::histogram!("flumen_batch_seconds").record(started.elapsed().as_secs_f64());
+            let failure = outcome.failure;
+            let delivered = Delivered {
+                ack: outcome.ack,
+                next_offset: outcome.next_offset,
+                state: outcome.state,
+            };
+            if done_tx.send(delivered).await.is_err() {
+                break;
+            }
+            if let Some(error) = failure {
+                result = Err(error);
+                break;
             }
         }
         drop(done_tx);
-        if let Err(e) = waiter.await {
-            self.fail(Error::Runtime(format!("delivery waiter of {tp} died: {e}")));
+        match waiter.await {
+            Ok(Ok(())) => result,
+            // The first failure wins; a delivery failure is reported too.
+            Ok(Err(error)) => {
+                self.fail(error);
+                result
+            }
+            Err(e) => Err(Error::Runtime(format!("delivery waiter of {tp} died: {e}"))),
         }
     }
 
@@ -366,7 +488,7 @@ impl Worker {
         let mut last_commit = Instant::now();
         let poll_timeout = Duration::from_millis(50).min(self.settings.max_delay);
         loop {
-            let mode = self.stop.mode();
+            let mode = self.mode();
             if mode != StopMode::Running {
                 break;
             }
@@ -462,7 +584,7 @@ impl Worker {
         open: Vec<(TopicPartition, RawBatch, Instant)>,
         committed: &mut HashMap<TopicPartition, i64>,
     ) -> Result<()> {
-        if self.stop.mode() == StopMode::Kill {
+        if self.mode() == StopMode::Kill {
             for (_, task) in lock(&self.tasks).drain() {
                 task.join.abort();
             }
@@ -494,12 +616,27 @@ impl Worker {
 pub(crate) struct Rebalancer(pub(crate) std::sync::Weak<Worker>);
 
 impl RebalanceListener for Rebalancer {
-    fn on_assign(&self, partitions: &[(TopicPartition, Option<i64>)]) {
+    fn before_assign(&self, partitions: &[TopicPartition]) {
         let Some(worker) = self.0.upgrade() else {
             return;
         };
-        if worker.stop.mode() != StopMode::Running {
+        if worker.mode() == StopMode::Running {
+            worker.make_txn_producers(partitions);
+        }
+    }
+
+    fn on_assign(
+        &self,
+        partitions: &[(TopicPartition, Option<i64>)],
+        group: Option<Arc<GroupMetadata>>,
+    ) {
+        let Some(worker) = self.0.upgrade() else {
+            return;
+        };
+        *lock(&worker.group_metadata) = group;
+        if worker.mode() != StopMode::Running {
             // Assignments served while the consumer closes start nothing.
+            lock(&worker.txn_producers).clear();
             return;
         }
         for (tp, committed) in partitions {
@@ -517,7 +654,7 @@ impl RebalanceListener for Rebalancer {
         lock(&worker.revoked).extend_from_slice(partitions);
         worker.revoked_flag.store(true, Ordering::Release);
         worker.stats.remove_assigned(partitions.len());
-        if worker.stop.mode() == StopMode::Kill {
+        if worker.mode() == StopMode::Kill {
             return Vec::new();
         }
         worker.close_tasks(Some(partitions));
@@ -527,16 +664,17 @@ impl RebalanceListener for Rebalancer {
 
 /// Waits for a batch's deliveries, warning every 10 s while some are pending
 /// (a broker or sink that stops acknowledging shows up in the logs).
-async fn wait_for_deliveries(
+pub(crate) async fn wait_for_deliveries(
     tp: &TopicPartition,
-    delivered: &Delivered,
+    ack: &flumen_kafka::DeliveryBatch,
+    next_offset: i64,
 ) -> std::result::Result<(), flumen_kafka::KafkaError> {
     let started = Instant::now();
     loop {
-        match tokio::time::timeout(Duration::from_secs(10), delivered.ack.wait()).await {
+        match tokio::time::timeout(Duration::from_secs(10), ack.wait()).await {
             Ok(result) => return result,
             Err(_) => tracing::warn!(
-                %tp, next_offset = delivered.next_offset, pending = delivered.ack.pending(),
+                %tp, next_offset, pending = ack.pending(),
                 waited_s = started.elapsed().as_secs(),
                 "outputs of a batch are still not acknowledged"
             ),

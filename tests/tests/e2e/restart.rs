@@ -1,11 +1,14 @@
 //! Stopping mid-stream and starting again in the same consumer group.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use crate::common::{builder, start, wait_until, DEADLINE};
 use arrow::datatypes::{DataType, Field, Schema};
 use flumen::prelude::*;
-use flumen_kafka::{AutoOffsetReset, GroupConsumer, RebalanceListener, TopicPartition};
+use flumen_kafka::{
+    AutoOffsetReset, GroupConsumer, GroupMetadata, RebalanceListener, TopicPartition,
+};
 use flumen_testkit::sensor::SensorWorkload;
 use flumen_testkit::{unique_name, DevStack};
 
@@ -64,7 +67,7 @@ async fn outputs(stack: &DevStack, output: &str) -> BTreeMap<i64, (usize, i32, i
 
 struct NoRebalance;
 impl RebalanceListener for NoRebalance {
-    fn on_assign(&self, _: &[(TopicPartition, Option<i64>)]) {}
+    fn on_assign(&self, _: &[(TopicPartition, Option<i64>)], _: Option<Arc<GroupMetadata>>) {}
     fn on_revoke(&self, _: &[TopicPartition]) -> Vec<(TopicPartition, i64)> {
         Vec::new()
     }
@@ -75,7 +78,7 @@ fn committed(stack: &DevStack, group: &str, topic: &str) -> HashMap<i32, i64> {
         &stack.kafka_config(),
         group,
         AutoOffsetReset::Earliest,
-        std::sync::Arc::new(NoRebalance),
+        Arc::new(NoRebalance),
     )
     .expect("consumer");
     let partitions: Vec<_> = (0..3).map(|p| TopicPartition::new(topic, p)).collect();

@@ -14,14 +14,20 @@ use flumen_testkit::sensor::SensorWorkload;
 use flumen_testkit::topics::TestRecord;
 use flumen_testkit::{unique_name, DevStack};
 
-const PARTITIONS: i32 = 3;
-const DEVICES: u64 = 12;
-const EVENTS: u64 = 6_000;
+pub(crate) const PARTITIONS: i32 = 3;
+pub(crate) const DEVICES: u64 = 12;
+pub(crate) const EVENTS: u64 = 6_000;
 
 /// (device, window_start) -> the emitted row's values, as JSON text.
-type Windows = BTreeMap<(String, i64), String>;
+pub(crate) type Windows = BTreeMap<(String, i64), String>;
 
-fn app(stack: &DevStack, group: &str, state: &Path, input: &str, output: &str) -> Application {
+pub(crate) fn app(
+    stack: &DevStack,
+    group: &str,
+    state: &Path,
+    input: &str,
+    output: &str,
+) -> Application {
     frame(
         builder(stack, group).max_batch_records(200),
         state,
@@ -31,8 +37,19 @@ fn app(stack: &DevStack, group: &str, state: &Path, input: &str, output: &str) -
 }
 
 /// The windowed pipeline of these tests on `builder`.
-fn frame(builder: ApplicationBuilder, state: &Path, input: &str, output: &str) -> Application {
+pub(crate) fn frame(
+    builder: ApplicationBuilder,
+    state: &Path,
+    input: &str,
+    output: &str,
+) -> Application {
     let app = builder.state_dir(state).build().expect("app");
+    windowed(&app, input).to_topic(Topic::json(output));
+    app
+}
+
+/// The windows of these tests over `input`.
+pub(crate) fn windowed(app: &Application, input: &str) -> StreamingDataFrame {
     app.dataframe(
         Topic::json(input)
             .schema(Schema::new(vec![
@@ -54,14 +71,21 @@ fn frame(builder: ApplicationBuilder, state: &Path, input: &str, output: &str) -
         collect(col("temp")).alias("temps"),
     ])
     .final_()
-    .to_topic(Topic::json(output));
-    app
 }
 
 /// Every window in `output`; a window emitted more than once must have the same values.
-async fn windows(stack: &DevStack, output: &str) -> (Windows, usize) {
+pub(crate) async fn windows(stack: &DevStack, output: &str) -> (Windows, usize) {
     let records = stack.read_all(output, DEADLINE).await.expect("read");
+    windows_of(&records)
+}
+
+/// The windows in `records`; a window met more than once must have the same values.
+pub(crate) fn windows_of(records: &[flumen_testkit::ReadRecord]) -> (Windows, usize) {
     let mut out = Windows::new();
+    let records: Vec<_> = records
+        .iter()
+        .filter(|r| r.key.as_deref() != Some(flumen_testkit::topics::END_KEY))
+        .collect();
     for r in &records {
         let v = r.json();
         let key = (
@@ -80,7 +104,7 @@ async fn windows(stack: &DevStack, output: &str) -> (Windows, usize) {
 }
 
 /// The same windows with the same values.
-fn assert_same_windows(actual: &Windows, expected: &Windows) {
+pub(crate) fn assert_same_windows(actual: &Windows, expected: &Windows) {
     assert_eq!(
         actual.keys().collect::<Vec<_>>(),
         expected.keys().collect::<Vec<_>>(),
@@ -92,7 +116,11 @@ fn assert_same_windows(actual: &Windows, expected: &Windows) {
 }
 
 /// Waits until `output` holds `expected` distinct windows.
-async fn wait_for_windows(stack: &DevStack, output: &str, expected: usize) -> (Windows, usize) {
+pub(crate) async fn wait_for_windows(
+    stack: &DevStack,
+    output: &str,
+    expected: usize,
+) -> (Windows, usize) {
     let start = Instant::now();
     loop {
         let (found, records) = windows(stack, output).await;
@@ -107,14 +135,14 @@ async fn wait_for_windows(stack: &DevStack, output: &str, expected: usize) -> (W
     }
 }
 
-async fn setup(stack: &DevStack) -> String {
+pub(crate) async fn setup(stack: &DevStack) -> String {
     let input = unique_name("in");
     stack.create_topic(&input, PARTITIONS).await.expect("input");
     produce_readings(stack, &input, PARTITIONS, EVENTS, DEVICES).await;
     input
 }
 
-async fn output_topic(stack: &DevStack) -> String {
+pub(crate) async fn output_topic(stack: &DevStack) -> String {
     let output = unique_name("out");
     stack
         .create_topic(&output, PARTITIONS)
@@ -124,7 +152,7 @@ async fn output_topic(stack: &DevStack) -> String {
 }
 
 /// The uninterrupted run's windows.
-async fn reference(stack: &DevStack, input: &str) -> Windows {
+pub(crate) async fn reference(stack: &DevStack, input: &str) -> Windows {
     let state = tempfile::tempdir().expect("state dir");
     let output = output_topic(stack).await;
     let running = start(app(stack, &unique_name("g"), state.path(), input, &output));

@@ -1,0 +1,217 @@
+//! Exactly-once processing of one input partition: every record its batches
+//! produce (outputs, dead letters, changelog changes) goes through the
+//! partition's transactional producer, and every `commit_interval` the open
+//! transaction commits together with the partition's next offset. The local
+//! state is checkpointed only after the commit, so it never runs ahead of the
+//! committed offset. A transaction that fails is aborted and the run stops with
+//! [`Error::TransactionAborted`]; the application then starts again from the
+//! committed offsets and checkpoints (a rewind).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flumen_kafka::{Producer, RawBatch, TopicPartition};
+use flumen_state::{Checkpoint, StateStore, WriteBatch};
+use tokio::sync::mpsc;
+
+use crate::runtime::pipeline::{BatchOutcome, PartitionPipeline};
+use crate::runtime::stop::StopMode;
+use crate::runtime::worker::{wait_for_deliveries, Worker};
+use crate::{Error, Result};
+
+/// How often a retriable failure of a commit is retried before the
+/// transaction is aborted.
+const COMMIT_ATTEMPTS: u32 = 5;
+
+/// The open transaction of one partition.
+struct Transaction<'a> {
+    worker: &'a Worker,
+    tp: &'a TopicPartition,
+    producer: Arc<Producer>,
+    store: Option<Arc<dyn StateStore>>,
+    /// Batches processed inside the open transaction, in order.
+    batches: Vec<BatchOutcome>,
+    /// When the open transaction is due to commit (`None`: none is open).
+    due: Option<Instant>,
+}
+
+/// Runs the partition until its queue closes (revoked, stopping) or a batch
+/// or transaction fails.
+pub(crate) async fn run(
+    worker: &Arc<Worker>,
+    tp: &TopicPartition,
+    mut pipeline: PartitionPipeline,
+    store: Option<Arc<dyn StateStore>>,
+    producer: Arc<Producer>,
+    mut rx: mpsc::Receiver<RawBatch>,
+) -> Result<()> {
+    let mut txn = Transaction {
+        worker,
+        tp,
+        producer,
+        store,
+        batches: Vec::new(),
+        due: None,
+    };
+    loop {
+        let next = match txn.due {
+            Some(due) => {
+                tokio::select! {
+                    raw = rx.recv() => raw,
+                    () = tokio::time::sleep_until(due.into()) => {
+                        txn.commit().await?;
+                        continue;
+                    }
+                }
+            }
+            None => rx.recv().await,
+        };
+        let Some(raw) = next else { break };
+        if worker.failed() {
+            break;
+        }
+        txn.begin().await?;
+        let started = Instant::now();
+        let mut outcome = match pipeline.process(raw).await {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                txn.abort().await;
+                return Err(error);
+            }
+        };
+        metrics::histogram!("flumen_batch_seconds").record(started.elapsed().as_secs_f64());
+        let failure = outcome.failure.take();
+        txn.batches.push(outcome);
+        if let Some(error) = failure {
+            // The records before the bad one are committed; the run stops at it.
+            txn.commit().await?;
+            return Err(error);
+        }
+        if txn.due.is_some_and(|due| Instant::now() >= due) {
+            txn.commit().await?;
+        }
+    }
+    match worker.mode() {
+        // As a crash would: the open transaction stays open until the
+        // partition's next owner fences this producer and aborts it.
+        StopMode::Kill => Ok(()),
+        _ if worker.failed() => {
+            txn.abort().await;
+            Ok(())
+        }
+        _ => txn.commit().await,
+    }
+}
+
+impl Transaction<'_> {
+    fn aborted(&self, reason: impl std::fmt::Display) -> Error {
+        Error::TransactionAborted {
+            topic: self.tp.topic.clone(),
+            partition: self.tp.partition,
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Runs a blocking transactional call of the producer off the async threads.
+    async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Producer) -> flumen_kafka::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let producer = Arc::clone(&self.producer);
+        tokio::task::spawn_blocking(move || f(&producer))
+            .await
+            .map_err(|e| Error::Runtime(format!("transactional call panicked: {e}")))?
+            .map_err(Error::from)
+    }
+
+    /// Opens a transaction unless one is open.
+    async fn begin(&mut self) -> Result<()> {
+        if self.due.is_none() {
+            self.call(|p| p.begin_transaction())
+                .await
+                .map_err(|e| self.aborted(e))?;
+            self.due = Some(Instant::now() + self.worker.settings.commit_interval);
+        }
+        Ok(())
+    }
+
+    /// Commits the open transaction with the partition's next offset, then
+    /// checkpoints the state. On failure, aborts it.
+    async fn commit(&mut self) -> Result<()> {
+        if self.due.take().is_none() {
+            return Ok(());
+        }
+        let batches = std::mem::take(&mut self.batches);
+        let Some(next_offset) = batches.last().map(|b| b.next_offset) else {
+            // Opened, but nothing was processed: nothing to commit.
+            self.abort_open().await;
+            return Ok(());
+        };
+        for batch in &batches {
+            if let Err(error) = wait_for_deliveries(self.tp, &batch.ack, batch.next_offset).await {
+                self.abort_open().await;
+                return Err(self.aborted(error));
+            }
+        }
+        let Some(group) = self.worker.group_metadata() else {
+            self.abort_open().await;
+            return Err(self.aborted("the consumer has no group metadata"));
+        };
+        let offsets = vec![(self.tp.clone(), next_offset)];
+        let timeout = self.timeout();
+        let mut attempt = 1;
+        loop {
+            let (offsets, group) = (offsets.clone(), Arc::clone(&group));
+            match self
+                .call(move |p| p.commit_transaction(&offsets, &group, timeout))
+                .await
+            {
+                Ok(()) => break,
+                Err(Error::Kafka(e)) if e.transaction_retriable() && attempt < COMMIT_ATTEMPTS => {
+                    tracing::warn!(tp = %self.tp, attempt, error = %e, "committing the transaction failed; retrying");
+                    attempt += 1;
+                }
+                Err(error) => {
+                    self.abort_open().await;
+                    return Err(self.aborted(error));
+                }
+            }
+        }
+        self.worker.stats.add_transaction(true);
+        if let Some(store) = &self.store {
+            let mut changes = WriteBatch::default();
+            for batch in batches {
+                changes.extend(batch.state);
+            }
+            store.write(changes, Some(Checkpoint { next_offset }))?;
+        }
+        tracing::debug!(tp = %self.tp, next_offset, "transaction committed");
+        Ok(())
+    }
+
+    /// Aborts the open transaction (if any) and forgets its batches.
+    async fn abort(&mut self) {
+        if self.due.take().is_some() {
+            self.batches.clear();
+            self.abort_open().await;
+        }
+    }
+
+    async fn abort_open(&self) {
+        let timeout = self.timeout();
+        match self.call(move |p| p.abort_transaction(timeout)).await {
+            Ok(()) => tracing::warn!(tp = %self.tp, "transaction aborted"),
+            // The partition's next owner (or this application's next run)
+            // fences this producer, which aborts the transaction then.
+            Err(error) => tracing::warn!(tp = %self.tp, %error, "aborting the transaction failed"),
+        }
+        self.worker.stats.add_transaction(false);
+    }
+
+    fn timeout(&self) -> Duration {
+        self.worker
+            .transactions
+            .as_ref()
+            .map_or(Duration::from_secs(60), |t| t.timeout)
+    }
+}
