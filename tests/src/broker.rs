@@ -9,87 +9,8 @@ use std::time::{Duration, Instant};
 use flumen_kafka::{Admin, KafkaConfig, TopicSpec};
 
 use crate::proxy::OutageProxy;
+use crate::tansu::ensure_tansu;
 use crate::TestkitError;
-
-/// The pinned Tansu version.
-pub const TANSU_VERSION: &str = "0.6.0";
-/// Cargo features the broker is built with: the default build has no storage
-/// engine at all; `dynostore` provides `memory://`.
-pub const TANSU_FEATURES: &str = "dynostore";
-
-/// Where tools are installed: `$FLUMEN_TOOLS_DIR`, else `~/.local/share/flumen`.
-fn tools_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("FLUMEN_TOOLS_DIR") {
-        return PathBuf::from(dir);
-    }
-    let home = std::env::var_os("HOME").map_or_else(std::env::temp_dir, PathBuf::from);
-    home.join(".local/share/flumen")
-}
-
-/// Returns the path of the pinned Tansu binary, installing it with
-/// `cargo install tansu --version 0.6.0 --locked --features dynostore` when it is missing.
-/// `$FLUMEN_TANSU_BIN` overrides the location. Concurrent callers wait for one install.
-pub fn ensure_tansu() -> Result<PathBuf, TestkitError> {
-    if let Some(bin) = std::env::var_os("FLUMEN_TANSU_BIN") {
-        return Ok(PathBuf::from(bin));
-    }
-    let root = tools_dir().join(format!("tansu-{TANSU_VERSION}-{TANSU_FEATURES}"));
-    let bin = root.join("bin/tansu");
-    if bin.is_file() {
-        return Ok(bin);
-    }
-    std::fs::create_dir_all(&root)
-        .map_err(TestkitError::io(format!("creating {}", root.display())))?;
-    let lock_path = root.with_extension("lock");
-    let lock = std::fs::File::create(&lock_path).map_err(TestkitError::io(format!(
-        "creating {}",
-        lock_path.display()
-    )))?;
-    lock.lock()
-        .map_err(TestkitError::io(format!("locking {}", lock_path.display())))?;
-    if bin.is_file() {
-        return Ok(bin);
-    }
-    eprintln!(
-        "flumen-testkit: the Kafka-protocol dev broker (Tansu {TANSU_VERSION}) is not installed in {}.\n\
-         flumen-testkit: installing it now with `cargo install tansu --version {TANSU_VERSION} --locked \
-         --features {TANSU_FEATURES}` \
-         (first time only; about 15 minutes on 2 cores)...",
-        root.display()
-    );
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .args([
-            "install",
-            "tansu",
-            "--version",
-            TANSU_VERSION,
-            "--locked",
-            "--features",
-            TANSU_FEATURES,
-            "--root",
-        ])
-        .arg(&root)
-        .env_remove("CARGO_TARGET_DIR")
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit())
-        .status()
-        .map_err(|e| TestkitError::Install {
-            version: TANSU_VERSION,
-            reason: e.to_string(),
-        })?;
-    if !status.success() || !bin.is_file() {
-        return Err(TestkitError::Install {
-            version: TANSU_VERSION,
-            reason: format!("cargo install exited with {status}"),
-        });
-    }
-    eprintln!(
-        "flumen-testkit: Tansu {TANSU_VERSION} installed at {}",
-        bin.display()
-    );
-    Ok(bin)
-}
 
 /// A Kafka-protocol broker for tests and examples. Started with
 /// [`DevStack::start`]; stopped when dropped (also when a test panics).

@@ -98,6 +98,18 @@ impl KafkaError {
         self.transaction_error().is_some_and(|e| e.is_retriable())
     }
 
+    /// Whether the broker lacks a feature the call needs (e.g. transactions).
+    pub fn is_unsupported_feature(&self) -> bool {
+        match self {
+            KafkaError::Client { source, .. } => matches!(
+                source.rdkafka_error_code(),
+                Some(rdkafka::types::RDKafkaErrorCode::UnsupportedFeature)
+                    | Some(rdkafka::types::RDKafkaErrorCode::UnsupportedVersion)
+            ),
+            _ => false,
+        }
+    }
+
     /// Whether the producer can no longer be used (fenced by a newer producer
     /// with the same `transactional.id`, or another fatal error).
     pub fn is_fatal(&self) -> bool {

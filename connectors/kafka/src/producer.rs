@@ -218,26 +218,28 @@ impl Producer {
     }
 
     /// Adds `offsets` (the next offsets to read, for `group`) to the open
-    /// transaction and commits it: its records become visible to
-    /// `read_committed` consumers and the offsets are committed, or neither.
-    /// Blocking; flushes queued records first.
-    pub fn commit_transaction(
+    /// transaction: they are committed with it, or not at all. Blocking.
+    pub fn send_offsets_to_transaction(
         &self,
         offsets: &[(TopicPartition, i64)],
         group: &GroupMetadata,
         timeout: Duration,
     ) -> Result<()> {
-        if !offsets.is_empty() {
-            let list = offsets_list(offsets)?;
-            self.inner
-                .send_offsets_to_transaction(&list, group.as_rdkafka(), timeout)
-                .map_err(|e| {
-                    KafkaError::client(
-                        self.transaction_context("sending offsets to the transaction"),
-                        e,
-                    )
-                })?;
-        }
+        let list = offsets_list(offsets)?;
+        self.inner
+            .send_offsets_to_transaction(&list, group.as_rdkafka(), timeout)
+            .map_err(|e| {
+                KafkaError::client(
+                    self.transaction_context("sending offsets to the transaction"),
+                    e,
+                )
+            })
+    }
+
+    /// Commits the open transaction: its records become visible to
+    /// `read_committed` consumers and its offsets are committed, or neither.
+    /// Blocking; flushes queued records first.
+    pub fn commit_transaction(&self, timeout: Duration) -> Result<()> {
         self.inner.commit_transaction(timeout).map_err(|e| {
             KafkaError::client(self.transaction_context("committing the transaction"), e)
         })

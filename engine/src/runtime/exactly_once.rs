@@ -23,6 +23,16 @@ use crate::{Error, Result};
 /// transaction is aborted.
 const COMMIT_ATTEMPTS: u32 = 5;
 
+/// The brokers cannot run transactions: a configuration error, not one a
+/// restart cures.
+fn unsupported(error: &flumen_kafka::KafkaError) -> Error {
+    Error::Config(format!(
+        "exactly-once processing needs Kafka transactions, which these brokers do not \
+         support ({error}); use ProcessingGuarantee::AtLeastOnce or brokers with \
+         transactions (Apache Kafka 2.5 or later)"
+    ))
+}
+
 /// The open transaction of one partition.
 struct Transaction<'a> {
     worker: &'a Worker,
@@ -124,6 +134,27 @@ impl Transaction<'_> {
             .map_err(Error::from)
     }
 
+    /// Runs a transactional call, again while it fails with an error that
+    /// allows retrying it (up to [`COMMIT_ATTEMPTS`] times).
+    async fn retrying(
+        &self,
+        what: &'static str,
+        f: impl Fn(&Producer) -> flumen_kafka::Result<()> + Send + Sync + 'static,
+    ) -> Result<()> {
+        let f = Arc::new(f);
+        let mut attempt = 1;
+        loop {
+            let call = Arc::clone(&f);
+            match self.call(move |p| call(p)).await {
+                Err(Error::Kafka(e)) if e.transaction_retriable() && attempt < COMMIT_ATTEMPTS => {
+                    tracing::warn!(tp = %self.tp, attempt, error = %e, "{what} failed; retrying");
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
     /// Opens a transaction unless one is open.
     async fn begin(&mut self) -> Result<()> {
         if self.due.is_none() {
@@ -159,23 +190,26 @@ impl Transaction<'_> {
         };
         let offsets = vec![(self.tp.clone(), next_offset)];
         let timeout = self.timeout();
-        let mut attempt = 1;
-        loop {
-            let (offsets, group) = (offsets.clone(), Arc::clone(&group));
-            match self
-                .call(move |p| p.commit_transaction(&offsets, &group, timeout))
-                .await
-            {
-                Ok(()) => break,
-                Err(Error::Kafka(e)) if e.transaction_retriable() && attempt < COMMIT_ATTEMPTS => {
-                    tracing::warn!(tp = %self.tp, attempt, error = %e, "committing the transaction failed; retrying");
-                    attempt += 1;
-                }
-                Err(error) => {
-                    self.abort_open().await;
-                    return Err(self.aborted(error));
+        let sent = self
+            .retrying("sending the offsets", move |p| {
+                p.send_offsets_to_transaction(&offsets, &group, timeout)
+            })
+            .await;
+        let committed = match sent {
+            Ok(()) => {
+                self.retrying("committing", move |p| p.commit_transaction(timeout))
+                    .await
+            }
+            Err(error) => Err(error),
+        };
+        if let Err(error) = committed {
+            if let Error::Kafka(e) = &error {
+                if e.is_unsupported_feature() {
+                    return Err(unsupported(e));
                 }
             }
+            self.abort_open().await;
+            return Err(self.aborted(error));
         }
         self.worker.stats.add_transaction(true);
         if let Some(store) = &self.store {
