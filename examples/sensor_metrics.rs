@@ -70,7 +70,8 @@ struct Args {
     /// Event time between generated readings, in ms.
     #[arg(long, default_value_t = 10)]
     step_ms: i64,
-    /// Commit and exit once no input has arrived for this many seconds.
+    /// Commit and exit once no input has arrived for this many seconds (counted
+    /// from the assignment of the partitions when nothing arrives at all).
     #[arg(long)]
     exit_when_idle: Option<u64>,
     /// Where the RocksDB state lives (default: under the system temp dir, per group).
@@ -245,6 +246,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let idle = args.exit_when_idle.map(Duration::from_secs);
         tokio::spawn(async move {
             let mut seen = 0;
+            // A run with nothing left to read is idle from its assignment on.
+            let mut assigned_at = None;
             while !done.load(Ordering::Relaxed) {
                 let now = Instant::now();
                 let read = stats.records_in();
@@ -259,7 +262,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .unwrap_or_else(|p| p.into_inner())
                     .map(|(_, l)| l);
                 let all_read = generated.is_some_and(|n| read >= n);
-                let idle_for = last.map(|l| now.duration_since(l));
+                if assigned_at.is_none() && stats.assigned_partitions() > 0 {
+                    assigned_at = Some(now);
+                }
+                let idle_for = last.or(assigned_at).map(|l| now.duration_since(l));
                 if all_read || idle.zip(idle_for).is_some_and(|(limit, d)| d >= limit) {
                     stop.stop();
                     break;

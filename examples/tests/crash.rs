@@ -48,8 +48,8 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    fn spawn(&self, state: &Path) -> Child {
-        Command::new(sensor_metrics())
+    fn spawn(&self, state: &Path) -> Running {
+        let child = Command::new(sensor_metrics())
             .args(["--brokers", self.stack.brokers()])
             .args(["--input", self.input])
             .args(["--group", &self.group])
@@ -61,7 +61,8 @@ impl Run<'_> {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("spawn sensor_metrics")
+            .expect("spawn sensor_metrics");
+        Running(child)
     }
 
     /// Kills a run at each share of `expected` outputs (counted by `count`),
@@ -81,7 +82,8 @@ impl Run<'_> {
             } else {
                 same_state.path().to_path_buf()
             };
-            let mut child = self.spawn(&state);
+            let mut running = self.spawn(&state);
+            let child = &mut running.0;
             let want = (expected as f64 * share) as usize;
             let deadline = Instant::now() + DEADLINE;
             while count().await < want {
@@ -117,8 +119,19 @@ async fn input(stack: &DevStack) -> String {
     input
 }
 
+/// A child process, killed when dropped (also when the test fails).
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Waits for `child` to exit on its own, successfully.
-fn wait_for_exit(mut child: Child) {
+fn wait_for_exit(mut running: Running) {
+    let child = &mut running.0;
     let deadline = Instant::now() + DEADLINE;
     loop {
         if let Some(status) = child.try_wait().expect("child status") {
@@ -241,6 +254,7 @@ async fn sensor_metrics_exactly_once_killed_three_times_commits_each_window_once
         ],
     };
     let (reference, crashed) = (unique_name("reference"), unique_name("crashed"));
+    stack.create_topic(&crashed, 3).await.expect("output topic");
 
     let reference_state = tempfile::tempdir().expect("state");
     wait_for_exit(run(&reference).spawn(reference_state.path()));

@@ -22,12 +22,12 @@ mod committed;
 pub mod cql;
 mod error;
 mod proxy;
-mod tansu;
 pub mod sensor;
+mod tansu;
 pub mod topics;
 
 pub use broker::DevStack;
-pub use tansu::{ensure_tansu, TANSU_FEATURES, TANSU_PATCH, TANSU_VERSION};
 pub use error::TestkitError;
 pub use proxy::OutageProxy;
+pub use tansu::{ensure_tansu, TANSU_FEATURES, TANSU_PATCH, TANSU_VERSION};
 pub use topics::{unique_name, ReadRecord};

@@ -79,9 +79,15 @@ pub fn ensure_tansu() -> Result<PathBuf, TestkitError> {
     install(&work, &root)?;
     let _ = std::fs::remove_dir_all(&work);
     if !bin.is_file() {
-        return Err(install_error(format!("{} missing after the install", bin.display())));
+        return Err(install_error(format!(
+            "{} missing after the install",
+            bin.display()
+        )));
     }
-    eprintln!("flumen-testkit: Tansu {TANSU_VERSION} installed at {}", bin.display());
+    eprintln!(
+        "flumen-testkit: Tansu {TANSU_VERSION} installed at {}",
+        bin.display()
+    );
     Ok(bin)
 }
 
@@ -159,13 +165,20 @@ fn registry_source(dir_name: &str) -> Result<PathBuf, TestkitError> {
         PathBuf::from,
     );
     let registries = cargo_home.join("registry/src");
-    let entries = std::fs::read_dir(&registries)
-        .map_err(TestkitError::io(format!("listing {}", registries.display())))?;
+    let entries = std::fs::read_dir(&registries).map_err(TestkitError::io(format!(
+        "listing {}",
+        registries.display()
+    )))?;
     entries
         .filter_map(|e| e.ok())
         .map(|e| e.path().join(dir_name))
         .find(|p| p.join("Cargo.toml").is_file())
-        .ok_or_else(|| install_error(format!("{dir_name} not found under {}", registries.display())))
+        .ok_or_else(|| {
+            install_error(format!(
+                "{dir_name} not found under {}",
+                registries.display()
+            ))
+        })
 }
 
 fn copy_dir(from: &Path, to: &Path) -> Result<(), TestkitError> {
@@ -187,8 +200,10 @@ fn copy_dir(from: &Path, to: &Path) -> Result<(), TestkitError> {
 
 /// Registers and appends the EndTxn route in `tansu-broker`'s `storage.rs`.
 fn add_end_txn_route(storage_rs: &Path) -> Result<(), TestkitError> {
-    let source = std::fs::read_to_string(storage_rs)
-        .map_err(TestkitError::io(format!("reading {}", storage_rs.display())))?;
+    let source = std::fs::read_to_string(storage_rs).map_err(TestkitError::io(format!(
+        "reading {}",
+        storage_rs.display()
+    )))?;
     if !source.contains(ROUTE_ANCHOR) {
         return Err(install_error(format!(
             "{} has changed: the route list entry {ROUTE_ANCHOR:?} is missing",
@@ -200,8 +215,10 @@ fn add_end_txn_route(storage_rs: &Path) -> Result<(), TestkitError> {
         &format!("{ROUTE_ANCHOR}        flumen_end_txn,\n"),
         1,
     ) + END_TXN_ROUTE;
-    std::fs::write(storage_rs, patched)
-        .map_err(TestkitError::io(format!("writing {}", storage_rs.display())))
+    std::fs::write(storage_rs, patched).map_err(TestkitError::io(format!(
+        "writing {}",
+        storage_rs.display()
+    )))
 }
 
 /// Points `tansu` at the patched `tansu-broker` in `broker`, keeping every
