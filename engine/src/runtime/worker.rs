@@ -372,24 +372,31 @@ impl Worker {
             let worker = Arc::clone(self);
             let tp = tp.clone();
             tokio::spawn(async move {
-                while let Some(delivered) = done_rx.recv().await {
-                    wait_for_deliveries(&tp, &delivered.ack, delivered.next_offset).await?;
-                    // A killed run behaves like a crashed one: nothing more is
-                    // checkpointed or made committable.
-                    if worker.mode() == StopMode::Kill {
-                        return Ok(());
+                let checkpointed = async {
+                    while let Some(delivered) = done_rx.recv().await {
+                        wait_for_deliveries(&tp, &delivered.ack, delivered.next_offset).await?;
+                        // A killed run behaves like a crashed one: nothing more is
+                        // checkpointed or made committable.
+                        if worker.mode() == StopMode::Kill {
+                            return Ok(());
+                        }
+                        // The state is checkpointed only once everything the batch
+                        // produced was delivered: a checkpoint never covers a lost output.
+                        if let Some(store) = &store {
+                            let checkpoint = Checkpoint {
+                                next_offset: delivered.next_offset,
+                            };
+                            store.write(delivered.state, Some(checkpoint))?;
+                        }
+                        lock(&worker.committable).insert(tp.clone(), delivered.next_offset);
                     }
-                    // The state is checkpointed only once everything the batch
-                    // produced was delivered: a checkpoint never covers a lost output.
-                    if let Some(store) = &store {
-                        let checkpoint = Checkpoint {
-                            next_offset: delivered.next_offset,
-                        };
-                        store.write(delivered.state, Some(checkpoint))?;
-                    }
-                    lock(&worker.committable).insert(tp.clone(), delivered.next_offset);
+                    Ok::<(), Error>(())
+                };
+                // A failed delivery stops the run at once (the partition may
+                // be waiting for input that never comes).
+                if let Err(error) = checkpointed.await {
+                    worker.fail(error);
                 }
-                Ok::<(), Error>(())
             })
         };
         let mut result = Ok(());
@@ -422,12 +429,7 @@ impl Worker {
         }
         drop(done_tx);
         match waiter.await {
-            Ok(Ok(())) => result,
-            // The first failure wins; a delivery failure is reported too.
-            Ok(Err(error)) => {
-                self.fail(error);
-                result
-            }
+            Ok(()) => result,
             Err(e) => Err(Error::Runtime(format!("delivery waiter of {tp} died: {e}"))),
         }
     }
