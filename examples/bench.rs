@@ -1,7 +1,8 @@
 //! The benchmark harness: one sensor workload in a topic, then on that same
 //! topic, in one process: (a) the raw consume ceiling (rdkafka reading every
 //! record), (b) stateless filter + project -> Kafka, (c) filter -> tumbling
-//! 10 s -> Kafka, (d) the same with hopping 10 s / 2 s, (e) (c) -> Cassandra
+//! 10 s -> Kafka, (c2) (c) in exactly-once mode, (d) the same with hopping
+//! 10 s / 2 s, (e) (c) -> Cassandra
 //! (the CQL test server, in process, unless `--cassandra` / `FLUMEN_CASSANDRA_NODES`).
 //!
 //! For each it prints records/s (first record processed to last), MB/s of
@@ -57,10 +58,13 @@ struct Args {
     /// Partitions of the input topic.
     #[arg(long, default_value_t = 3)]
     partitions: i32,
-    /// Scenarios to run, comma-separated: raw, stateless, tumbling, hopping,
-    /// cassandra, restore (not by default: its own workload of --restore-entries
+    /// Scenarios to run, comma-separated: raw, stateless, tumbling,
+    /// tumbling-eos (tumbling in exactly-once mode), hopping, cassandra, restore (not by default: its own workload of --restore-entries
     /// devices with one open window each, restored onto an empty state directory).
-    #[arg(long, default_value = "raw,stateless,tumbling,hopping,cassandra")]
+    #[arg(
+        long,
+        default_value = "raw,stateless,tumbling,tumbling-eos,hopping,cassandra"
+    )]
     scenarios: String,
     /// Entries of the window store the restore scenario rebuilds from its changelog.
     #[arg(long, default_value_t = 1_000_000)]
@@ -436,6 +440,7 @@ async fn restore(stack: &DevStack, args: &Args) -> Result<Measured, BoxError> {
 enum Pipeline {
     Stateless,
     Tumbling,
+    TumblingExactlyOnce,
     Hopping,
     Cassandra,
 }
@@ -445,6 +450,7 @@ impl Pipeline {
         match self {
             Pipeline::Stateless => "b stateless -> kafka",
             Pipeline::Tumbling => "c tumbling -> kafka",
+            Pipeline::TumblingExactlyOnce => "c2 (c) exactly-once",
             Pipeline::Hopping => "d hopping -> kafka",
             Pipeline::Cassandra => "e tumbling -> cassandra",
         }
@@ -459,8 +465,14 @@ async fn run_pipeline(
     cassandra: &str,
 ) -> Result<Measured, BoxError> {
     let state = tempfile::tempdir()?;
+    let guarantee = if pipeline == Pipeline::TumblingExactlyOnce {
+        ProcessingGuarantee::ExactlyOnce
+    } else {
+        ProcessingGuarantee::AtLeastOnce
+    };
     let app = flumen_examples::dev_app(stack, "bench")
         .state_dir(state.path())
+        .processing_guarantee(guarantee)
         .build()?;
     let frame = readings(&app, topic)?;
     let output = unique_name("bench-out");
@@ -476,7 +488,7 @@ async fn run_pipeline(
                 (col("temp") * lit(1.8) + lit(32.0)).alias("temp_f"),
             ])
             .to_topic(Topic::json(&output)),
-        Pipeline::Tumbling => tumbling()
+        Pipeline::Tumbling | Pipeline::TumblingExactlyOnce => tumbling()
             .agg(flumen_examples::temperature_aggregations())
             .final_()
             .to_topic(Topic::json(&output)),
@@ -593,6 +605,7 @@ async fn main() -> Result<(), BoxError> {
         "raw",
         "stateless",
         "tumbling",
+        "tumbling-eos",
         "hopping",
         "cassandra",
         "restore",
@@ -612,6 +625,7 @@ async fn main() -> Result<(), BoxError> {
             }
             "stateless" => pipeline(Pipeline::Stateless).await?,
             "tumbling" => pipeline(Pipeline::Tumbling).await?,
+            "tumbling-eos" => pipeline(Pipeline::TumblingExactlyOnce).await?,
             "hopping" => pipeline(Pipeline::Hopping).await?,
             "cassandra" => pipeline(Pipeline::Cassandra).await?,
             _ => restore(&stack, &args).await?,
