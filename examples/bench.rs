@@ -5,7 +5,8 @@
 //! 10 s / 2 s, (e) (c) -> Cassandra
 //! (the CQL test server, in process, unless `--cassandra` / `FLUMEN_CASSANDRA_NODES`).
 //!
-//! For each it prints records/s (first record processed to last), MB/s of
+//! For each it prints records/s (first record processed to the end of a
+//! graceful stop: every output acknowledged, offsets committed), MB/s of
 //! input, peak RSS, p50/p99 micro-batch processing time, CPU time per input
 //! record (for (e) without the in-process CQL server's thread, so it is
 //! flumen's CPU per written row and input record), and the ratio to (a); as a
@@ -59,8 +60,9 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     partitions: i32,
     /// Scenarios to run, comma-separated: raw, stateless, tumbling,
-    /// tumbling-eos (tumbling in exactly-once mode), hopping, cassandra, restore (not by default: its own workload of --restore-entries
-    /// devices with one open window each, restored onto an empty state directory).
+    /// tumbling-eos (tumbling in exactly-once mode), hopping, cassandra,
+    /// restore (not by default: its own workload of --restore-entries devices
+    /// with one open window each, restored onto an empty state directory).
     #[arg(
         long,
         default_value = "raw,stateless,tumbling,tumbling-eos,hopping,cassandra"
@@ -72,6 +74,9 @@ struct Args {
     /// Cassandra contact points for (e) (default: FLUMEN_CASSANDRA_NODES, else the CQL test server).
     #[arg(long)]
     cassandra: Option<String>,
+    /// The pipelines' commit interval, ms (exactly-once: one transaction each).
+    #[arg(long, default_value_t = 1000)]
+    commit_interval_ms: u64,
 }
 
 /// What one scenario measured.
@@ -85,6 +90,8 @@ struct Measured {
     peak_rss_bytes: u64,
     batch_p50_ms: Option<f64>,
     batch_p99_ms: Option<f64>,
+    ack_p50_ms: Option<f64>,
+    ack_p99_ms: Option<f64>,
     cpu_seconds: f64,
 }
 
@@ -104,6 +111,8 @@ impl Measured {
             "peak_rss_mb": self.peak_rss_bytes as f64 / (1 << 20) as f64,
             "batch_p50_ms": self.batch_p50_ms,
             "batch_p99_ms": self.batch_p99_ms,
+            "ack_p50_ms": self.ack_p50_ms,
+            "ack_p99_ms": self.ack_p99_ms,
             "cpu_us_per_record": 1e6 * self.cpu_seconds / self.records.max(1) as f64,
             "cpu_us_per_output_row": (self.output_rows > 0)
                 .then(|| 1e6 * self.cpu_seconds / self.output_rows as f64),
@@ -176,22 +185,27 @@ mod process {
     }
 }
 
-/// p50 and p99 of the micro-batch processing times recorded since the last call, ms.
-fn batch_percentiles(snapshotter: &Snapshotter) -> (Option<f64>, Option<f64>) {
-    let mut values: Vec<f64> = Vec::new();
+/// p50 and p99 (ms) of the histograms `names` recorded since the last call.
+fn percentiles<const N: usize>(
+    snapshotter: &Snapshotter,
+    names: [&str; N],
+) -> [(Option<f64>, Option<f64>); N] {
+    let mut values: [Vec<f64>; N] = std::array::from_fn(|_| Vec::new());
     for (key, _, _, value) in snapshotter.snapshot().into_vec() {
         if let DebugValue::Histogram(samples) = value {
-            if key.key().name() == "flumen_batch_seconds" {
-                values.extend(samples.iter().map(|v| v.into_inner() * 1e3));
+            if let Some(i) = names.iter().position(|n| *n == key.key().name()) {
+                values[i].extend(samples.iter().map(|v| v.into_inner() * 1e3));
             }
         }
     }
-    if values.is_empty() {
-        return (None, None);
-    }
-    values.sort_by(f64::total_cmp);
-    let at = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
-    (Some(at(0.5)), Some(at(0.99)))
+    values.map(|mut v| {
+        if v.is_empty() {
+            return (None, None);
+        }
+        v.sort_by(f64::total_cmp);
+        let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+        (Some(at(0.5)), Some(at(0.99)))
+    })
 }
 
 /// The input topic: produced unless a complete copy exists.
@@ -297,7 +311,9 @@ fn readings(app: &Application, topic: &str) -> flumen::Result<StreamingDataFrame
         .filter(col("temp").gt_eq(lit(0.0))))
 }
 
-/// Runs `app` until it has read `events` records; first to last record processed.
+/// Runs `app` until it has read `events` records, then stops it; seconds from
+/// the first record processed until the stop completed (every output
+/// acknowledged, offsets committed), so buffered outputs are not counted as done.
 async fn run_timed(app: Application, events: u64) -> Result<(f64, Arc<Stats>), BoxError> {
     let stats = app.stats();
     let stop = app.stop_handle();
@@ -324,13 +340,15 @@ async fn run_timed(app: Application, events: u64) -> Result<(f64, Arc<Stats>), B
         })
     };
     let result = app.run().await;
+    // The run has ended: every output acknowledged, offsets committed.
+    let delivered = Instant::now();
     done.store(true, Ordering::Relaxed);
     let _ = watcher.await;
     result?;
     let seconds = span
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .map_or(0.0, |(f, l)| l.duration_since(f).as_secs_f64());
+        .map_or(0.0, |(f, _)| delivered.duration_since(f).as_secs_f64());
     Ok((seconds, stats))
 }
 
@@ -473,6 +491,7 @@ async fn run_pipeline(
     let app = flumen_examples::dev_app(stack, "bench")
         .state_dir(state.path())
         .processing_guarantee(guarantee)
+        .commit_interval(Duration::from_millis(args.commit_interval_ms))
         .build()?;
     let frame = readings(&app, topic)?;
     let output = unique_name("bench-out");
@@ -518,7 +537,7 @@ async fn run_pipeline(
 
 fn print_table(results: &[Measured], ceiling: Option<f64>) {
     println!(
-        "\n{:<24} {:>10} {:>12} {:>8} {:>9} {:>9} {:>9} {:>10} {:>8}",
+        "\n{:<24} {:>10} {:>12} {:>8} {:>9} {:>9} {:>9} {:>9} {:>10} {:>8}",
         "scenario",
         "records",
         "records/s",
@@ -526,13 +545,14 @@ fn print_table(results: &[Measured], ceiling: Option<f64>) {
         "RSS MB",
         "p50 ms",
         "p99 ms",
+        "ack p99",
         "CPU us/rec",
         "vs raw"
     );
     let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
     for m in results {
         println!(
-            "{:<24} {:>10} {:>12.0} {:>8.1} {:>9.0} {:>9} {:>9} {:>10.2} {:>8}",
+            "{:<24} {:>10} {:>12.0} {:>8.1} {:>9.0} {:>9} {:>9} {:>9} {:>10.2} {:>8}",
             m.name,
             m.records,
             m.records_per_sec(),
@@ -540,6 +560,7 @@ fn print_table(results: &[Measured], ceiling: Option<f64>) {
             m.peak_rss_bytes as f64 / (1 << 20) as f64,
             ms(m.batch_p50_ms),
             ms(m.batch_p99_ms),
+            ms(m.ack_p99_ms),
             1e6 * m.cpu_seconds / m.records.max(1) as f64,
             ceiling.map_or("-".to_string(), |c| format!(
                 "{:.0}%",
@@ -615,7 +636,7 @@ async fn main() -> Result<(), BoxError> {
         }
         eprintln!("running {name}...");
         process::reset_peak_rss();
-        batch_percentiles(&snapshotter);
+        percentiles(&snapshotter, []);
         let pipeline = |p| run_pipeline(&stack, &topic, &args, p, &cassandra);
         let mut measured = match name {
             "raw" => {
@@ -634,7 +655,10 @@ async fn main() -> Result<(), BoxError> {
             measured.input_bytes = input_bytes;
         }
         measured.peak_rss_bytes = process::peak_rss();
-        (measured.batch_p50_ms, measured.batch_p99_ms) = batch_percentiles(&snapshotter);
+        let [batch, ack] =
+            percentiles(&snapshotter, ["flumen_batch_seconds", "flumen_ack_seconds"]);
+        (measured.batch_p50_ms, measured.batch_p99_ms) = batch;
+        (measured.ack_p50_ms, measured.ack_p99_ms) = ack;
         results.push(measured);
     }
     let ceiling = results

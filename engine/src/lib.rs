@@ -52,6 +52,12 @@ pub mod expr {
     pub use crate::dataframe::expr::*;
 }
 
+/// Running pipelines in memory, without a broker: [`TestDriver`](testing::TestDriver).
+pub mod testing {
+    pub use crate::runtime::TestDriver;
+    pub use flumen_kafka::RawBatch;
+}
+
 /// Record formats and bad-input kinds (from `flumen-kafka`).
 pub mod format {
     pub use flumen_kafka::format::{BadInputKind, Format, TimestampSource};

@@ -164,7 +164,7 @@ const PRODUCER_DEFAULTS: [(&str, &str); 7] = [
     ("batch.num.messages", "10000"),
     ("compression.type", "lz4"),
     ("partitioner", "murmur2_random"),
-    ("queue.buffering.max.messages", "1000000"),
+    ("queue.buffering.max.messages", "200000"),
 ];
 
 impl Producer {

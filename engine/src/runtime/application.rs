@@ -387,7 +387,9 @@ impl Application {
     }
 
     /// Checks topics and the plan, connects the producer, builds the worker.
-    async fn prepare(&self) -> Result<Worker> {
+    /// The inputs and outputs of the frames built so far, split into stages at
+    /// their repartitions.
+    fn stages(&self, ctx: &Arc<SessionContext>) -> Result<Stages> {
         let topics = self
             .topics
             .lock()
@@ -408,12 +410,81 @@ impl Application {
                 "the application has no output: end a frame with to_topic(...) or print()".into(),
             ));
         }
+        repartition::split(&self.group, topics, outputs, ctx)
+    }
+
+    /// The plans of every input, for running in memory: no repartition, no
+    /// dead-letter topic, no changelog (see [`crate::testing::TestDriver`]).
+    pub(crate) async fn in_memory_sources(
+        &self,
+        ctx: &Arc<SessionContext>,
+    ) -> Result<HashMap<String, Arc<SourcePlan>>> {
+        let Stages {
+            topics,
+            outputs,
+            repartitions,
+        } = self.stages(ctx)?;
+        if let Some(r) = repartitions.first() {
+            return Err(Error::Plan(format!(
+                "a group_by that repartitions (through '{}') cannot run in memory; \
+                 test the stages apart or run against a broker",
+                r.name
+            )));
+        }
+        let mut sources = HashMap::new();
+        for (name, topic) in &topics {
+            let mine: Vec<_> = outputs
+                .iter()
+                .filter(|o| &*o.node.source == name.as_str())
+                .cloned()
+                .collect();
+            let mut dead_letters: Vec<String> = topic
+                .dead_letter_topics()
+                .into_iter()
+                .map(String::from)
+                .collect();
+            dead_letters.extend(late_dead_letter_topics(&mine));
+            for o in &mine {
+                if let SinkSpec::Custom(sink) = &o.sink {
+                    dead_letters.extend(sink.dead_letter_topic());
+                }
+            }
+            if let Some(dlq) = dead_letters.first() {
+                return Err(Error::Plan(format!(
+                    "input '{name}' routes records to the dead-letter topic '{dlq}', \
+                     which cannot run in memory; use BadInputPolicy::Fail or Skip there"
+                )));
+            }
+            let mut writers = Vec::new();
+            for o in &mine {
+                writers.push(match &o.sink {
+                    SinkSpec::Custom(sink) => Some(open_sink(sink, topic, o, ctx).await?),
+                    _ => None,
+                });
+            }
+            let plan = Arc::new(SourcePlan {
+                topic: topic.clone(),
+                decoder: decoder_of(topic)?,
+                outputs: mine,
+                writers,
+                changelogs: Changelogs::new(),
+            });
+            PartitionPipeline::new(Arc::clone(&plan), None, Arc::clone(&self.stats), ctx)
+                .collect_topic_outputs()
+                .validate()
+                .await?;
+            sources.insert(name.clone(), plan);
+        }
+        Ok(sources)
+    }
+
+    async fn prepare(&self) -> Result<Worker> {
         let ctx = Arc::new(SessionContext::new());
         let Stages {
             topics,
             outputs,
             repartitions,
-        } = repartition::split(&self.group, topics, outputs, &ctx)?;
+        } = self.stages(&ctx)?;
         let admin = Admin::new(&self.kafka)?;
         for r in &repartitions {
             let partitions = match r.partitions {
@@ -511,6 +582,7 @@ impl Application {
             max_delay: s.max_batch_delay,
             commit_interval: s.commit_interval,
             queued_batches: 2,
+            unacknowledged_batches: 32,
             drain_timeout: Duration::from_secs(120),
         };
         let state = StateSettings {

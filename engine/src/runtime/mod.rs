@@ -2,6 +2,7 @@
 
 mod application;
 mod changelog;
+mod driver;
 mod exactly_once;
 mod pipeline;
 mod prometheus;
@@ -12,6 +13,7 @@ mod stop;
 mod worker;
 
 pub use application::{Application, ApplicationBuilder, ProcessingGuarantee};
+pub use driver::TestDriver;
 pub use prometheus::serve_metrics;
 pub use stats::Stats;
 pub use stop::StopHandle;

@@ -54,6 +54,14 @@ enum SinkWriter {
     Custom(CustomWriter),
     /// A custom sink while validating (not opened yet).
     Unopened,
+    /// A Kafka output kept in memory (the [`TestDriver`](crate::testing::TestDriver)).
+    Collect(CollectedOutput),
+}
+
+/// The batches a Kafka output received, kept until taken.
+struct CollectedOutput {
+    topic: String,
+    batches: Vec<RecordBatch>,
 }
 
 /// An opened [`Sink`](crate::sink::Sink) of a pipeline.
@@ -146,6 +154,32 @@ impl PartitionPipeline {
             stores,
             skip_below: i64::MIN,
         }
+    }
+
+    /// Keeps what goes to Kafka outputs in memory instead of producing it.
+    pub(crate) fn collect_topic_outputs(mut self) -> Self {
+        for sink in &mut self.sinks {
+            if let SinkWriter::Topic(writer) = sink {
+                *sink = SinkWriter::Collect(CollectedOutput {
+                    topic: writer.topic.name().to_string(),
+                    batches: Vec::new(),
+                });
+            }
+        }
+        self
+    }
+
+    /// The batches collected for the Kafka output `topic` since the last call.
+    pub(crate) fn take_collected(&mut self, topic: &str) -> Vec<RecordBatch> {
+        let mut taken = Vec::new();
+        for sink in &mut self.sinks {
+            if let SinkWriter::Collect(output) = sink {
+                if output.topic == topic {
+                    taken.append(&mut output.batches);
+                }
+            }
+        }
+        taken
     }
 
     /// What this pipeline runs.
@@ -469,6 +503,13 @@ impl PartitionPipeline {
         let stats = Arc::clone(&self.stats);
         match &mut self.sinks[index] {
             SinkWriter::Unopened => Ok(()),
+            SinkWriter::Collect(output) => {
+                if batch.num_rows() > 0 {
+                    stats.add_out(&output.topic, batch.num_rows());
+                    output.batches.push(batch.clone());
+                }
+                Ok(())
+            }
             SinkWriter::Custom(custom) => {
                 if batch.num_rows() == 0 {
                     return Ok(());

@@ -30,6 +30,10 @@ pub(crate) struct BatchSettings {
     pub(crate) max_delay: Duration,
     pub(crate) commit_interval: Duration,
     pub(crate) queued_batches: usize,
+    /// Batches processed and awaiting their acknowledgements, per partition
+    /// (at-least-once): enough to keep processing going while the broker
+    /// acknowledges earlier batches.
+    pub(crate) unacknowledged_batches: usize,
     pub(crate) drain_timeout: Duration,
 }
 
@@ -77,10 +81,12 @@ pub(crate) struct RunSettings {
 const STATE_LOCK_WAIT: Duration = Duration::from_secs(30);
 
 /// What the delivery waiter does once a batch's outputs are acknowledged.
-pub(crate) struct Delivered {
-    pub(crate) ack: Arc<flumen_kafka::DeliveryBatch>,
-    pub(crate) next_offset: i64,
-    pub(crate) state: WriteBatch,
+struct Delivered {
+    ack: Arc<flumen_kafka::DeliveryBatch>,
+    next_offset: i64,
+    state: WriteBatch,
+    /// When the batch's processing ended (for `flumen_ack_seconds`).
+    processed: Instant,
 }
 
 struct PartitionTask {
@@ -365,7 +371,8 @@ impl Worker {
         store: Option<Arc<dyn StateStore>>,
         mut rx: mpsc::Receiver<RawBatch>,
     ) -> Result<()> {
-        let (done_tx, mut done_rx) = mpsc::channel::<Delivered>(self.settings.queued_batches);
+        let (done_tx, mut done_rx) =
+            mpsc::channel::<Delivered>(self.settings.unacknowledged_batches);
         // Deliveries are awaited in order beside processing, so the next batch can
         // be processed while the previous one is still being acknowledged.
         let waiter = {
@@ -375,6 +382,8 @@ impl Worker {
                 let checkpointed = async {
                     while let Some(delivered) = done_rx.recv().await {
                         wait_for_deliveries(&tp, &delivered.ack, delivered.next_offset).await?;
+                        metrics::histogram!("flumen_ack_seconds")
+                            .record(delivered.processed.elapsed().as_secs_f64());
                         // A killed run behaves like a crashed one: nothing more is
                         // checkpointed or made committable.
                         if worker.mode() == StopMode::Kill {
@@ -418,6 +427,7 @@ impl Worker {
                 ack: outcome.ack,
                 next_offset: outcome.next_offset,
                 state: outcome.state,
+                processed: Instant::now(),
             };
             if done_tx.send(delivered).await.is_err() {
                 break;

@@ -1,0 +1,269 @@
+//! Running an application's pipelines in memory, without a broker.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use datafusion::prelude::SessionContext;
+use flumen_kafka::RawBatch;
+
+use crate::runtime::pipeline::{PartitionPipeline, SourcePlan};
+use crate::{Application, Error, Result};
+
+/// Runs the pipelines of an [`Application`] on records handed to it in memory,
+/// without a broker: for unit tests of a pipeline and for engine benchmarks.
+///
+/// Records go in as [`RawBatch`]es, one input partition each, in offset order;
+/// they are decoded, filtered, windowed and so on exactly as in a run. What
+/// the pipeline writes to a Kafka output is kept as Arrow batches (before
+/// encoding) until [`TestDriver::take_output`]; custom sinks are opened and
+/// written as in a run, `print()` prints. Window state lives in memory (no
+/// state directory, no changelog), per input partition.
+///
+/// Plans that need Kafka beyond their input and outputs are refused when the
+/// driver is created: a `group_by` that repartitions, and dead-letter topics.
+///
+/// ```
+/// use std::sync::Arc;
+/// use arrow::array::{Array, Float64Array};
+/// use arrow::datatypes::{DataType, Field, Schema};
+/// use flumen::prelude::*;
+/// use flumen::testing::{RawBatch, TestDriver};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> flumen::Result<()> {
+/// let app = Application::builder().brokers("unused:9092").consumer_group("test").build()?;
+/// let schema = Schema::new(vec![
+///     Field::new("device", DataType::Utf8, false),
+///     Field::new("temp", DataType::Float64, false),
+/// ]);
+/// app.dataframe(Topic::json("readings").schema(schema))?
+///     .filter(col("temp").gt_eq(lit(20.0)))
+///     .to_topic(Topic::json("warm"));
+///
+/// let mut driver = TestDriver::new(&app).await?;
+/// let mut batch = RawBatch::new(Arc::from("readings"), 0);
+/// batch.push(None, Some(br#"{"device":"a","temp":21.5}"#), Some(1_000), 0, None);
+/// batch.push(None, Some(br#"{"device":"b","temp":3.0}"#), Some(1_001), 1, None);
+/// driver.process(batch).await?;
+///
+/// let warm = driver.take_output("warm");
+/// let temps = warm[0].column_by_name("temp").unwrap();
+/// let temps = temps.as_any().downcast_ref::<Float64Array>().unwrap();
+/// assert_eq!(temps.values(), &[21.5]);
+/// # Ok(())
+/// # }
+/// ```
+pub struct TestDriver {
+    sources: HashMap<String, Arc<SourcePlan>>,
+    pipelines: HashMap<(String, i32), PartitionPipeline>,
+    app_stats: Arc<crate::Stats>,
+    ctx: Arc<SessionContext>,
+}
+
+impl TestDriver {
+    /// A driver for the frames built on `app` so far. Fails as
+    /// [`Application::run`] would on a bad plan (unknown columns, type errors),
+    /// and on plans that cannot run in memory.
+    pub async fn new(app: &Application) -> Result<Self> {
+        let ctx = Arc::new(SessionContext::new());
+        let sources = app.in_memory_sources(&ctx).await?;
+        Ok(TestDriver {
+            sources,
+            pipelines: HashMap::new(),
+            app_stats: app.stats(),
+            ctx,
+        })
+    }
+
+    /// Processes the records of `batch` (of one input partition). Bad records
+    /// follow their topic's policy: under `fail` the error is returned.
+    pub async fn process(&mut self, batch: RawBatch) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let key = (batch.topic().to_string(), batch.partition());
+        let pipeline = match self.pipelines.get_mut(&key) {
+            Some(pipeline) => pipeline,
+            None => {
+                let source = self.sources.get(&key.0).ok_or_else(|| {
+                    Error::Config(format!(
+                        "'{}' is not an input topic of this application",
+                        key.0
+                    ))
+                })?;
+                let pipeline = PartitionPipeline::new(
+                    Arc::clone(source),
+                    None,
+                    Arc::clone(&self.app_stats),
+                    &self.ctx,
+                )
+                .collect_topic_outputs();
+                self.pipelines.entry(key).or_insert(pipeline)
+            }
+        };
+        let outcome = pipeline.process(batch).await?;
+        match outcome.failure {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    /// The batches written to the Kafka output `topic` since the last call, in
+    /// the order they were written (per input partition).
+    pub fn take_output(&mut self, topic: &str) -> Vec<RecordBatch> {
+        let mut partitions: Vec<_> = self.pipelines.iter_mut().collect();
+        partitions.sort_by(|a, b| a.0.cmp(b.0));
+        partitions
+            .into_iter()
+            .flat_map(|(_, pipeline)| pipeline.take_collected(topic))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::prelude::*;
+    use arrow::array::{Array, Int64Array};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use std::time::Duration;
+
+    fn app() -> Application {
+        Application::builder()
+            .brokers("unused:9092")
+            .consumer_group("driver-test")
+            .build()
+            .unwrap()
+    }
+
+    fn readings(app: &Application, policy: BadInputPolicy) -> crate::StreamingDataFrame {
+        let schema = Schema::new(vec![
+            Field::new("device", DataType::Utf8, false),
+            Field::new("ts", DataType::Int64, false),
+            Field::new("temp", DataType::Float64, false),
+        ]);
+        app.dataframe(
+            Topic::json("readings")
+                .schema(schema)
+                .timestamp_field("ts")
+                .on_bad_input(policy),
+        )
+        .unwrap()
+    }
+
+    fn batch(partition: i32, first_offset: i64, rows: &[(&str, i64, f64)]) -> RawBatch {
+        let mut batch = RawBatch::new(Arc::from("readings"), partition);
+        for (i, (device, ts, temp)) in rows.iter().enumerate() {
+            let value = format!(r#"{{"device":"{device}","ts":{ts},"temp":{temp}}}"#);
+            batch.push(
+                Some(device.as_bytes()),
+                Some(value.as_bytes()),
+                None,
+                first_offset + i as i64,
+                None,
+            );
+        }
+        batch
+    }
+
+    fn counts(batches: &[RecordBatch]) -> Vec<(i64, i64)> {
+        let mut rows = Vec::new();
+        for b in batches {
+            let start = b.column_by_name("window_start").unwrap();
+            let start = start.as_any().downcast_ref::<Int64Array>().unwrap();
+            let count = b.column_by_name("count").unwrap();
+            let count = count.as_any().downcast_ref::<Int64Array>().unwrap();
+            rows.extend((0..b.num_rows()).map(|i| (start.value(i), count.value(i))));
+        }
+        rows
+    }
+
+    #[tokio::test]
+    async fn windows_close_per_partition_as_event_time_moves() {
+        let app = app();
+        readings(&app, BadInputPolicy::Fail)
+            .filter(col("temp").gt_eq(lit(0.0)))
+            .tumbling_window(Duration::from_secs(10))
+            .agg([count()])
+            .final_()
+            .to_topic(Topic::json("counts"));
+        let mut driver = TestDriver::new(&app).await.unwrap();
+        driver
+            .process(batch(
+                0,
+                0,
+                &[("a", 1_000, 1.0), ("a", 2_000, -1.0), ("a", 9_000, 2.0)],
+            ))
+            .await
+            .unwrap();
+        driver
+            .process(batch(1, 0, &[("a", 25_000, 1.0)]))
+            .await
+            .unwrap();
+        assert!(
+            driver.take_output("counts").is_empty(),
+            "no window closed yet in partition 0"
+        );
+        driver
+            .process(batch(0, 3, &[("a", 12_000, 3.0)]))
+            .await
+            .unwrap();
+        // The negative reading was filtered out.
+        assert_eq!(counts(&driver.take_output("counts")), vec![(0, 2)]);
+        assert!(driver.take_output("counts").is_empty(), "taken once");
+        assert_eq!(app.stats().records_in(), 5);
+    }
+
+    #[tokio::test]
+    async fn bad_records_fail_with_their_offset() {
+        let app = app();
+        readings(&app, BadInputPolicy::Fail).to_topic(Topic::json("out"));
+        let mut driver = TestDriver::new(&app).await.unwrap();
+        let mut raw = batch(2, 40, &[("a", 1, 1.0)]);
+        raw.push(None, Some(b"{not json"), None, 41, None);
+        let error = driver.process(raw).await.unwrap_err().to_string();
+        assert!(
+            error.contains("readings") && error.contains("41"),
+            "{error}"
+        );
+        // The good record before it went through.
+        assert_eq!(driver.take_output("out")[0].num_rows(), 1);
+    }
+
+    #[tokio::test]
+    async fn plans_that_need_a_broker_are_refused() {
+        let app = app();
+        readings(&app, BadInputPolicy::dead_letter("readings-dlq")).print();
+        let error = TestDriver::new(&app).await.err().unwrap().to_string();
+        assert!(error.contains("readings-dlq"), "{error}");
+
+        let app = self::app();
+        readings(&app, BadInputPolicy::Skip)
+            .group_by(col("device"))
+            .tumbling_window(Duration::from_secs(10))
+            .agg([count()])
+            .final_()
+            .to_topic(Topic::json("counts"));
+        let error = TestDriver::new(&app).await.err().unwrap().to_string();
+        assert!(error.contains("repartition"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn unknown_inputs_and_columns_are_errors() {
+        let app = app();
+        readings(&app, BadInputPolicy::Fail)
+            .filter(col("nope").gt(lit(1)))
+            .print();
+        let error = TestDriver::new(&app).await.err().unwrap().to_string();
+        assert!(error.contains("nope"), "{error}");
+
+        let app = self::app();
+        readings(&app, BadInputPolicy::Fail).print();
+        let mut driver = TestDriver::new(&app).await.unwrap();
+        let mut other = RawBatch::new(Arc::from("elsewhere"), 0);
+        other.push(None, Some(b"{}"), None, 0, None);
+        let error = driver.process(other).await.unwrap_err().to_string();
+        assert!(error.contains("elsewhere"), "{error}");
+    }
+}
