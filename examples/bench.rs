@@ -77,6 +77,10 @@ struct Args {
     /// The pipelines' commit interval, ms (exactly-once: one transaction each).
     #[arg(long, default_value_t = 1000)]
     commit_interval_ms: u64,
+    /// Memory that batches awaiting acknowledgements may hold, MiB
+    /// (ApplicationBuilder::max_unacknowledged_bytes).
+    #[arg(long, default_value_t = 256)]
+    max_unacknowledged_mb: usize,
 }
 
 /// What one scenario measured.
@@ -492,6 +496,7 @@ async fn run_pipeline(
         .state_dir(state.path())
         .processing_guarantee(guarantee)
         .commit_interval(Duration::from_millis(args.commit_interval_ms))
+        .max_unacknowledged_bytes(args.max_unacknowledged_mb << 20)
         .build()?;
     let frame = readings(&app, topic)?;
     let output = unique_name("bench-out");

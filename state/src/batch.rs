@@ -60,6 +60,24 @@ impl WriteBatch {
         self.ops.is_empty()
     }
 
+    /// About how many bytes of memory the changes hold (payloads plus
+    /// allocation overheads), to bound what waits in memory.
+    pub fn approximate_bytes(&self) -> usize {
+        // Each op holds two or three heap buffers; ~32 bytes of bookkeeping each.
+        const PER_BUFFER: usize = 32;
+        let payload: usize = self
+            .ops
+            .iter()
+            .map(|op| match op {
+                BatchOp::Put { store, key, value } => {
+                    store.len() + key.len() + value.len() + 3 * PER_BUFFER
+                }
+                BatchOp::Delete { store, key } => store.len() + key.len() + 2 * PER_BUFFER,
+            })
+            .sum();
+        payload + self.ops.capacity() * std::mem::size_of::<BatchOp>()
+    }
+
     /// The changes, in order.
     pub fn ops(&self) -> &[BatchOp] {
         &self.ops

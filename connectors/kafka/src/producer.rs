@@ -157,14 +157,15 @@ pub struct Producer {
 }
 
 /// flumen's producer defaults; the caller's extra settings override them.
-const PRODUCER_DEFAULTS: [(&str, &str); 7] = [
+const PRODUCER_DEFAULTS: [(&str, &str); 8] = [
     ("enable.idempotence", "true"),
     ("acks", "all"),
     ("linger.ms", "5"),
     ("batch.num.messages", "10000"),
     ("compression.type", "lz4"),
     ("partitioner", "murmur2_random"),
-    ("queue.buffering.max.messages", "200000"),
+    ("queue.buffering.max.messages", "1000000"),
+    ("queue.buffering.max.kbytes", "1048576"),
 ];
 
 impl Producer {

@@ -57,6 +57,7 @@ pub struct ApplicationBuilder {
     producer_extra: Vec<(String, String)>,
     state_dir: Option<PathBuf>,
     block_cache_bytes: usize,
+    max_unacknowledged_bytes: usize,
     changelogs: bool,
     guarantee: ProcessingGuarantee,
 }
@@ -76,6 +77,7 @@ impl Default for ApplicationBuilder {
             producer_extra: Vec::new(),
             state_dir: None,
             block_cache_bytes: 64 << 20,
+            max_unacknowledged_bytes: 256 << 20,
             changelogs: true,
             guarantee: ProcessingGuarantee::AtLeastOnce,
         }
@@ -173,6 +175,17 @@ impl ApplicationBuilder {
     /// Size of the RocksDB block cache shared by the partitions' states (default 64 MiB).
     pub fn block_cache_bytes(mut self, bytes: usize) -> Self {
         self.block_cache_bytes = bytes;
+        self
+    }
+
+    /// At-least-once: about how much memory batches awaiting the broker's
+    /// acknowledgements may hold, over every partition (their state changes and
+    /// queued output records; default 256 MiB). Processing pauses at the limit.
+    /// It must cover the records produced while the broker takes to
+    /// acknowledge (throughput x acknowledgement latency); lower it when many
+    /// keys make every record change state and memory matters more than speed.
+    pub fn max_unacknowledged_bytes(mut self, bytes: usize) -> Self {
+        self.max_unacknowledged_bytes = bytes;
         self
     }
 
@@ -583,6 +596,7 @@ impl Application {
             commit_interval: s.commit_interval,
             queued_batches: 2,
             unacknowledged_batches: 32,
+            unacknowledged_bytes: s.max_unacknowledged_bytes,
             drain_timeout: Duration::from_secs(120),
         };
         let state = StateSettings {

@@ -34,6 +34,11 @@ pub(crate) struct BatchSettings {
     /// (at-least-once): enough to keep processing going while the broker
     /// acknowledges earlier batches.
     pub(crate) unacknowledged_batches: usize,
+    /// About this many bytes at most are held by batches awaiting
+    /// acknowledgements, over every partition of the worker: their state
+    /// changes and their records in the producer's queue (bounds memory when
+    /// every record changes a window).
+    pub(crate) unacknowledged_bytes: usize,
     pub(crate) drain_timeout: Duration,
 }
 
@@ -80,6 +85,10 @@ pub(crate) struct RunSettings {
 /// (a task being torn down) to release its lock.
 const STATE_LOCK_WAIT: Duration = Duration::from_secs(30);
 
+/// Memory a record waiting in the producer's queue holds, about (librdkafka's
+/// message plus a typical output record).
+const QUEUED_RECORD_BYTES: usize = 400;
+
 /// What the delivery waiter does once a batch's outputs are acknowledged.
 struct Delivered {
     ack: Arc<flumen_kafka::DeliveryBatch>,
@@ -87,6 +96,8 @@ struct Delivered {
     state: WriteBatch,
     /// When the batch's processing ended (for `flumen_ack_seconds`).
     processed: Instant,
+    /// The batch's share of the state-bytes budget, returned when it is done.
+    _budget: tokio::sync::OwnedSemaphorePermit,
 }
 
 struct PartitionTask {
@@ -115,6 +126,13 @@ pub(crate) struct Worker {
     revoked: Mutex<Vec<TopicPartition>>,
     revoked_flag: AtomicBool,
     failure: Mutex<Option<Error>>,
+    /// The budget of `BatchSettings::unacknowledged_bytes`, in KiB.
+    unacknowledged: Arc<tokio::sync::Semaphore>,
+}
+
+/// The budget of unacknowledged bytes in KiB (a semaphore's permits are u32).
+fn unacknowledged_kib(settings: &BatchSettings) -> usize {
+    (settings.unacknowledged_bytes >> 10).clamp(1, 1 << 30)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -136,6 +154,7 @@ impl Worker {
             state,
             transactions,
         } = settings;
+        let budget_kib = unacknowledged_kib(&settings);
         Worker {
             sources,
             producer,
@@ -153,6 +172,7 @@ impl Worker {
             revoked: Mutex::new(Vec::new()),
             revoked_flag: AtomicBool::new(false),
             failure: Mutex::new(None),
+            unacknowledged: Arc::new(tokio::sync::Semaphore::new(budget_kib)),
         }
     }
 
@@ -423,11 +443,20 @@ impl Worker {
             };
             metrics::histogram!("flumen_batch_seconds").record(started.elapsed().as_secs_f64());
             let failure = outcome.failure;
+            // A batch larger than the whole budget waits until nothing else does.
+            let bytes =
+                outcome.state.approximate_bytes() + outcome.ack.pending() * QUEUED_RECORD_BYTES;
+            let kib = (bytes >> 10).clamp(1, unacknowledged_kib(&self.settings));
+            let budget = Arc::clone(&self.unacknowledged);
+            let Ok(permit) = budget.acquire_many_owned(kib as u32).await else {
+                break;
+            };
             let delivered = Delivered {
                 ack: outcome.ack,
                 next_offset: outcome.next_offset,
                 state: outcome.state,
                 processed: Instant::now(),
+                _budget: permit,
             };
             if done_tx.send(delivered).await.is_err() {
                 break;
