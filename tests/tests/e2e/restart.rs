@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::common::{builder, start, wait_until, DEADLINE};
 use arrow::datatypes::{DataType, Field, Schema};
@@ -15,8 +16,19 @@ use flumen_testkit::{unique_name, DevStack};
 const EVENTS: u64 = 20_000;
 
 fn app(stack: &DevStack, group: &str, input: &str, output: &str) -> Application {
+    app_committing_every(stack, group, input, output, Duration::from_secs(1))
+}
+
+fn app_committing_every(
+    stack: &DevStack,
+    group: &str,
+    input: &str,
+    output: &str,
+    commit_interval: Duration,
+) -> Application {
     let app = builder(stack, group)
         .max_batch_records(500)
+        .commit_interval(commit_interval)
         .build()
         .expect("app");
     app.dataframe(Topic::json(input).schema(Schema::new(vec![
@@ -33,20 +45,27 @@ fn app(stack: &DevStack, group: &str, input: &str, output: &str) -> Application 
     app
 }
 
+/// The input and output topics, with the first half of the input produced.
 async fn setup(stack: &DevStack) -> (String, String) {
     let (input, output) = (unique_name("in"), unique_name("out"));
     stack.create_topic(&input, 3).await.expect("input topic");
     stack.create_topic(&output, 3).await.expect("output topic");
+    produce_half(stack, &input, 0).await;
+    (input, output)
+}
+
+/// Produces the first (`half` 0) or second (1) half of the input.
+async fn produce_half(stack: &DevStack, input: &str, half: u64) {
     let workload = SensorWorkload {
         events: EVENTS,
         devices: 50,
         ..Default::default()
     };
-    stack
-        .produce(&input, workload.records())
-        .await
-        .expect("produce");
-    (input, output)
+    let records = workload
+        .records()
+        .skip((half * EVENTS / 2) as usize)
+        .take((EVENTS / 2) as usize);
+    stack.produce(input, records).await.expect("produce");
 }
 
 /// How often each input id appears in the output, with its source position.
@@ -97,13 +116,11 @@ async fn graceful_stop_and_restart_loses_and_repeats_nothing() {
     let group = unique_name("g");
     let running = start(app(&stack, &group, &input, &output));
     let stats = running.stats.clone();
-    wait_until("a third of the input", || stats.records_in() >= EVENTS / 3).await;
+    wait_until("the first half", || stats.records_in() >= EVENTS / 2).await;
     running.stop().await.expect("clean stop");
     let first_run = stats.records_in();
-    assert!(
-        first_run < EVENTS,
-        "stopped mid-stream ({first_run} of {EVENTS})"
-    );
+    assert_eq!(first_run, EVENTS / 2, "only the first half was there");
+    produce_half(&stack, &input, 1).await;
 
     let running = start(app(&stack, &group, &input, &output));
     let stats = running.stats.clone();
@@ -130,17 +147,31 @@ async fn crash_and_restart_repeats_only_the_uncommitted_tail() {
     let stack = DevStack::start().expect("dev stack");
     let (input, output) = setup(&stack).await;
     let group = unique_name("g");
+    // A first run commits the first half (a graceful stop commits what it read).
     let running = start(app(&stack, &group, &input, &output));
     let stats = running.stats.clone();
-    wait_until("half of the input", || stats.records_in() >= EVENTS / 2).await;
+    wait_until("the first half", || stats.records_in() >= EVENTS / 2).await;
+    running.stop().await.expect("clean stop");
+    // The second run reads the rest and is killed before its first commit.
+    produce_half(&stack, &input, 1).await;
+    let running = start(app_committing_every(
+        &stack,
+        &group,
+        &input,
+        &output,
+        Duration::from_secs(3600),
+    ));
+    let stats = running.stats.clone();
+    wait_until("the second half", || stats.records_in() >= EVENTS / 2).await;
     running.stop.kill();
     running.finish().await.expect("killed run returns");
     let committed = committed(&stack, &group, &input);
 
     let remaining = EVENTS - committed.values().sum::<i64>() as u64;
-    assert!(
-        remaining > 0 && remaining < EVENTS,
-        "crashed mid-stream: {remaining} of {EVENTS} uncommitted"
+    assert_eq!(
+        remaining,
+        EVENTS / 2,
+        "the killed run committed nothing: {committed:?}"
     );
 
     let running = start(app(&stack, &group, &input, &output));
