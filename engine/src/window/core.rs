@@ -3,7 +3,7 @@
 //! (`current`) windows.
 
 use std::collections::btree_map::Entry;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, Float64Array, StringArray, UInt32Array};
@@ -90,7 +90,9 @@ pub struct WindowCore {
     state: BTreeMap<(i64, String), Vec<AggState>>,
     stream_time: Option<i64>,
     dropped: Dropped,
-    changed: HashSet<(i64, String)>,
+    /// The windows changed since the last `take_changes`, each with whether it
+    /// was stored then (a window opened and closed in between needs no change).
+    changed: HashMap<(i64, String), bool>,
     stream_time_changed: bool,
 }
 
@@ -118,7 +120,7 @@ impl WindowCore {
             state: BTreeMap::new(),
             stream_time: None,
             dropped: Dropped::default(),
-            changed: HashSet::new(),
+            changed: HashMap::new(),
             stream_time_changed: false,
         }
     }
@@ -173,11 +175,12 @@ impl WindowCore {
     /// The changes since the last call, as puts and deletes of `store`.
     pub(crate) fn take_changes(&mut self, store: &str) -> WriteBatch {
         let mut batch = WriteBatch::default();
-        for window in self.changed.drain() {
-            let key = codec::window_key(window.0, &window.1);
+        for (window, stored) in self.changed.drain() {
+            let key = || codec::window_key(window.0, &window.1);
             match self.state.get(&window) {
-                Some(states) => batch.put(store, &key, &codec::encode_states(states)),
-                None => batch.delete(store, &key),
+                Some(states) => batch.put(store, &key(), &codec::encode_states(states)),
+                None if stored => batch.delete(store, &key()),
+                None => {}
             }
         }
         if std::mem::take(&mut self.stream_time_changed) {
@@ -264,22 +267,25 @@ impl WindowCore {
         let mut touched = Vec::new();
         for ((start, key), (partial, _)) in partials {
             let window = (start, key.to_string());
-            match self.state.entry(window.clone()) {
+            let stored = match self.state.entry(window.clone()) {
                 // A new window's state is the batch's partial.
                 Entry::Vacant(slot) => {
                     slot.insert(partial);
+                    false
                 }
                 Entry::Occupied(mut slot) => {
                     let states = slot.get_mut().iter_mut();
                     for ((state, p), custom) in states.zip(&partial).zip(&self.customs) {
                         state.merge_with(p, custom.as_deref());
                     }
+                    true
                 }
-            }
+            };
             if self.emit == Emit::Current {
                 touched.push(window.clone());
             }
-            self.changed.insert(window);
+            // A window already changed keeps what it was at the last take.
+            self.changed.entry(window).or_insert(stored);
         }
         let mut out = Vec::new();
         if self.emit == Emit::Current {
@@ -296,7 +302,7 @@ impl WindowCore {
                     break;
                 }
                 let ((start, key), states) = entry.remove_entry();
-                self.changed.insert((start, key.clone()));
+                self.changed.entry((start, key.clone())).or_insert(true);
                 if self.emit == Emit::Final {
                     out.push(self.row(key, start, &states));
                 }

@@ -244,3 +244,49 @@ proptest! {
         prop_assert_eq!(dropped.late, late);
     }
 }
+
+/// The ops of one batch of key "a" at `ts`, as (is a put, window start or
+/// `None` for the stream time).
+fn ops_after(core: &mut WindowCore, ts: &[i64]) -> Vec<(bool, Option<i64>)> {
+    let keys = StringArray::from(vec!["a"; ts.len()]);
+    let offsets: Vec<i64> = (0..ts.len() as i64).collect();
+    core.process(&WindowInput {
+        keys: &keys,
+        timestamps: ts,
+        offsets: &offsets,
+        values: &[None],
+        raw: &[],
+    })
+    .unwrap();
+    let mut ops: Vec<_> = core
+        .take_changes("w")
+        .ops()
+        .iter()
+        .map(|op| match op {
+            flumen_state::BatchOp::Put { key, .. } => (true, key),
+            flumen_state::BatchOp::Delete { key, .. } => (false, key),
+        })
+        .map(|(put, key)| {
+            let start = codec::decode_window_key(key).ok().map(|(start, _)| start);
+            (put, start)
+        })
+        .collect();
+    ops.sort();
+    ops
+}
+
+#[test]
+fn a_window_opened_and_closed_between_two_takes_writes_nothing() {
+    let tumbling = Windows::tumbling(Duration::from_millis(10)).unwrap();
+    let mut core = WindowCore::new(tumbling, 0, vec![AggKind::Count], Emit::Final);
+    // [0, 10) opens and closes within the batch: no put, no tombstone.
+    assert_eq!(
+        ops_after(&mut core, &[1, 25]),
+        vec![(true, None), (true, Some(20))]
+    );
+    // [20, 30) was stored: its close is a delete.
+    assert_eq!(
+        ops_after(&mut core, &[35]),
+        vec![(false, Some(20)), (true, None), (true, Some(30))]
+    );
+}
