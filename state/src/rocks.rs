@@ -91,8 +91,15 @@ fn options(cache: &Cache) -> Options {
     opts.create_missing_column_families(true);
     opts.set_max_background_jobs(2);
     opts.set_keep_log_file_num(3);
+    // The open windows live in memory; RocksDB is written, and read only on a
+    // restore, so large memtables only cost memory (64 MiB each by default,
+    // per partition).
+    opts.set_write_buffer_size(WRITE_BUFFER_BYTES);
     opts
 }
+
+/// Memtable size of each partition's state.
+const WRITE_BUFFER_BYTES: usize = 8 << 20;
 
 impl RocksStore {
     /// Opens (or creates) the state at `path` for `identity` with `stores`.
