@@ -5,7 +5,9 @@
 //! 10 s / 2 s, (e) (c) -> Cassandra
 //! (the CQL test server, in process, unless `--cassandra` / `FLUMEN_CASSANDRA_NODES`).
 //!
-//! For each it prints records/s (first record processed to the end of a
+//! Producing the workload is measured too, as (p): the broker's produce
+//! ceiling for one producer, which bounds pipelines that write as many
+//! records as they read. For each it prints records/s (first record processed to the end of a
 //! graceful stop: every output acknowledged, offsets committed), MB/s of
 //! input, peak RSS, p50/p99 micro-batch processing time, CPU time per input
 //! record (for (e) without the in-process CQL server's thread, so it is
@@ -212,8 +214,12 @@ fn percentiles<const N: usize>(
     })
 }
 
-/// The input topic: produced unless a complete copy exists.
-async fn input_topic(stack: &DevStack, args: &Args) -> Result<String, BoxError> {
+/// The input topic: produced unless a complete copy exists; with what
+/// producing it measured (the broker's produce ceiling for one producer).
+async fn input_topic(
+    stack: &DevStack,
+    args: &Args,
+) -> Result<(String, Option<Measured>), BoxError> {
     let workload = SensorWorkload {
         events: args.events,
         devices: args.devices,
@@ -231,18 +237,28 @@ async fn input_topic(stack: &DevStack, args: &Args) -> Result<String, BoxError> 
     let admin = Admin::new(&stack.kafka_config())?;
     if admin.partition_count(&topic)?.is_some() {
         eprintln!("reusing input topic '{topic}'");
-        return Ok(topic);
+        return Ok((topic, None));
     }
     stack.create_topic(&topic, args.partitions).await?;
+    process::reset_peak_rss();
+    let cpu = process::cpu_seconds("cql-test-serv");
     let started = Instant::now();
     stack.produce_batched(&topic, workload.records()).await?;
+    let seconds = started.elapsed().as_secs_f64();
     eprintln!(
-        "produced {} readings of {} devices to '{topic}' in {:.1?}",
-        args.events,
-        args.devices,
-        started.elapsed()
+        "produced {} readings of {} devices to '{topic}' in {seconds:.1} s",
+        args.events, args.devices,
     );
-    Ok(topic)
+    let produced = Measured {
+        name: "p produce workload",
+        records: args.events,
+        output_rows: args.events,
+        seconds,
+        peak_rss_bytes: process::peak_rss(),
+        cpu_seconds: process::cpu_seconds("cql-test-serv") - cpu,
+        ..Measured::default()
+    };
+    Ok((topic, Some(produced)))
 }
 
 /// (a): every record read with a plain rdkafka consumer, no processing.
@@ -598,8 +614,11 @@ async fn main() -> Result<(), BoxError> {
     };
     eprintln!("broker: {}", stack.brokers());
     let wanted: Vec<&str> = args.scenarios.split(',').map(str::trim).collect();
+    let mut results = Vec::new();
     let topic = if wanted.iter().any(|s| *s != "restore") {
-        input_topic(&stack, &args).await?
+        let (topic, produced) = input_topic(&stack, &args).await?;
+        results.extend(produced);
+        topic
     } else {
         String::new()
     };
@@ -625,7 +644,6 @@ async fn main() -> Result<(), BoxError> {
             .map_err(|e| e.to_string())?;
     }
 
-    let mut results = Vec::new();
     let mut input_bytes = 0;
     for name in [
         "raw",
@@ -665,6 +683,9 @@ async fn main() -> Result<(), BoxError> {
         (measured.batch_p50_ms, measured.batch_p99_ms) = batch;
         (measured.ack_p50_ms, measured.ack_p99_ms) = ack;
         results.push(measured);
+    }
+    for m in results.iter_mut().filter(|m| m.input_bytes == 0) {
+        m.input_bytes = input_bytes;
     }
     let ceiling = results
         .iter()
