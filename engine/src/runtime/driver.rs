@@ -216,6 +216,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn windows_count_the_records_they_drop_for_lack_of_a_key() {
+        let app = app();
+        readings(&app, BadInputPolicy::Fail)
+            .tumbling_window(Duration::from_secs(10))
+            .agg([count()])
+            .final_()
+            .to_topic(Topic::json("counts"));
+        let mut driver = TestDriver::new(&app).await.unwrap();
+        let mut raw = batch(0, 0, &[("a", 1_000, 1.0)]);
+        raw.push(
+            None,
+            Some(br#"{"device":"b","ts":2000,"temp":1.0}"#),
+            None,
+            1,
+            None,
+        );
+        raw.push(
+            None,
+            Some(br#"{"device":"b","ts":3000,"temp":1.0}"#),
+            None,
+            2,
+            None,
+        );
+        driver.process(raw).await.unwrap();
+        assert_eq!(app.stats().null_key_records(), 2);
+        assert_eq!(app.stats().records_in(), 3);
+    }
+
+    #[tokio::test]
     async fn bad_records_fail_with_their_offset() {
         let app = app();
         readings(&app, BadInputPolicy::Fail).to_topic(Topic::json("out"));

@@ -158,6 +158,18 @@ impl Stats {
             metrics::counter!("flumen_late_records_total", "topic" => topic.to_string())
                 .increment(late);
         }
+        let null_keys = now.null_keys.saturating_sub(before.null_keys);
+        if null_keys > 0 {
+            metrics::counter!("flumen_null_key_records_total", "topic" => topic.to_string())
+                .increment(null_keys);
+            // Logged for the first such record and then once per 1,000.
+            if before.null_keys == 0 || now.null_keys / 1000 > before.null_keys / 1000 {
+                tracing::warn!(
+                    topic, partition, dropped_so_far = now.null_keys,
+                    "a window dropped records without a key; key the input topic or group_by a column"
+                );
+            }
+        }
     }
 
     pub(crate) fn add_in(&self, topic: &str, n: usize) {
