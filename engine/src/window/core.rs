@@ -2,7 +2,6 @@
 //! in memory, merge into the window state, emit closed (`final`) or touched
 //! (`current`) windows.
 
-use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -87,7 +86,11 @@ pub struct WindowCore {
     kinds: Vec<AggKind>,
     customs: Customs,
     emit: Emit,
-    state: BTreeMap<(i64, String), Vec<AggState>>,
+    /// Open windows by start, then key: windows close in start order, so
+    /// closing takes whole maps off the front.
+    state: BTreeMap<i64, HashMap<String, Vec<AggState>>>,
+    /// Number of open windows.
+    open: usize,
     stream_time: Option<i64>,
     dropped: Dropped,
     /// The windows changed since the last `take_changes`, each with whether it
@@ -101,7 +104,7 @@ impl std::fmt::Debug for WindowCore {
         f.debug_struct("WindowCore")
             .field("windows", &self.windows)
             .field("kinds", &self.kinds)
-            .field("open", &self.state.len())
+            .field("open", &self.open)
             .field("stream_time", &self.stream_time)
             .finish()
     }
@@ -118,6 +121,7 @@ impl WindowCore {
             customs,
             emit,
             state: BTreeMap::new(),
+            open: 0,
             stream_time: None,
             dropped: Dropped::default(),
             changed: HashMap::new(),
@@ -135,6 +139,7 @@ impl WindowCore {
     /// [`WindowCore::take_changes`]).
     pub(crate) fn restore(&mut self, entries: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), String> {
         self.state.clear();
+        self.open = 0;
         self.changed.clear();
         self.stream_time = None;
         self.stream_time_changed = false;
@@ -167,7 +172,16 @@ impl WindowCore {
                     self.kinds.len()
                 ));
             }
-            self.state.insert(window, states);
+            let (start, key) = window;
+            if self
+                .state
+                .entry(start)
+                .or_default()
+                .insert(key, states)
+                .is_none()
+            {
+                self.open += 1;
+            }
         }
         Ok(())
     }
@@ -177,7 +191,7 @@ impl WindowCore {
         let mut batch = WriteBatch::default();
         for (window, stored) in self.changed.drain() {
             let key = || codec::window_key(window.0, &window.1);
-            match self.state.get(&window) {
+            match self.state.get(&window.0).and_then(|w| w.get(&window.1)) {
                 Some(states) => batch.put(store, &key(), &codec::encode_states(states)),
                 None if stored => batch.delete(store, &key()),
                 None => {}
@@ -203,7 +217,11 @@ impl WindowCore {
 
     /// Windows currently open.
     pub fn open_windows(&self) -> usize {
-        self.state.len()
+        self.open
+    }
+
+    fn get(&self, start: i64, key: &str) -> Option<&Vec<AggState>> {
+        self.state.get(&start).and_then(|windows| windows.get(key))
     }
 
     fn new_states(&self) -> Vec<AggState> {
@@ -266,21 +284,22 @@ impl WindowCore {
         }
         let mut touched = Vec::new();
         for ((start, key), (partial, _)) in partials {
-            let window = (start, key.to_string());
-            let stored = match self.state.entry(window.clone()) {
-                // A new window's state is the batch's partial.
-                Entry::Vacant(slot) => {
-                    slot.insert(partial);
-                    false
-                }
-                Entry::Occupied(mut slot) => {
-                    let states = slot.get_mut().iter_mut();
-                    for ((state, p), custom) in states.zip(&partial).zip(&self.customs) {
+            let windows = self.state.entry(start).or_default();
+            let stored = match windows.get_mut(key) {
+                Some(states) => {
+                    for ((state, p), custom) in states.iter_mut().zip(&partial).zip(&self.customs) {
                         state.merge_with(p, custom.as_deref());
                     }
                     true
                 }
+                // A new window's state is the batch's partial.
+                None => {
+                    windows.insert(key.to_string(), partial);
+                    self.open += 1;
+                    false
+                }
             };
+            let window = (start, key.to_string());
             if self.emit == Emit::Current {
                 touched.push(window.clone());
             }
@@ -291,20 +310,26 @@ impl WindowCore {
         if self.emit == Emit::Current {
             touched.sort();
             for (start, key) in touched {
-                if let Some(states) = self.state.get(&(start, key.clone())) {
+                if let Some(states) = self.get(start, &key) {
                     out.push(self.row(key, start, states));
                 }
             }
         }
         if let Some(wm) = self.watermark() {
             while let Some(entry) = self.state.first_entry() {
-                if entry.key().0 + size > wm {
+                if *entry.key() + size > wm {
                     break;
                 }
-                let ((start, key), states) = entry.remove_entry();
-                self.changed.entry((start, key.clone())).or_insert(true);
-                if self.emit == Emit::Final {
-                    out.push(self.row(key, start, &states));
+                let (start, windows) = entry.remove_entry();
+                self.open -= windows.len();
+                // Emitted in key order, as they were kept before.
+                let mut windows: Vec<_> = windows.into_iter().collect();
+                windows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                for (key, states) in windows {
+                    self.changed.entry((start, key.clone())).or_insert(true);
+                    if self.emit == Emit::Final {
+                        out.push(self.row(key, start, &states));
+                    }
                 }
             }
         }
