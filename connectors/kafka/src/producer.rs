@@ -157,7 +157,7 @@ pub struct Producer {
 }
 
 /// flumen's producer defaults; the caller's extra settings override them.
-const PRODUCER_DEFAULTS: [(&str, &str); 8] = [
+const PRODUCER_DEFAULTS: [(&str, &str); 7] = [
     ("enable.idempotence", "true"),
     ("acks", "all"),
     ("linger.ms", "5"),
@@ -165,7 +165,6 @@ const PRODUCER_DEFAULTS: [(&str, &str); 8] = [
     ("compression.type", "lz4"),
     ("partitioner", "murmur2_random"),
     ("queue.buffering.max.messages", "1000000"),
-    ("queue.buffering.max.kbytes", "1048576"),
 ];
 
 impl Producer {

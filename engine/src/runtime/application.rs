@@ -446,42 +446,14 @@ impl Application {
         }
         let mut sources = HashMap::new();
         for (name, topic) in &topics {
-            let mine: Vec<_> = outputs
-                .iter()
-                .filter(|o| &*o.node.source == name.as_str())
-                .cloned()
-                .collect();
-            let mut dead_letters: Vec<String> = topic
-                .dead_letter_topics()
-                .into_iter()
-                .map(String::from)
-                .collect();
-            dead_letters.extend(late_dead_letter_topics(&mine));
-            for o in &mine {
-                if let SinkSpec::Custom(sink) = &o.sink {
-                    dead_letters.extend(sink.dead_letter_topic());
-                }
-            }
-            if let Some(dlq) = dead_letters.first() {
+            let mine = outputs_of(&outputs, name);
+            if let Some((dlq, _)) = dead_letter_topics(topic, &mine).first() {
                 return Err(Error::Plan(format!(
                     "input '{name}' routes records to the dead-letter topic '{dlq}', \
                      which cannot run in memory; use BadInputPolicy::Fail or Skip there"
                 )));
             }
-            let mut writers = Vec::new();
-            for o in &mine {
-                writers.push(match &o.sink {
-                    SinkSpec::Custom(sink) => Some(open_sink(sink, topic, o, ctx).await?),
-                    _ => None,
-                });
-            }
-            let plan = Arc::new(SourcePlan {
-                topic: topic.clone(),
-                decoder: decoder_of(topic)?,
-                outputs: mine,
-                writers,
-                changelogs: Changelogs::new(),
-            });
+            let plan = Arc::new(source_plan(topic, mine, ctx).await?);
             PartitionPipeline::new(Arc::clone(&plan), None, Arc::clone(&self.stats), ctx)
                 .collect_topic_outputs()
                 .validate()
@@ -522,47 +494,18 @@ impl Application {
         let mut needs_producer = false;
         for (name, topic) in &topics {
             admin.require_topic(name)?;
-            let mine: Vec<_> = outputs
-                .iter()
-                .filter(|o| &*o.node.source == name.as_str())
-                .cloned()
-                .collect();
+            let mine = outputs_of(&outputs, name);
             for o in &mine {
                 if let SinkSpec::Topic(t) = &o.sink {
                     needs_producer = true;
                     require_output(&admin, t.name(), "output")?;
                 }
             }
-            for dlq in topic.dead_letter_topics() {
+            for (dlq, role) in dead_letter_topics(topic, &mine) {
                 needs_producer = true;
-                require_output(&admin, dlq, "dead-letter")?;
+                require_output(&admin, &dlq, &role)?;
             }
-            for dlq in late_dead_letter_topics(&mine) {
-                needs_producer = true;
-                require_output(&admin, &dlq, "late-record dead-letter")?;
-            }
-            for o in &mine {
-                if let SinkSpec::Custom(sink) = &o.sink {
-                    if let Some(dlq) = sink.dead_letter_topic() {
-                        needs_producer = true;
-                        require_output(&admin, &dlq, &format!("{} dead-letter", sink.name()))?;
-                    }
-                }
-            }
-            let mut writers = Vec::new();
-            for o in &mine {
-                writers.push(match &o.sink {
-                    SinkSpec::Custom(sink) => Some(open_sink(sink, topic, o, &ctx).await?),
-                    _ => None,
-                });
-            }
-            let mut plan = Arc::new(SourcePlan {
-                topic: topic.clone(),
-                decoder: decoder_of(topic)?,
-                outputs: mine,
-                writers,
-                changelogs: Changelogs::new(),
-            });
+            let mut plan = Arc::new(source_plan(topic, mine, &ctx).await?);
             if self.settings.changelogs {
                 let changelogs = self.changelogs_of(&admin, name, &plan, &ctx).await?;
                 needs_producer |= !changelogs.is_empty();
@@ -696,21 +639,65 @@ async fn open_sink(
     })
 }
 
-/// The dead-letter topics of late records of the windows in `outputs`.
-fn late_dead_letter_topics(outputs: &[crate::plan::Output]) -> Vec<String> {
-    let mut topics = Vec::new();
+/// The outputs that read `source`.
+fn outputs_of(outputs: &[crate::plan::Output], source: &str) -> Vec<crate::plan::Output> {
+    outputs
+        .iter()
+        .filter(|o| &*o.node.source == source)
+        .cloned()
+        .collect()
+}
+
+/// The dead-letter topics input `topic` and its `outputs` write to, each with
+/// its role (for error messages): bad input, late records, failed sink rows.
+fn dead_letter_topics(topic: &Topic, outputs: &[crate::plan::Output]) -> Vec<(String, String)> {
+    let mut topics: Vec<(String, String)> = topic
+        .dead_letter_topics()
+        .into_iter()
+        .map(|t| (t.to_string(), "dead-letter".to_string()))
+        .collect();
     for output in outputs {
         for node in output.node.chain() {
             if let Some(crate::plan::Op::Window(spec)) = &node.op {
                 if let crate::window::LateRecords::DeadLetter(t) = &spec.late {
-                    if !topics.contains(t) {
-                        topics.push(t.clone());
+                    if !topics.iter().any(|(known, _)| known == t) {
+                        topics.push((t.clone(), "late-record dead-letter".to_string()));
                     }
                 }
             }
         }
     }
+    for output in outputs {
+        if let SinkSpec::Custom(sink) = &output.sink {
+            if let Some(t) = sink.dead_letter_topic() {
+                topics.push((t, format!("{} dead-letter", sink.name())));
+            }
+        }
+    }
     topics
+}
+
+/// The plan of input `topic` for `outputs`, its custom sinks opened (no
+/// changelogs yet).
+async fn source_plan(
+    topic: &Topic,
+    outputs: Vec<crate::plan::Output>,
+    ctx: &Arc<SessionContext>,
+) -> Result<SourcePlan> {
+    let mut writers = Vec::new();
+    for o in &outputs {
+        writers.push(match &o.sink {
+            SinkSpec::Custom(sink) => Some(open_sink(sink, topic, o, ctx).await?),
+            _ => None,
+        });
+    }
+    Ok(SourcePlan {
+        topic: topic.clone(),
+        decoder: decoder_of(topic)?,
+        outputs,
+        writers,
+        changelogs: Changelogs::new(),
+    })
 }
 
 fn require_output(admin: &Admin, topic: &str, role: &str) -> Result<()> {

@@ -96,7 +96,7 @@ struct Delivered {
     state: WriteBatch,
     /// When the batch's processing ended (for `flumen_ack_seconds`).
     processed: Instant,
-    /// The batch's share of the state-bytes budget, returned when it is done.
+    /// The batch's share of the unacknowledged-bytes budget, returned when it is done.
     _budget: tokio::sync::OwnedSemaphorePermit,
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::common::{builder, start, wait_until, DEADLINE};
 use arrow::datatypes::{DataType, Field, Schema};
 use flumen::prelude::*;
+use flumen::ApplicationBuilder;
 use flumen_kafka::{
     AutoOffsetReset, GroupConsumer, GroupMetadata, RebalanceListener, TopicPartition,
 };
@@ -16,21 +17,12 @@ use flumen_testkit::{unique_name, DevStack};
 const EVENTS: u64 = 20_000;
 
 fn app(stack: &DevStack, group: &str, input: &str, output: &str) -> Application {
-    app_committing_every(stack, group, input, output, Duration::from_secs(1))
+    with_pipeline(builder(stack, group), input, output)
 }
 
-fn app_committing_every(
-    stack: &DevStack,
-    group: &str,
-    input: &str,
-    output: &str,
-    commit_interval: Duration,
-) -> Application {
-    let app = builder(stack, group)
-        .max_batch_records(500)
-        .commit_interval(commit_interval)
-        .build()
-        .expect("app");
+/// The application `builder` makes, running the test's pipeline.
+fn with_pipeline(builder: ApplicationBuilder, input: &str, output: &str) -> Application {
+    let app = builder.max_batch_records(500).build().expect("app");
     app.dataframe(Topic::json(input).schema(Schema::new(vec![
         Field::new("id", DataType::Int64, false),
         Field::new("temp", DataType::Float64, false),
@@ -154,13 +146,8 @@ async fn crash_and_restart_repeats_only_the_uncommitted_tail() {
     running.stop().await.expect("clean stop");
     // The second run reads the rest and is killed before its first commit.
     produce_half(&stack, &input, 1).await;
-    let running = start(app_committing_every(
-        &stack,
-        &group,
-        &input,
-        &output,
-        Duration::from_secs(3600),
-    ));
+    let never_commits = builder(&stack, &group).commit_interval(Duration::from_secs(3600));
+    let running = start(with_pipeline(never_commits, &input, &output));
     let stats = running.stats.clone();
     wait_until("the second half", || stats.records_in() >= EVENTS / 2).await;
     running.stop.kill();
