@@ -81,9 +81,24 @@ struct Args {
     #[arg(long, default_value_t = 1000)]
     commit_interval_ms: u64,
     /// Memory that batches awaiting acknowledgements may hold, MiB
-    /// (ApplicationBuilder::max_unacknowledged_bytes).
-    #[arg(long, default_value_t = 256)]
-    max_unacknowledged_mb: usize,
+    /// (ApplicationBuilder::max_unacknowledged_bytes; default: flumen's).
+    #[arg(long)]
+    max_unacknowledged_mb: Option<usize>,
+    /// A librdkafka consumer property for (a) and the pipelines, `key=value`
+    /// (repeatable), e.g. `--consumer-config queued.max.messages.kbytes=16384`.
+    #[arg(long, value_parser = key_value)]
+    consumer_config: Vec<(String, String)>,
+    /// A librdkafka producer property for the pipelines, `key=value` (repeatable).
+    #[arg(long, value_parser = key_value)]
+    producer_config: Vec<(String, String)>,
+}
+
+/// Parses `key=value`.
+fn key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected key=value, got '{s}'")),
+    }
 }
 
 /// What one scenario measured.
@@ -268,12 +283,15 @@ fn raw_consume(stack: &DevStack, topic: &str, args: &Args) -> Result<Measured, B
     config
         .set("bootstrap.servers", stack.brokers())
         .set("group.id", unique_name("bench-raw"))
-        .set("enable.auto.commit", "false")
-        // The fetch settings flumen's consumer uses, so (a) is its ceiling.
-        .set("fetch.wait.max.ms", "100")
-        .set("queued.min.messages", "200000")
-        .set("fetch.max.bytes", "52428800");
+        .set("enable.auto.commit", "false");
+    // The fetch settings flumen's consumer uses, so (a) is its ceiling.
+    for (k, v) in flumen_kafka::FETCH_DEFAULTS {
+        config.set(k, v);
+    }
     for (k, v) in stack.consumer_settings() {
+        config.set(k, v);
+    }
+    for (k, v) in &args.consumer_config {
         config.set(k, v);
     }
     let consumer: BaseConsumer = config.create()?;
@@ -509,12 +527,20 @@ async fn run_pipeline(
     } else {
         ProcessingGuarantee::AtLeastOnce
     };
-    let app = flumen_examples::dev_app(stack, "bench")
+    let mut builder = flumen_examples::dev_app(stack, "bench")
         .state_dir(state.path())
         .processing_guarantee(guarantee)
-        .commit_interval(Duration::from_millis(args.commit_interval_ms))
-        .max_unacknowledged_bytes(args.max_unacknowledged_mb << 20)
-        .build()?;
+        .commit_interval(Duration::from_millis(args.commit_interval_ms));
+    if let Some(mb) = args.max_unacknowledged_mb {
+        builder = builder.max_unacknowledged_bytes(mb << 20);
+    }
+    for (k, v) in &args.consumer_config {
+        builder = builder.consumer_config(k, v);
+    }
+    for (k, v) in &args.producer_config {
+        builder = builder.producer_config(k, v);
+    }
+    let app = builder.build()?;
     let frame = readings(&app, topic)?;
     let output = unique_name("bench-out");
     if pipeline != Pipeline::Cassandra {

@@ -37,7 +37,7 @@ pub use admin::{Admin, TopicSpec};
 pub use config::KafkaConfig;
 pub use consumer::{
     AutoOffsetReset, GroupConsumer, GroupMetadata, ListenerContext, RebalanceListener,
-    TopicPartition,
+    TopicPartition, FETCH_DEFAULTS,
 };
 pub use error::{KafkaError, Result};
 pub use producer::{DeliveryBatch, DeliveryContext, DeliveryTicket, OutRecord, Producer};

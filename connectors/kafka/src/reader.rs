@@ -63,6 +63,8 @@ pub fn read_partition(
             ("enable.partition.eof", "true"),
             ("fetch.max.bytes", "52428800"),
             ("max.partition.fetch.bytes", "10485760"),
+            // As in FETCH_DEFAULTS: no 1 s pause whenever the prefetch queue is full.
+            ("fetch.queue.backoff.ms", "10"),
         ])
         .create()
         .map_err(|e| KafkaError::client("creating a partition reader", e))?;

@@ -1,6 +1,6 @@
 //! `Application`: configuration, the frames of a pipeline, and running them.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -77,7 +77,7 @@ impl Default for ApplicationBuilder {
             producer_extra: Vec::new(),
             state_dir: None,
             block_cache_bytes: 64 << 20,
-            max_unacknowledged_bytes: 256 << 20,
+            max_unacknowledged_bytes: 128 << 20,
             changelogs: true,
             guarantee: ProcessingGuarantee::AtLeastOnce,
         }
@@ -180,7 +180,7 @@ impl ApplicationBuilder {
 
     /// At-least-once: about how much memory batches awaiting the broker's
     /// acknowledgements may hold, over every partition (their state changes and
-    /// queued output records; default 256 MiB). Processing pauses at the limit.
+    /// queued output records; default 128 MiB). Processing pauses at the limit.
     /// It must cover the records produced while the broker takes to
     /// acknowledge (throughput x acknowledgement latency); lower it when many
     /// keys make every record change state and memory matters more than speed.
@@ -491,24 +491,25 @@ impl Application {
             }
         }
         let mut sources = HashMap::new();
-        let mut needs_producer = false;
+        // Every topic a producer writes to: outputs, repartitions, dead letters, changelogs.
+        let mut produced: BTreeSet<String> = BTreeSet::new();
         for (name, topic) in &topics {
             admin.require_topic(name)?;
             let mine = outputs_of(&outputs, name);
             for o in &mine {
                 if let SinkSpec::Topic(t) = &o.sink {
-                    needs_producer = true;
+                    produced.insert(t.name().to_string());
                     require_output(&admin, t.name(), "output")?;
                 }
             }
             for (dlq, role) in dead_letter_topics(topic, &mine) {
-                needs_producer = true;
                 require_output(&admin, &dlq, &role)?;
+                produced.insert(dlq);
             }
             let mut plan = Arc::new(source_plan(topic, mine, &ctx).await?);
             if self.settings.changelogs {
                 let changelogs = self.changelogs_of(&admin, name, &plan, &ctx).await?;
-                needs_producer |= !changelogs.is_empty();
+                produced.extend(changelogs.values().cloned());
                 if let Some(plan) = Arc::get_mut(&mut plan) {
                     plan.changelogs = changelogs;
                 }
@@ -523,11 +524,11 @@ impl Application {
         }
         let exactly_once = self.settings.guarantee == ProcessingGuarantee::ExactlyOnce;
         // In exactly-once mode every partition has its own transactional producer.
-        let producer = if needs_producer && !exactly_once {
-            Some(Arc::new(Producer::new(&with_extra(
-                &self.kafka,
-                &self.settings.producer_extra,
-            ))?))
+        let produced: Vec<String> = produced.into_iter().collect();
+        let producer = if !produced.is_empty() && !exactly_once {
+            let producer = Producer::new(&with_extra(&self.kafka, &self.settings.producer_extra))?;
+            producer.connect(&produced, CONNECT_TIMEOUT)?;
+            Some(Arc::new(producer))
         } else {
             None
         };
@@ -552,6 +553,7 @@ impl Application {
             config: with_extra(&self.kafka, &self.settings.producer_extra),
             id_prefix: self.group.clone(),
             timeout: Duration::from_secs(60),
+            topics: produced,
         });
         Ok(Worker::new(
             sources,
@@ -593,6 +595,9 @@ impl Application {
         Ok(changelogs)
     }
 }
+
+/// How long a producer may take to learn the topics it writes to before the run starts.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How often in a row a run may be restarted after an aborted transaction
 /// without committing one in between.

@@ -63,6 +63,8 @@ pub(crate) struct TransactionSettings {
     pub(crate) id_prefix: String,
     /// How long a transactional call (init, commit, abort) may take.
     pub(crate) timeout: Duration,
+    /// The topics the producers write to (connected before the first record).
+    pub(crate) topics: Vec<String>,
 }
 
 impl TransactionSettings {
@@ -245,13 +247,13 @@ impl Worker {
                 .filter(|tp| self.sources.contains_key(&tp.topic))
                 .map(|tp| {
                     let handle = scope.spawn(move || {
-                        Producer::transactional(
+                        let producer = Producer::transactional(
                             &settings.config,
                             &settings.transactional_id(tp),
                             settings.timeout,
-                        )
-                        .map(Arc::new)
-                        .map_err(Error::from)
+                        )?;
+                        producer.connect(&settings.topics, settings.timeout)?;
+                        Ok(Arc::new(producer))
                     });
                     (tp.clone(), handle)
                 })
