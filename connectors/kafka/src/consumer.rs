@@ -199,9 +199,15 @@ impl AutoOffsetReset {
 pub const FETCH_DEFAULTS: [(&str, &str); 4] = [
     ("fetch.wait.max.ms", "100"),
     ("queued.min.messages", "200000"),
-    ("fetch.max.bytes", "52428800"),
-    ("fetch.queue.backoff.ms", "10"),
+    FETCH_MAX_BYTES,
+    FETCH_QUEUE_BACKOFF,
 ];
+
+/// At most 50 MB per fetch response (also used by the partition reader).
+pub(crate) const FETCH_MAX_BYTES: (&str, &str) = ("fetch.max.bytes", "52428800");
+
+/// No 1 s pause whenever the prefetch queue is full (also used by the partition reader).
+pub(crate) const FETCH_QUEUE_BACKOFF: (&str, &str) = ("fetch.queue.backoff.ms", "10");
 
 /// A member of a consumer group. Offsets are only committed when asked.
 pub struct GroupConsumer {

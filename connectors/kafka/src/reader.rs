@@ -10,6 +10,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::KafkaConfig;
+use crate::consumer::{FETCH_MAX_BYTES, FETCH_QUEUE_BACKOFF};
 use crate::error::{KafkaError, Result};
 
 /// One record met by [`read_partition`].
@@ -61,10 +62,9 @@ pub fn read_partition(
             ("group.id", "flumen-partition-reader"),
             ("enable.auto.commit", "false"),
             ("enable.partition.eof", "true"),
-            ("fetch.max.bytes", "52428800"),
+            FETCH_MAX_BYTES,
             ("max.partition.fetch.bytes", "10485760"),
-            // As in FETCH_DEFAULTS: no 1 s pause whenever the prefetch queue is full.
-            ("fetch.queue.backoff.ms", "10"),
+            FETCH_QUEUE_BACKOFF,
         ])
         .create()
         .map_err(|e| KafkaError::client("creating a partition reader", e))?;
