@@ -8,8 +8,9 @@
 //! Producing the workload is measured too, as (p): the broker's produce
 //! ceiling for one producer, which bounds pipelines that write as many
 //! records as they read. For each it prints records/s (first record
-//! processed to the end of a graceful stop: every output acknowledged,
-//! offsets committed), MB/s of input, peak RSS, p50/p99 micro-batch
+//! processed to the last commit of a graceful stop, which follows the
+//! acknowledgement of every output; the close after it, leaving the consumer
+//! group, is shown apart as "close ms"), MB/s of input, peak RSS, p50/p99 micro-batch
 //! processing time, p50/p99 of a batch's wait for its acknowledgements, CPU
 //! time per input record (for (e) without the in-process CQL server's thread,
 //! so it is flumen's CPU per written row and input record), and the ratio to
@@ -108,6 +109,8 @@ struct Measured {
     records: u64,
     output_rows: u64,
     seconds: f64,
+    /// A pipeline's close after its last commit (not in `seconds`).
+    close_seconds: Option<f64>,
     input_bytes: u64,
     peak_rss_bytes: u64,
     batch_p50_ms: Option<f64>,
@@ -128,6 +131,7 @@ impl Measured {
             "records": self.records,
             "output_rows": self.output_rows,
             "seconds": self.seconds,
+            "close_ms": self.close_seconds.map(|s| 1e3 * s),
             "records_per_sec": self.records_per_sec(),
             "mb_per_sec": per_sec(self.input_bytes as f64 / 1e6, self.seconds),
             "peak_rss_mb": self.peak_rss_bytes as f64 / (1 << 20) as f64,
@@ -350,45 +354,66 @@ fn readings(app: &Application, topic: &str) -> flumen::Result<StreamingDataFrame
         .filter(col("temp").gt_eq(lit(0.0))))
 }
 
-/// Runs `app` until it has read `events` records, then stops it; seconds from
-/// the first record processed until the stop completed (every output
-/// acknowledged, offsets committed), so buffered outputs are not counted as done.
-async fn run_timed(app: Application, events: u64) -> Result<(f64, Arc<Stats>), BoxError> {
+/// How long a timed run took.
+struct Timed {
+    /// From the first record processed to the last commit of the stop
+    /// (offsets, or the transaction in exactly-once mode), which is made
+    /// only once every output was acknowledged; if that commit was not seen,
+    /// to the end of the stop.
+    seconds: f64,
+    /// From that commit until the run returned (leaving the consumer group).
+    close_seconds: f64,
+}
+
+/// Runs `app` until it has read `events` records, then stops it gracefully,
+/// so buffered outputs are not counted as done.
+async fn run_timed(app: Application, events: u64) -> Result<(Timed, Arc<Stats>), BoxError> {
     let stats = app.stats();
     let stop = app.stop_handle();
-    let span: Arc<Mutex<Option<(Instant, Instant)>>> = Arc::default();
+    let commits = |s: &Stats| s.offset_commits() + s.transactions_committed();
+    // First record read; last commit seen after the stop was asked.
+    let span: Arc<Mutex<(Option<Instant>, Option<Instant>)>> = Arc::default();
     let done = Arc::new(AtomicBool::new(false));
     let watcher = {
         let (stats, span, done) = (Arc::clone(&stats), Arc::clone(&span), Arc::clone(&done));
         tokio::spawn(async move {
-            let mut seen = 0;
+            let (mut stopped, mut commits_seen) = (false, 0);
             while !done.load(Ordering::Relaxed) {
-                let read = stats.records_in();
-                if read > seen {
-                    seen = read;
+                {
                     let now = Instant::now();
                     let mut s = span.lock().unwrap_or_else(|p| p.into_inner());
-                    *s = Some((s.map_or(now, |(f, _)| f), now));
+                    if stats.records_in() > 0 {
+                        s.0.get_or_insert(now);
+                    }
+                    if stopped && commits(&stats) > commits_seen {
+                        commits_seen = commits(&stats);
+                        s.1 = Some(now);
+                    }
                 }
-                if read >= events {
+                if !stopped && stats.records_in() >= events {
+                    commits_seen = commits(&stats);
+                    stopped = true;
                     stop.stop();
-                    break;
                 }
-                tokio::time::sleep(Duration::from_millis(2)).await;
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
         })
     };
     let result = app.run().await;
-    // The run has ended: every output acknowledged, offsets committed.
-    let delivered = Instant::now();
+    let returned = Instant::now();
     done.store(true, Ordering::Relaxed);
     let _ = watcher.await;
     result?;
-    let seconds = span
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .map_or(0.0, |(f, _)| delivered.duration_since(f).as_secs_f64());
-    Ok((seconds, stats))
+    let (first, committed) = *span.lock().unwrap_or_else(|p| p.into_inner());
+    let first = first.unwrap_or(returned);
+    let end = committed.unwrap_or(returned);
+    Ok((
+        Timed {
+            seconds: end.duration_since(first).as_secs_f64(),
+            close_seconds: returned.duration_since(end).as_secs_f64(),
+        },
+        stats,
+    ))
 }
 
 /// The restore scenario: `entries` devices with one reading each, all in one
@@ -572,12 +597,13 @@ async fn run_pipeline(
             .sink(CassandraSink::new("bench.device_temp").nodes(cassandra)),
     }
     let cpu = process::cpu_seconds("cql-test-serv");
-    let (seconds, stats) = run_timed(app, args.events).await?;
+    let (timed, stats) = run_timed(app, args.events).await?;
     Ok(Measured {
         name: pipeline.label(),
         records: stats.records_in(),
         output_rows: stats.records_out(),
-        seconds,
+        seconds: timed.seconds,
+        close_seconds: Some(timed.close_seconds),
         cpu_seconds: process::cpu_seconds("cql-test-serv") - cpu,
         ..Default::default()
     })
@@ -585,7 +611,7 @@ async fn run_pipeline(
 
 fn print_table(results: &[Measured], ceiling: Option<f64>) {
     println!(
-        "\n{:<24} {:>10} {:>12} {:>8} {:>9} {:>9} {:>9} {:>9} {:>10} {:>8}",
+        "\n{:<24} {:>10} {:>12} {:>8} {:>9} {:>9} {:>9} {:>9} {:>10} {:>8} {:>9}",
         "scenario",
         "records",
         "records/s",
@@ -595,12 +621,13 @@ fn print_table(results: &[Measured], ceiling: Option<f64>) {
         "p99 ms",
         "ack p99",
         "CPU us/rec",
-        "vs raw"
+        "vs raw",
+        "close ms"
     );
     let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
     for m in results {
         println!(
-            "{:<24} {:>10} {:>12.0} {:>8.1} {:>9.0} {:>9} {:>9} {:>9} {:>10.2} {:>8}",
+            "{:<24} {:>10} {:>12.0} {:>8.1} {:>9.0} {:>9} {:>9} {:>9} {:>10.2} {:>8} {:>9}",
             m.name,
             m.records,
             m.records_per_sec(),
@@ -614,6 +641,7 @@ fn print_table(results: &[Measured], ceiling: Option<f64>) {
                 "{:.0}%",
                 100.0 * m.records_per_sec() / c
             )),
+            ms(m.close_seconds.map(|s| 1e3 * s)),
         );
     }
     println!();

@@ -14,6 +14,7 @@ pub struct Stats {
     batches: AtomicU64,
     assigned: AtomicU64,
     restored: AtomicU64,
+    offset_commits: AtomicU64,
     transactions_committed: AtomicU64,
     transactions_aborted: AtomicU64,
     restarts: AtomicU64,
@@ -48,6 +49,14 @@ impl Stats {
         self.restored.load(Ordering::Relaxed)
     }
 
+    /// Offset commits of the input partitions (at-least-once mode), each made
+    /// once every output of the records it covers was acknowledged: one per
+    /// commit interval with new offsets (sent asynchronously) and the final one
+    /// of a graceful stop (counted once the broker has confirmed it).
+    pub fn offset_commits(&self) -> u64 {
+        self.offset_commits.load(Ordering::Relaxed)
+    }
+
     /// Transactions committed (exactly-once mode).
     pub fn transactions_committed(&self) -> u64 {
         self.transactions_committed.load(Ordering::Relaxed)
@@ -73,6 +82,11 @@ impl Stats {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("flumen_transactions_total", "outcome" => outcome).increment(1);
+    }
+
+    pub(crate) fn add_offset_commit(&self) {
+        self.offset_commits.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("flumen_offset_commits_total").increment(1);
     }
 
     pub(crate) fn add_restart(&self) {

@@ -87,6 +87,10 @@ pub(crate) struct RunSettings {
 /// (a task being torn down) to release its lock.
 const STATE_LOCK_WAIT: Duration = Duration::from_secs(30);
 
+/// The longest the polling thread waits for a record: how soon an idle run
+/// notices a stop (or cuts a batch older than `max_delay`).
+const POLL_TIMEOUT: Duration = Duration::from_millis(10);
+
 /// Memory a record waiting in the producer's queue holds, about (librdkafka's
 /// message plus a typical output record).
 const QUEUED_RECORD_BYTES: usize = 400;
@@ -529,7 +533,7 @@ impl Worker {
         let mut open: Vec<(TopicPartition, RawBatch, Instant)> = Vec::new();
         let mut committed: HashMap<TopicPartition, i64> = HashMap::new();
         let mut last_commit = Instant::now();
-        let poll_timeout = Duration::from_millis(50).min(self.settings.max_delay);
+        let poll_timeout = POLL_TIMEOUT.min(self.settings.max_delay);
         loop {
             let mode = self.mode();
             if mode != StopMode::Running {
@@ -613,6 +617,7 @@ impl Worker {
         match consumer.commit(&changed, sync) {
             Ok(()) => {
                 tracing::debug!(?changed, "committed");
+                self.stats.add_offset_commit();
                 committed.extend(changed);
             }
             Err(error) => {

@@ -112,6 +112,7 @@ async fn graceful_stop_and_restart_loses_and_repeats_nothing() {
     running.stop().await.expect("clean stop");
     let first_run = stats.records_in();
     assert_eq!(first_run, EVENTS / 2, "only the first half was there");
+    assert!(stats.offset_commits() >= 1, "a graceful stop commits");
     produce_half(&stack, &input, 1).await;
 
     let running = start(app(&stack, &group, &input, &output));
@@ -152,6 +153,7 @@ async fn crash_and_restart_repeats_only_the_uncommitted_tail() {
     wait_until("the second half", || stats.records_in() >= EVENTS / 2).await;
     running.stop.kill();
     running.finish().await.expect("killed run returns");
+    assert_eq!(stats.offset_commits(), 0, "a killed run does not commit");
     let committed = committed(&stack, &group, &input);
 
     let remaining = EVENTS - committed.values().sum::<i64>() as u64;
