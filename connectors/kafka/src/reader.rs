@@ -4,10 +4,10 @@
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError as RdKafkaError;
 use rdkafka::message::{Headers, Message};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::config::KafkaConfig;
 use crate::consumer::{FETCH_MAX_BYTES, FETCH_QUEUE_BACKOFF};
@@ -47,6 +47,22 @@ impl PartitionRecord<'_> {
     }
 }
 
+/// The reader's client context: the end of the partition, which the reader
+/// asks for, is not reported as a global error.
+struct ReaderContext;
+
+impl ClientContext for ReaderContext {
+    fn error(&self, error: RdKafkaError, reason: &str) {
+        match error {
+            RdKafkaError::PartitionEOF(_)
+            | RdKafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF) => {}
+            error => tracing::error!("librdkafka: {error}: {reason}"),
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
+
 /// Reads `topic` partition `partition` from its first record until its end
 /// (the broker's end-of-partition signal) or until `each` breaks; returns the
 /// records read. Fails when no progress is made for `stall` (broker gone).
@@ -57,7 +73,7 @@ pub fn read_partition(
     stall: Duration,
     mut each: impl FnMut(PartitionRecord<'_>) -> ControlFlow<()>,
 ) -> Result<u64> {
-    let consumer: BaseConsumer = config
+    let consumer: BaseConsumer<ReaderContext> = config
         .client_config(&[
             ("group.id", "flumen-partition-reader"),
             ("enable.auto.commit", "false"),
@@ -66,7 +82,7 @@ pub fn read_partition(
             ("max.partition.fetch.bytes", "10485760"),
             FETCH_QUEUE_BACKOFF,
         ])
-        .create()
+        .create_with_context(ReaderContext)
         .map_err(|e| KafkaError::client("creating a partition reader", e))?;
     let mut assignment = TopicPartitionList::new();
     assignment
