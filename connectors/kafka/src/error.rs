@@ -49,6 +49,15 @@ pub enum KafkaError {
         /// Why it failed.
         reason: String,
     },
+    /// An operating-system call failed (e.g. starting a thread).
+    #[error("kafka: {context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The broker did not answer within the deadline.
     #[error("kafka: timed out after {waited_ms} ms waiting for {what}")]
     Timeout {

@@ -1,13 +1,12 @@
 //! An idempotent producer whose deliveries are tracked per batch.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rdkafka::message::OwnedHeaders;
-use rdkafka::producer::{
-    BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer,
-};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer as _, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 use tokio::sync::Notify;
@@ -151,9 +150,59 @@ pub struct OutRecord<'a> {
 /// inside a transaction that ends with [`Producer::commit_transaction`], which
 /// also commits the consumer offsets the transaction covers.
 pub struct Producer {
-    inner: ThreadedProducer<DeliveryContext>,
+    /// Serves delivery reports until the producer is dropped (declared
+    /// first: it stops before the client is destroyed).
+    _poller: Poller,
+    inner: Arc<BaseProducer<DeliveryContext>>,
     /// The `transactional.id`, for a transactional producer.
     transactional_id: Option<String>,
+}
+
+/// How long the polling thread waits for delivery reports at a time: how soon
+/// it notices that the producer is dropped. (rdkafka's `ThreadedProducer`
+/// waits 100 ms, which every close of a producer paid.)
+const POLL_STEP: Duration = Duration::from_millis(10);
+
+/// The thread that serves a producer's delivery reports (settling
+/// [`DeliveryBatch`]es); stopped and joined on drop.
+struct Poller {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Poller {
+    fn start(producer: &Arc<BaseProducer<DeliveryContext>>) -> Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (producer, stop) = (Arc::clone(producer), Arc::clone(&stop));
+            std::thread::Builder::new()
+                .name("flumen-producer-poll".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Acquire) {
+                        producer.poll(POLL_STEP);
+                    }
+                })
+                .map_err(|e| KafkaError::Io {
+                    context: "starting the producer's polling thread".into(),
+                    source: e,
+                })?
+        };
+        Ok(Poller {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::warn!("the producer's polling thread panicked");
+            }
+        }
+    }
 }
 
 /// flumen's producer defaults; the caller's extra settings override them.
@@ -170,14 +219,11 @@ const PRODUCER_DEFAULTS: [(&str, &str); 7] = [
 impl Producer {
     /// Creates a producer; `extra` settings override the defaults.
     pub fn new(config: &KafkaConfig) -> Result<Self> {
-        let inner = config
+        let inner: BaseProducer<DeliveryContext> = config
             .client_config(&PRODUCER_DEFAULTS)
             .create_with_context(DeliveryContext)
             .map_err(|e| KafkaError::client("creating producer", e))?;
-        Ok(Producer {
-            inner,
-            transactional_id: None,
-        })
+        Producer::polled(inner, None)
     }
 
     /// Creates a transactional producer with `transactional.id` =
@@ -191,15 +237,27 @@ impl Producer {
         let context = || format!("transactional producer '{transactional_id}'");
         let mut client = config.client_config(&PRODUCER_DEFAULTS);
         client.set("transactional.id", transactional_id);
-        let inner: ThreadedProducer<DeliveryContext> = client
+        let inner: BaseProducer<DeliveryContext> = client
             .create_with_context(DeliveryContext)
             .map_err(|e| KafkaError::client(format!("creating {}", context()), e))?;
-        inner
+        let producer = Producer::polled(inner, Some(transactional_id.to_string()))?;
+        producer
+            .inner
             .init_transactions(timeout)
             .map_err(|e| KafkaError::client(format!("initializing {}", context()), e))?;
+        Ok(producer)
+    }
+
+    /// `inner` with its delivery reports served by a polling thread.
+    fn polled(
+        inner: BaseProducer<DeliveryContext>,
+        transactional_id: Option<String>,
+    ) -> Result<Self> {
+        let inner = Arc::new(inner);
         Ok(Producer {
+            _poller: Poller::start(&inner)?,
             inner,
-            transactional_id: Some(transactional_id.to_string()),
+            transactional_id,
         })
     }
 
