@@ -27,7 +27,7 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::datatypes::{DataType, Field, Schema};
@@ -384,24 +384,22 @@ async fn run_timed(app: Application, events: u64) -> Result<(Timed, Arc<Stats>),
     let stats = app.stats();
     let stop = app.stop_handle();
     let commits = |s: &Stats| s.offset_commits() + s.transactions_committed();
-    // First record read; last commit seen after the stop was asked.
-    let span: Arc<Mutex<(Option<Instant>, Option<Instant>)>> = Arc::default();
     let done = Arc::new(AtomicBool::new(false));
+    // Returns when the first record was read and the last commit seen after
+    // the stop was asked.
     let watcher = {
-        let (stats, span, done) = (Arc::clone(&stats), Arc::clone(&span), Arc::clone(&done));
+        let (stats, done) = (Arc::clone(&stats), Arc::clone(&done));
         tokio::spawn(async move {
+            let (mut first, mut committed) = (None, None);
             let (mut stopped, mut commits_seen) = (false, 0);
             while !done.load(Ordering::Relaxed) {
-                {
-                    let now = Instant::now();
-                    let mut s = span.lock().unwrap_or_else(|p| p.into_inner());
-                    if stats.records_in() > 0 {
-                        s.0.get_or_insert(now);
-                    }
-                    if stopped && commits(&stats) > commits_seen {
-                        commits_seen = commits(&stats);
-                        s.1 = Some(now);
-                    }
+                let now = Instant::now();
+                if stats.records_in() > 0 {
+                    first.get_or_insert(now);
+                }
+                if stopped && commits(&stats) > commits_seen {
+                    commits_seen = commits(&stats);
+                    committed = Some(now);
                 }
                 if !stopped && stats.records_in() >= events {
                     commits_seen = commits(&stats);
@@ -410,14 +408,14 @@ async fn run_timed(app: Application, events: u64) -> Result<(Timed, Arc<Stats>),
                 }
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
+            (first, committed)
         })
     };
     let result = app.run().await;
     let returned = Instant::now();
     done.store(true, Ordering::Relaxed);
-    let _ = watcher.await;
+    let (first, committed) = watcher.await?;
     result?;
-    let (first, committed) = *span.lock().unwrap_or_else(|p| p.into_inner());
     let first = first.unwrap_or(returned);
     let end = committed.unwrap_or(returned);
     Ok((

@@ -54,8 +54,7 @@ struct ReaderContext;
 impl ClientContext for ReaderContext {
     fn error(&self, error: RdKafkaError, reason: &str) {
         match error {
-            RdKafkaError::PartitionEOF(_)
-            | RdKafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF) => {}
+            RdKafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF) => {}
             error => tracing::error!("librdkafka: {error}: {reason}"),
         }
     }

@@ -74,7 +74,7 @@ pub struct Dropped {
 type Customs = Vec<Option<Arc<dyn DynAggregator>>>;
 
 /// The hash maps of window state, keyed by input data: ahash (randomly seeded,
-/// as arrow's hash kernels use), several times faster than std's SipHash here.
+/// as arrow's hash kernels use) instead of std's slower SipHash.
 type Map<K, V> = HashMap<K, V, ahash::RandomState>;
 
 /// One batch's partial states per (window start, key), with the batch rows of
@@ -290,13 +290,16 @@ impl WindowCore {
         let mut touched = Vec::new();
         for ((start, key), (partial, _)) in partials {
             let windows = self.state.entry(start).or_default();
-            let (key, stored) = match windows.get_mut(key) {
-                Some(states) => {
-                    for ((state, p), custom) in states.iter_mut().zip(&partial).zip(&self.customs) {
-                        state.merge_with(p, custom.as_deref());
+            let (key, stored) = match windows.get_key_value(key).map(|(k, _)| Arc::clone(k)) {
+                Some(shared) => {
+                    if let Some(states) = windows.get_mut(&shared) {
+                        for ((state, p), custom) in
+                            states.iter_mut().zip(&partial).zip(&self.customs)
+                        {
+                            state.merge_with(p, custom.as_deref());
+                        }
                     }
-                    let shared = windows.get_key_value(key).map(|(k, _)| Arc::clone(k));
-                    (shared.unwrap_or_else(|| Arc::from(key)), true)
+                    (shared, true)
                 }
                 // A new window's state is the batch's partial.
                 None => {
@@ -330,7 +333,7 @@ impl WindowCore {
                 let (start, windows) = entry.remove_entry();
                 self.open -= windows.len();
                 // Emitted in key order, as they were kept before.
-                let mut windows: Vec<(Arc<str>, Vec<AggState>)> = windows.into_iter().collect();
+                let mut windows: Vec<_> = windows.into_iter().collect();
                 windows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
                 for (key, states) in windows {
                     if self.emit == Emit::Final {
