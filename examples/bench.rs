@@ -36,7 +36,6 @@ use flumen::prelude::*;
 use flumen::Stats;
 use flumen_cassandra::CassandraSink;
 use flumen_kafka::Admin;
-use flumen_testkit::cql::CqlTestServer;
 use flumen_testkit::sensor::SensorWorkload;
 use flumen_testkit::{unique_name, DevStack};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
@@ -276,7 +275,7 @@ async fn input_topic(
     process::reset_peak_rss();
     let cpu = process::cpu_seconds("cql-test-serv");
     let started = Instant::now();
-    stack.produce_batched(&topic, workload.records()).await?;
+    stack.produce(&topic, workload.records()).await?;
     let seconds = started.elapsed().as_secs_f64();
     eprintln!(
         "produced {} readings of {} devices to '{topic}' in {seconds:.1} s",
@@ -442,7 +441,7 @@ async fn restore(stack: &DevStack, args: &Args) -> Result<Measured, BoxError> {
         step_ms: 0,
         ..Default::default()
     };
-    stack.produce_batched(&input, workload.records()).await?;
+    stack.produce(&input, workload.records()).await?;
     // Readings below 0 are filtered out: one window per kept reading.
     let entries = workload.readings().filter(|r| r.temp >= 0.0).count() as u64;
     let output = unique_name("bench-restore-out");
@@ -673,12 +672,11 @@ async fn main() -> Result<(), BoxError> {
     let stack = match args
         .brokers
         .clone()
-        .or_else(|| std::env::var("FLUMEN_KAFKA_BROKERS").ok())
+        .or_else(|| flumen_examples::env("FLUMEN_KAFKA_BROKERS"))
     {
         Some(brokers) => DevStack::connect(brokers),
-        None => DevStack::start()?,
+        None => flumen_examples::start_dev_stack()?,
     };
-    eprintln!("broker: {}", stack.brokers());
     let wanted: Vec<&str> = args.scenarios.split(',').map(str::trim).collect();
     let mut results = Vec::new();
     let topic = if wanted.iter().any(|s| *s != "restore") {
@@ -693,13 +691,13 @@ async fn main() -> Result<(), BoxError> {
     let cassandra = match args
         .cassandra
         .clone()
-        .or_else(|| std::env::var("FLUMEN_CASSANDRA_NODES").ok())
+        .or_else(|| flumen_examples::env("FLUMEN_CASSANDRA_NODES"))
     {
         Some(nodes) => nodes,
         None if wanted.contains(&"cassandra") => {
-            let server = CqlTestServer::start()?;
-            let node = server.node();
-            _server = Some(server);
+            let cassandra = flumen_examples::start_cassandra()?;
+            let node = cassandra.nodes().to_string();
+            _server = Some(cassandra);
             node
         }
         None => String::new(),

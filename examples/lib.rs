@@ -3,16 +3,24 @@
 //! - `passthrough`: a stateless pipeline (filter, select, with_column) from one
 //!   topic to another on the local dev stack, with a throughput summary.
 //! - `windows`: tumbling 10 s windows per device over sensor readings, printed as tables.
-//! - `quickstart`: the same windows into the Cassandra table `metrics.device_temp`
-//!   (the CQL test server unless `FLUMEN_CASSANDRA_NODES` is set), read back and printed.
+//! - `quickstart`: the same windows into the Cassandra table `metrics.device_temp`,
+//!   read back and printed.
 //! - `sensor_metrics`: the quickstart's pipeline with flags, for comparisons.
 //! - `bench`: the benchmark harness (raw consume ceiling vs. stateless,
 //!   tumbling, hopping -> Kafka and tumbling -> Cassandra on one topic).
 //!
+//! Each starts a local Apache Kafka (and Apache Cassandra where it writes to
+//! Cassandra) from the jars `tests/bootstrap.sh` fetched, unless
+//! `FLUMEN_KAFKA_BROKERS` / `FLUMEN_CASSANDRA_NODES` name running clusters
+//! (`eval "$(cargo run -p flumen-testkit --bin flumen-devstack -- up)"` keeps
+//! a local pair running between runs).
+//!
 //! This library holds what the examples share: logging and the dev stack.
 
 use flumen::{Application, ApplicationBuilder};
-use flumen_testkit::{unique_name, DevStack, TestkitError};
+use std::time::Instant;
+
+use flumen_testkit::{stack, unique_name, DevCassandra, DevStack, TestkitError};
 
 /// Logs to stderr at `RUST_LOG` (default `warn`).
 pub fn init_logging() {
@@ -23,20 +31,57 @@ pub fn init_logging() {
         .init();
 }
 
-/// Starts the dev stack (or uses `FLUMEN_KAFKA_BROKERS`), saying what it does.
+/// `name`'s value, when set and not empty.
+pub fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// A Kafka broker: `FLUMEN_KAFKA_BROKERS` when set, else a local Apache Kafka
+/// started for this run (stopped and removed when the returned stack drops).
 pub fn start_dev_stack() -> Result<DevStack, TestkitError> {
-    println!("starting the dev stack (the first run installs the Tansu broker, ~15 min)...");
-    let stack = DevStack::start()?;
+    if let Some(brokers) = env("FLUMEN_KAFKA_BROKERS") {
+        println!("kafka: {brokers} (FLUMEN_KAFKA_BROKERS)");
+        return Ok(DevStack::connect(brokers));
+    }
+    let started = Instant::now();
+    let stack = DevStack::start_dedicated()?;
     println!(
-        "broker: {}{}",
+        "kafka: {} (local Apache Kafka {}, started in {:.1?})",
         stack.brokers(),
-        if stack.is_local() {
-            " (local Tansu)"
-        } else {
-            ""
-        }
+        stack::install::KAFKA_VERSION,
+        started.elapsed()
     );
     Ok(stack)
+}
+
+/// A Cassandra cluster: `FLUMEN_CASSANDRA_NODES` when set, else a local Apache
+/// Cassandra started for this run (stopped and removed when dropped).
+pub fn start_cassandra() -> Result<DevCassandra, TestkitError> {
+    if let Some(nodes) = env("FLUMEN_CASSANDRA_NODES") {
+        println!("cassandra: {nodes} (FLUMEN_CASSANDRA_NODES)");
+        return Ok(DevCassandra::connect(nodes));
+    }
+    let started = Instant::now();
+    let cassandra = DevCassandra::start_dedicated(&Default::default())?;
+    println!(
+        "cassandra: {} (local Apache Cassandra {}, started in {:.1?})",
+        cassandra.nodes(),
+        stack::install::CASSANDRA_VERSION,
+        started.elapsed()
+    );
+    Ok(cassandra)
+}
+
+/// Kafka and Cassandra as [`start_dev_stack`] and [`start_cassandra`] start
+/// them, both at once (Cassandra takes longer; the broker starts meanwhile).
+pub fn start_kafka_and_cassandra() -> Result<(DevStack, DevCassandra), TestkitError> {
+    println!("starting the dev stack (the first run fetches the server jars)...");
+    let cassandra = std::thread::spawn(start_cassandra);
+    let stack = start_dev_stack()?;
+    let cassandra = cassandra.join().map_err(|_| TestkitError::Install {
+        reason: "the thread starting Cassandra panicked".into(),
+    })??;
+    Ok((stack, cassandra))
 }
 
 /// An application builder for the dev stack with a fresh consumer group named after `name`.

@@ -42,7 +42,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..Default::default()
     };
     let started = Instant::now();
-    stack.produce_batched(&input, workload.records()).await?;
+    stack.produce(&input, workload.records()).await?;
     println!(
         "produced {} events to '{input}' in {:.1?}",
         args.events,

@@ -2,9 +2,9 @@
 //! windows per device (count, sum, min, max, mean) -> the Cassandra table
 //! `metrics.device_temp`, then the table read back through the driver.
 //!
-//! No flags and nothing to set up: it starts the local dev stack (the Tansu
-//! broker and the testkit's CQL test server) unless `FLUMEN_KAFKA_BROKERS` /
-//! `FLUMEN_CASSANDRA_NODES` point at real clusters.
+//! No flags and nothing to set up: it starts a local Apache Kafka and Apache
+//! Cassandra (from the jars `tests/bootstrap.sh` fetched) for the run, unless
+//! `FLUMEN_KAFKA_BROKERS` / `FLUMEN_CASSANDRA_NODES` point at running clusters.
 //!
 //! `cargo run --release --example quickstart`
 
@@ -14,7 +14,6 @@ use arrow::datatypes::{DataType, Field, Schema};
 use flumen::prelude::*;
 use flumen_cassandra::CassandraSink;
 use flumen_examples::cassandra::{prepare_table, read_rows, Row};
-use flumen_testkit::cql::CqlTestServer;
 use flumen_testkit::sensor::SensorWorkload;
 use flumen_testkit::unique_name;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -51,19 +50,8 @@ fn print_rows(rows: &[Row], show: usize) {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     flumen_examples::init_logging();
-    let stack = flumen_examples::start_dev_stack()?;
-    // A real cluster when FLUMEN_CASSANDRA_NODES is set, else the CQL test server.
-    let (nodes, _server) = match std::env::var("FLUMEN_CASSANDRA_NODES") {
-        Ok(nodes) if !nodes.trim().is_empty() => (nodes, None),
-        _ => {
-            let server = CqlTestServer::start()?;
-            println!(
-                "cassandra: {} (the testkit's CQL test server, in memory)",
-                server.node()
-            );
-            (server.node(), Some(server))
-        }
-    };
+    let (stack, cassandra) = flumen_examples::start_kafka_and_cassandra()?;
+    let nodes = cassandra.nodes().to_string();
     let session = prepare_table(&nodes, "metrics", "device_temp").await?;
 
     let input = unique_name("readings");
@@ -75,7 +63,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..Default::default()
     };
     let produced = Instant::now();
-    stack.produce_batched(&input, workload.records()).await?;
+    stack.produce(&input, workload.records()).await?;
     println!(
         "produced {EVENTS} readings of {DEVICES} devices to '{input}' in {:.1?}",
         produced.elapsed()

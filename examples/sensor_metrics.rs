@@ -7,8 +7,9 @@
 //!     --window tumbling:10s --sink cassandra --dump-table /tmp/rows.jsonl
 //! ```
 //!
-//! Without `--brokers` (or `FLUMEN_KAFKA_BROKERS`) it starts the dev broker;
-//! without `--cassandra` (or `FLUMEN_CASSANDRA_NODES`) the CQL test server.
+//! Without `--brokers` (or `FLUMEN_KAFKA_BROKERS`) it starts a local Apache
+//! Kafka; without `--cassandra` (or `FLUMEN_CASSANDRA_NODES`) a local Apache
+//! Cassandra, for the run.
 //! Without `--input` it generates `--events` readings into a new topic and
 //! stops once it has read them all. The last line on stdout is JSON:
 //! `{"input_records", "output_rows", "seconds", "records_per_sec"}`, seconds
@@ -24,14 +25,13 @@ use arrow::datatypes::{DataType, Field, Schema};
 use clap::Parser;
 use flumen::prelude::*;
 use flumen_cassandra::CassandraSink;
-use flumen_testkit::cql::CqlTestServer;
 use flumen_testkit::sensor::SensorWorkload;
 use flumen_testkit::{unique_name, DevStack};
 
 #[derive(Parser, Debug)]
 #[command(about = "The sensor metrics pipeline, parameterized")]
 struct Args {
-    /// Kafka bootstrap servers (default: FLUMEN_KAFKA_BROKERS, else a local dev broker).
+    /// Kafka bootstrap servers (default: FLUMEN_KAFKA_BROKERS, else a local Apache Kafka).
     #[arg(long)]
     brokers: Option<String>,
     /// Input topic (default: a new topic with generated readings).
@@ -49,7 +49,7 @@ struct Args {
     /// `cassandra`, `kafka:TOPIC` or `stdout`.
     #[arg(long, default_value = "cassandra")]
     sink: String,
-    /// Cassandra contact points (default: FLUMEN_CASSANDRA_NODES, else the CQL test server).
+    /// Cassandra contact points (default: FLUMEN_CASSANDRA_NODES, else a local Apache Cassandra).
     #[arg(long)]
     cassandra: Option<String>,
     /// Keyspace of the table.
@@ -122,10 +122,6 @@ enum Output {
     Stdout,
 }
 
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
-}
-
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     flumen_examples::init_logging();
@@ -134,7 +130,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let grace = duration(&args.grace)?;
 
     // A local broker, when started, runs as long as `stack` lives.
-    let stack = match args.brokers.clone().or_else(|| env("FLUMEN_KAFKA_BROKERS")) {
+    let stack = match args
+        .brokers
+        .clone()
+        .or_else(|| flumen_examples::env("FLUMEN_KAFKA_BROKERS"))
+    {
         Some(brokers) => DevStack::connect(brokers),
         None => flumen_examples::start_dev_stack()?,
     };
@@ -144,14 +144,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let nodes = match args
                 .cassandra
                 .clone()
-                .or_else(|| env("FLUMEN_CASSANDRA_NODES"))
+                .or_else(|| flumen_examples::env("FLUMEN_CASSANDRA_NODES"))
             {
                 Some(nodes) => nodes,
                 None => {
-                    let server = CqlTestServer::start()?;
-                    let node = server.node();
-                    eprintln!("cassandra: {node} (the testkit's CQL test server)");
-                    _server = Some(server);
+                    let cassandra = flumen_examples::start_cassandra()?;
+                    let node = cassandra.nodes().to_string();
+                    _server = Some(cassandra);
                     node
                 }
             };
@@ -185,7 +184,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 step_ms: args.step_ms,
                 ..Default::default()
             };
-            stack.produce_batched(&topic, workload.records()).await?;
+            stack.produce(&topic, workload.records()).await?;
             eprintln!("produced {} readings to '{topic}'", args.events);
             (topic, Some(args.events))
         }

@@ -70,7 +70,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..Default::default()
     };
     let produced = Instant::now();
-    stack.produce_batched(&input, workload.records()).await?;
+    stack.produce(&input, workload.records()).await?;
     println!(
         "produced {} readings of {} devices to '{input}' in {:.2?}",
         args.events,

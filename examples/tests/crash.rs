@@ -11,9 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use flumen_examples::cassandra::{prepare_table, read_rows, Row};
-use flumen_testkit::cql::CqlTestServer;
 use flumen_testkit::sensor::SensorWorkload;
-use flumen_testkit::{unique_name, DevStack};
+use flumen_testkit::{unique_name, DevCassandra, DevStack};
 use scylla::client::session::Session;
 use scylla::value::CqlTimestamp;
 
@@ -101,8 +100,7 @@ impl Run<'_> {
     }
 }
 
-/// Creates the input topic and writes the workload, one record per producer
-/// batch (a restart may resume at any offset on Tansu).
+/// Creates the input topic and writes the workload.
 async fn input(stack: &DevStack) -> String {
     let input = unique_name("readings");
     stack.create_topic(&input, 3).await.expect("input topic");
@@ -143,9 +141,9 @@ fn wait_for_exit(mut running: Running) {
     }
 }
 
-async fn row_count(session: &Session, table: &str) -> i64 {
+async fn row_count(session: &Session, keyspace: &str, table: &str) -> i64 {
     session
-        .query_unpaged(format!("SELECT count(*) FROM metrics.{table}"), &[])
+        .query_unpaged(format!("SELECT count(*) FROM {keyspace}.{table}"), &[])
         .await
         .expect("count")
         .into_rows_result()
@@ -172,8 +170,9 @@ fn assert_same_rows(actual: &[Row], expected: &[Row]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sensor_metrics_killed_three_times_writes_the_uninterrupted_table() {
     let stack = DevStack::start().expect("dev stack");
-    let server = CqlTestServer::start().expect("cql server");
-    let nodes = server.node();
+    let cassandra = DevCassandra::start().expect("cassandra");
+    let nodes = cassandra.nodes().to_string();
+    let keyspace = unique_name("crash").replace('-', "_");
     let input = input(&stack).await;
     let run = |table: &str| Run {
         stack: &stack,
@@ -181,31 +180,31 @@ async fn sensor_metrics_killed_three_times_writes_the_uninterrupted_table() {
         group: unique_name("crash"),
         sink: ["--sink", "cassandra", "--cassandra", &nodes]
             .into_iter()
-            .chain(["--keyspace", "metrics", "--table", table])
+            .chain(["--keyspace", &keyspace, "--table", table])
             .map(String::from)
             .collect(),
     };
-    let session = prepare_table(&nodes, "metrics", "reference")
+    let session = prepare_table(&nodes, &keyspace, "reference")
         .await
         .expect("reference table");
-    prepare_table(&nodes, "metrics", "crashed")
+    prepare_table(&nodes, &keyspace, "crashed")
         .await
         .expect("crash table");
 
     let reference_state = tempfile::tempdir().expect("state");
     wait_for_exit(run("reference").spawn(reference_state.path()));
-    let expected = read_rows(&session, "metrics", "reference")
+    let expected = read_rows(&session, &keyspace, "reference")
         .await
         .expect("reference rows");
     assert!(expected.len() > 500, "{} windows", expected.len());
 
     run("crashed")
         .crash_three_times(expected.len(), || async {
-            row_count(&session, "crashed").await as usize
+            row_count(&session, &keyspace, "crashed").await as usize
         })
         .await;
 
-    let actual = read_rows(&session, "metrics", "crashed")
+    let actual = read_rows(&session, &keyspace, "crashed")
         .await
         .expect("rows");
     assert_same_rows(&actual, &expected);

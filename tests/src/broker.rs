@@ -1,81 +1,30 @@
-//! The local dev broker: Tansu, installed once into a known directory, started
-//! per `DevStack` on 127.0.0.1 with a free port and memory storage.
+//! [`DevStack`]: the Kafka broker a test or example runs against.
 
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use flumen_kafka::{Admin, KafkaConfig, TopicSpec};
 
 use crate::proxy::OutageProxy;
-use crate::tansu::ensure_tansu;
+use crate::stack::{self, KafkaOptions, KafkaServer};
 use crate::TestkitError;
 
-/// A Kafka-protocol broker for tests and examples. Started with
-/// [`DevStack::start`]; stopped when dropped (also when a test panics).
+/// A Kafka broker for tests and examples: the process's shared broker
+/// ([`DevStack::start`]), one of its own ([`DevStack::start_dedicated`],
+/// [`DevStack::start_behind_proxy`]), or an external cluster named by
+/// `FLUMEN_KAFKA_BROKERS`.
 ///
-/// With `FLUMEN_KAFKA_BROKERS` set, nothing is started and everything points at
-/// that cluster instead.
+/// ```no_run
+/// # async fn demo() -> Result<(), flumen_testkit::TestkitError> {
+/// let stack = flumen_testkit::DevStack::start()?;
+/// stack.create_topic("readings", 3).await?;
+/// println!("broker at {}", stack.brokers());
+/// # Ok(())
+/// # }
+/// ```
 pub struct DevStack {
     brokers: String,
-    child: Option<Child>,
-    log: Option<PathBuf>,
+    server: Option<Arc<KafkaServer>>,
     proxy: Option<OutageProxy>,
-}
-
-fn free_port() -> Result<u16, TestkitError> {
-    let listener =
-        TcpListener::bind("127.0.0.1:0").map_err(TestkitError::io("finding a free port"))?;
-    listener
-        .local_addr()
-        .map(|a| a.port())
-        .map_err(TestkitError::io("reading the free port"))
-}
-
-#[allow(unsafe_code)]
-fn spawn_broker(
-    bin: &Path,
-    port: u16,
-    advertised_port: u16,
-    log: &Path,
-) -> Result<Child, TestkitError> {
-    let url = format!("tcp://127.0.0.1:{port}");
-    let advertised = format!("tcp://127.0.0.1:{advertised_port}");
-    let out = std::fs::File::create(log)
-        .map_err(TestkitError::io(format!("creating {}", log.display())))?;
-    let err = out
-        .try_clone()
-        .map_err(TestkitError::io("cloning the log handle"))?;
-    let mut command = Command::new(bin);
-    command
-        .args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &advertised,
-        ])
-        .args(["--storage-engine", "memory://tansu/"])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err);
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::unix::process::CommandExt;
-        // SAFETY: prctl is async-signal-safe; it asks the kernel to kill the broker
-        // when the thread that started it exits, so no broker outlives a killed test.
-        unsafe {
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-    }
-    command
-        .spawn()
-        .map_err(|e| TestkitError::Start(format!("spawning {}: {e}", bin.display())))
 }
 
 impl DevStack {
@@ -83,88 +32,64 @@ impl DevStack {
     pub fn connect(brokers: impl Into<String>) -> DevStack {
         DevStack {
             brokers: brokers.into(),
-            child: None,
-            log: None,
+            server: None,
             proxy: None,
         }
     }
 
-    /// Starts a broker on 127.0.0.1 with a free port and waits until it answers
-    /// metadata requests; or uses `FLUMEN_KAFKA_BROKERS` when set.
-    ///
-    /// The broker is a child of the calling thread: start it on the thread that
-    /// owns the `DevStack` (a test's own thread, or `main`).
+    /// The broker this process shares among its tests (started on first use,
+    /// see [`stack::shared_kafka`]), or `FLUMEN_KAFKA_BROKERS` when set.
     pub fn start() -> Result<DevStack, TestkitError> {
-        if let Ok(brokers) = std::env::var("FLUMEN_KAFKA_BROKERS") {
-            if !brokers.trim().is_empty() {
-                return Ok(DevStack::connect(brokers));
-            }
+        if let Some(brokers) = external_brokers() {
+            return Ok(DevStack::connect(brokers));
         }
-        DevStack::start_local(false)
+        let server = stack::shared_kafka()?;
+        Ok(DevStack {
+            brokers: server.brokers(),
+            server: Some(server),
+            proxy: None,
+        })
     }
 
-    /// Starts a local broker whose clients all connect through an
+    /// A broker of this test's own, for tests that stop, kill or restart it.
+    /// Ignores `FLUMEN_KAFKA_BROKERS`.
+    pub fn start_dedicated() -> Result<DevStack, TestkitError> {
+        let server = KafkaServer::start(&KafkaOptions::default())?;
+        eprintln!(
+            "flumen-testkit: dedicated Kafka at {} (log: {})",
+            server.brokers(),
+            server.log_path().display()
+        );
+        Ok(DevStack {
+            brokers: server.brokers(),
+            server: Some(Arc::new(server)),
+            proxy: None,
+        })
+    }
+
+    /// A broker of this test's own whose clients all connect through an
     /// [`OutageProxy`] (the broker advertises the proxy's address), so a test
     /// can cut the broker off and bring it back ([`DevStack::proxy`]). Ignores
-    /// `FLUMEN_KAFKA_BROKERS`: an outage needs a broker of its own.
+    /// `FLUMEN_KAFKA_BROKERS`.
     pub fn start_behind_proxy() -> Result<DevStack, TestkitError> {
-        DevStack::start_local(true)
-    }
-
-    fn start_local(behind_proxy: bool) -> Result<DevStack, TestkitError> {
-        let bin = ensure_tansu()?;
-        let mut last_error = None;
-        for _ in 0..3 {
-            let port = free_port()?;
-            let proxy = if behind_proxy {
-                Some(OutageProxy::start(([127, 0, 0, 1], port).into())?)
-            } else {
-                None
-            };
-            let advertised = proxy.as_ref().map_or(port, |p| p.address().port());
-            let log = std::env::temp_dir().join(format!("flumen-tansu-{port}.log"));
-            let child = spawn_broker(&bin, port, advertised, &log)?;
-            let mut stack = DevStack {
-                brokers: format!("127.0.0.1:{advertised}"),
-                child: Some(child),
-                log: Some(log),
-                proxy,
-            };
-            match stack.wait_ready(Duration::from_secs(30)) {
-                Ok(()) => return Ok(stack),
-                Err(e) => last_error = Some(e),
-            }
-        }
-        Err(last_error.unwrap_or_else(|| TestkitError::Start("no attempt made".into())))
-    }
-
-    fn wait_ready(&mut self, deadline: Duration) -> Result<(), TestkitError> {
-        let start = Instant::now();
-        loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    return Err(TestkitError::Start(format!(
-                        "broker exited with {status}; log: {}",
-                        self.log
-                            .as_ref()
-                            .map_or(String::new(), |l| l.display().to_string())
-                    )));
-                }
-            }
-            if TcpStream::connect(&self.brokers).is_ok() {
-                let admin = Admin::new(&KafkaConfig::new(&self.brokers))?;
-                if admin.ping(Duration::from_secs(2)).is_ok() {
-                    return Ok(());
-                }
-            }
-            if start.elapsed() > deadline {
-                return Err(TestkitError::Start(format!(
-                    "broker at {} did not answer within {deadline:?}",
-                    self.brokers
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let proxy_port = stack::rundir::free_port()?;
+        let options = KafkaOptions {
+            advertised_port: Some(proxy_port),
+            ..KafkaOptions::default()
+        };
+        let server = KafkaServer::start(&options)?;
+        let target = ([127, 0, 0, 1], server.port()).into();
+        let proxy = OutageProxy::start_on(([127, 0, 0, 1], proxy_port).into(), target)?;
+        eprintln!(
+            "flumen-testkit: Kafka behind a proxy at {} (log: {})",
+            server.brokers(),
+            server.log_path().display()
+        );
+        Ok(DevStack {
+            brokers: server.brokers(),
+            server: Some(Arc::new(server)),
+            proxy: Some(proxy),
+        })
     }
 
     /// The proxy in front of the broker (see [`DevStack::start_behind_proxy`]).
@@ -172,18 +97,23 @@ impl DevStack {
         self.proxy.as_ref()
     }
 
+    /// The broker process, when this stack started one.
+    pub fn server(&self) -> Option<&KafkaServer> {
+        self.server.as_deref()
+    }
+
     /// `host:port` of the broker.
     pub fn brokers(&self) -> &str {
         &self.brokers
     }
 
-    /// Whether this stack started its own broker (false with `FLUMEN_KAFKA_BROKERS`).
+    /// Whether the broker runs locally (false with `FLUMEN_KAFKA_BROKERS`).
     pub fn is_local(&self) -> bool {
-        self.child.is_some()
+        self.server.is_some()
     }
 
-    /// Consumer settings that suit the dev broker: Tansu's group join waits
-    /// about half of `session.timeout.ms`, so a short session keeps rebalances quick.
+    /// Consumer settings for tests: a 6 s session (the broker's minimum), so
+    /// that a killed member leaves its group within seconds.
     pub fn consumer_settings(&self) -> Vec<(&'static str, &'static str)> {
         vec![
             ("session.timeout.ms", "6000"),
@@ -209,11 +139,9 @@ impl DevStack {
     }
 }
 
-impl Drop for DevStack {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+/// `FLUMEN_KAFKA_BROKERS`, when set and not empty.
+fn external_brokers() -> Option<String> {
+    std::env::var("FLUMEN_KAFKA_BROKERS")
+        .ok()
+        .filter(|b| !b.trim().is_empty())
 }

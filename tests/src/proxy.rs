@@ -1,11 +1,11 @@
-//! A TCP proxy in front of the dev broker that can cut every connection: a
-//! broker outage as its clients see it. The dev broker's memory storage would
-//! lose every record if the broker itself were restarted, so outage tests stop
-//! the traffic instead of the process.
+//! A TCP fault proxy in front of a server (the Kafka broker or a Cassandra
+//! node): it can cut every connection (an outage as clients see it, or one
+//! dropped connection when restored at once) and delay traffic (latency),
+//! while the server itself keeps running.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::TestkitError;
@@ -16,6 +16,8 @@ struct State {
     up: AtomicBool,
     /// Set when the proxy is dropped.
     closed: AtomicBool,
+    /// Delay added before forwarding each chunk, in ms.
+    latency_ms: AtomicU64,
     /// Both ends of every open connection, to cut them.
     open: Mutex<Vec<TcpStream>>,
 }
@@ -30,8 +32,13 @@ pub struct OutageProxy {
 impl OutageProxy {
     /// Listens on a free port of 127.0.0.1 and forwards to `target`.
     pub fn start(target: SocketAddr) -> Result<Self, TestkitError> {
-        let listener =
-            TcpListener::bind("127.0.0.1:0").map_err(TestkitError::io("binding the proxy"))?;
+        OutageProxy::start_on(([127, 0, 0, 1], 0).into(), target)
+    }
+
+    /// Listens on `listen` and forwards to `target`.
+    pub fn start_on(listen: SocketAddr, target: SocketAddr) -> Result<Self, TestkitError> {
+        let listener = TcpListener::bind(listen)
+            .map_err(TestkitError::io(format!("binding the proxy to {listen}")))?;
         let address = listener
             .local_addr()
             .map_err(TestkitError::io("reading the proxy address"))?;
@@ -63,6 +70,19 @@ impl OutageProxy {
     /// Lets connections through again.
     pub fn restore(&self) {
         self.state.up.store(true, Ordering::Release);
+    }
+
+    /// Closes every open connection; new ones are let through (clients see
+    /// their connections dropped and reconnect).
+    pub fn drop_connections(&self) {
+        self.cut();
+        self.restore();
+    }
+
+    /// Delays every chunk of traffic, both ways, by `latency` (zero: none).
+    pub fn set_latency(&self, latency: std::time::Duration) {
+        let ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
+        self.state.latency_ms.store(ms, Ordering::Release);
     }
 }
 
@@ -107,13 +127,13 @@ fn accept_loop(listener: &TcpListener, target: SocketAddr, state: &Arc<State>) {
                 }
             }
         }
-        spawn_pipe(client, server_in);
-        spawn_pipe(server, client_out);
+        spawn_pipe(client, server_in, Arc::clone(state));
+        spawn_pipe(server, client_out, Arc::clone(state));
     }
 }
 
 /// Copies `from` to `to` until either side closes, then closes both.
-fn spawn_pipe(mut from: TcpStream, mut to: TcpStream) {
+fn spawn_pipe(mut from: TcpStream, mut to: TcpStream, state: Arc<State>) {
     let _ = std::thread::Builder::new()
         .name("flumen-proxy-pipe".into())
         .spawn(move || {
@@ -122,6 +142,10 @@ fn spawn_pipe(mut from: TcpStream, mut to: TcpStream) {
                 match from.read(&mut buf) {
                     Ok(0) => break,
                     Ok(n) => {
+                        let latency = state.latency_ms.load(Ordering::Acquire);
+                        if latency > 0 {
+                            std::thread::sleep(std::time::Duration::from_millis(latency));
+                        }
                         if to.write_all(&buf[..n]).is_err() {
                             break;
                         }

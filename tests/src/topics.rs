@@ -1,11 +1,12 @@
 //! Producing test input and reading outputs back.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use flumen_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
-use flumen_kafka::rdkafka::message::Headers;
+use flumen_kafka::rdkafka::error::KafkaError;
+use flumen_kafka::rdkafka::message::{BorrowedMessage, Headers};
 use flumen_kafka::rdkafka::{Message, Offset, TopicPartitionList};
 use flumen_kafka::{Admin, DeliveryBatch, OutRecord, Producer};
 
@@ -93,14 +94,20 @@ impl TestRecord {
 }
 
 impl DevStack {
-    /// Produces `records` to `topic`, one record per record batch, and waits
+    /// Produces `records` to `topic` (batched as the producer likes) and waits
     /// until all are acknowledged.
-    ///
-    /// Tansu 0.6.0 cannot fetch from an offset inside a record batch: it skips to
-    /// the next batch (records are lost to a consumer that resumes there). A test
-    /// input written one record per batch can be resumed from any offset. Use
-    /// [`DevStack::produce_batched`] for input that is only read from the start.
     pub async fn produce(
+        &self,
+        topic: &str,
+        records: impl IntoIterator<Item = TestRecord>,
+    ) -> Result<usize, TestkitError> {
+        self.produce_with(&self.kafka_config(), topic, records)
+            .await
+    }
+
+    /// Produces `records` one record per producer request (`linger.ms=0`,
+    /// one message per batch): input that trickles in, as from many clients.
+    pub async fn produce_one_by_one(
         &self,
         topic: &str,
         records: impl IntoIterator<Item = TestRecord>,
@@ -110,16 +117,6 @@ impl DevStack {
             .set("linger.ms", "0")
             .set("batch.num.messages", "1");
         self.produce_with(&config, topic, records).await
-    }
-
-    /// Produces `records` in large batches (fast); see [`DevStack::produce`].
-    pub async fn produce_batched(
-        &self,
-        topic: &str,
-        records: impl IntoIterator<Item = TestRecord>,
-    ) -> Result<usize, TestkitError> {
-        self.produce_with(&self.kafka_config(), topic, records)
-            .await
     }
 
     async fn produce_with(
@@ -153,7 +150,7 @@ impl DevStack {
         count: usize,
         deadline: Duration,
     ) -> Result<usize, TestkitError> {
-        let reader = Reader::new(self, topic)?;
+        let reader = Reader::new(self, topic, Isolation::ReadUncommitted)?;
         let topic = topic.to_string();
         tokio::task::spawn_blocking(move || {
             let start = Instant::now();
@@ -164,10 +161,8 @@ impl DevStack {
                         "topic '{topic}' holds {seen} records, expected {count} within {deadline:?}"
                     )));
                 }
-                if let Some(record) = reader.next()? {
-                    if record.key.as_deref() != Some(END_KEY) {
-                        seen += 1;
-                    }
+                if let Some(Polled::Record(_)) = reader.next()? {
+                    seen += 1;
                 }
             }
             Ok(seen)
@@ -176,48 +171,58 @@ impl DevStack {
         .map_err(|e| TestkitError::Timeout(format!("reader task: {e}")))?
     }
 
-    /// Reads every record of `topic` written so far, ordered by partition then
-    /// offset. Call it once the writers have finished.
-    ///
-    /// Tansu 0.6.0 reports the high watermark as the base offset of the last
-    /// record batch plus one, not the end offset, so watermarks cannot tell where
-    /// a partition ends. Instead an end marker (key `__flumen_end__`) is written
-    /// to every partition and each partition is read up to its marker; markers
-    /// are never returned.
+    /// Reads every record of `topic` written so far (`read_uncommitted`),
+    /// ordered by partition then offset. Call it once the writers have finished.
     pub async fn read_all(
         &self,
         topic: &str,
         deadline: Duration,
     ) -> Result<Vec<ReadRecord>, TestkitError> {
-        let partitions = Admin::new(&self.kafka_config())?.require_topic(topic)?;
-        let marker = unique_name("end");
-        let markers = (0..partitions).map(|p| TestRecord {
-            key: Some(END_KEY.to_vec()),
-            value: Some(marker.clone().into_bytes()),
-            partition: Some(p),
-        });
-        self.produce(topic, markers).await?;
-        let reader = Reader::new(self, topic)?;
+        self.read_to_end(topic, Isolation::ReadUncommitted, deadline)
+            .await
+    }
+
+    /// Every record of `topic` a `read_committed` consumer sees, by partition
+    /// and offset, up to each partition's last stable offset. Call it once the
+    /// writers have ended their transactions.
+    pub async fn read_committed(
+        &self,
+        topic: &str,
+        deadline: Duration,
+    ) -> Result<Vec<ReadRecord>, TestkitError> {
+        self.read_to_end(topic, Isolation::ReadCommitted, deadline)
+            .await
+    }
+
+    /// Reads each partition from its start until the consumer reports its end.
+    async fn read_to_end(
+        &self,
+        topic: &str,
+        isolation: Isolation,
+        deadline: Duration,
+    ) -> Result<Vec<ReadRecord>, TestkitError> {
+        let reader = Reader::new(self, topic, isolation)?;
+        let partitions = reader.partitions;
         let topic = topic.to_string();
         tokio::task::spawn_blocking(move || {
             let start = Instant::now();
-            let mut done: HashMap<i32, bool> = (0..partitions).map(|p| (p, false)).collect();
+            let mut ended: HashSet<i32> = HashSet::new();
             let mut out = Vec::new();
-            while done.values().any(|d| !d) {
+            while ended.len() < partitions as usize {
                 if start.elapsed() > deadline {
                     return Err(TestkitError::Timeout(format!(
-                        "reading '{topic}': {} records after {deadline:?}, end markers missing",
-                        out.len()
+                        "reading '{topic}': {} records, {} of {partitions} partitions \
+                         read to their end after {deadline:?}",
+                        out.len(),
+                        ended.len()
                     )));
                 }
-                if let Some(record) = reader.next()? {
-                    if record.key.as_deref() == Some(END_KEY) {
-                        if record.value.as_deref() == Some(marker.as_bytes()) {
-                            done.insert(record.partition, true);
-                        }
-                    } else if !done.get(&record.partition).copied().unwrap_or(true) {
-                        out.push(record);
+                match reader.next()? {
+                    Some(Polled::Record(record)) => out.push(record),
+                    Some(Polled::End(partition)) => {
+                        ended.insert(partition);
                     }
+                    None => {}
                 }
             }
             out.sort_by_key(|r| (r.partition, r.offset));
@@ -228,23 +233,42 @@ impl DevStack {
     }
 }
 
-/// Key of the end markers [`DevStack::read_all`] writes.
-pub const END_KEY: &[u8] = b"__flumen_end__";
+/// The isolation level of a [`Reader`].
+#[derive(Debug, Clone, Copy)]
+enum Isolation {
+    ReadUncommitted,
+    ReadCommitted,
+}
+
+/// What one poll of a [`Reader`] gave.
+enum Polled {
+    Record(ReadRecord),
+    /// The consumer reached the end of this partition (the high watermark,
+    /// or the last stable offset under `read_committed`).
+    End(i32),
+}
 
 /// Reads a topic from the beginning of every partition, outside any group.
 struct Reader {
     consumer: BaseConsumer,
     topic: String,
+    partitions: i32,
 }
 
 impl Reader {
-    fn new(stack: &DevStack, topic: &str) -> Result<Self, TestkitError> {
+    fn new(stack: &DevStack, topic: &str, isolation: Isolation) -> Result<Self, TestkitError> {
         let partitions = Admin::new(&stack.kafka_config())?.require_topic(topic)?;
+        let isolation = match isolation {
+            Isolation::ReadUncommitted => "read_uncommitted",
+            Isolation::ReadCommitted => "read_committed",
+        };
         let consumer: BaseConsumer = stack
             .kafka_config()
             .client_config(&[
                 ("group.id", "flumen-testkit-reader"),
                 ("enable.auto.commit", "false"),
+                ("enable.partition.eof", "true"),
+                ("isolation.level", isolation),
             ])
             .create()
             .map_err(|e| flumen_kafka::KafkaError::client("creating reader", e))?;
@@ -260,37 +284,40 @@ impl Reader {
         Ok(Reader {
             consumer,
             topic: topic.to_string(),
+            partitions,
         })
     }
 
-    /// The next record, or `None` when none arrived within 100 ms.
-    fn next(&self) -> Result<Option<ReadRecord>, TestkitError> {
+    /// The next record or partition end, or `None` when nothing came within 100 ms.
+    fn next(&self) -> Result<Option<Polled>, TestkitError> {
         match self.consumer.poll(Duration::from_millis(100)) {
             None => Ok(None),
+            Some(Err(KafkaError::PartitionEOF(partition))) => Ok(Some(Polled::End(partition))),
             Some(Err(e)) => {
                 Err(flumen_kafka::KafkaError::client(format!("reading '{}'", self.topic), e).into())
             }
-            Some(Ok(m)) => {
-                let headers = m
-                    .headers()
-                    .map(|hs| {
-                        hs.iter()
-                            .map(|h| {
-                                let value =
-                                    h.value.map(|v| String::from_utf8_lossy(v).into_owned());
-                                (h.key.to_string(), value.unwrap_or_default())
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                Ok(Some(ReadRecord {
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: m.key().map(<[u8]>::to_vec),
-                    value: m.payload().map(<[u8]>::to_vec),
-                    headers,
-                }))
-            }
+            Some(Ok(m)) => Ok(Some(Polled::Record(read_record(&m)))),
         }
+    }
+}
+
+fn read_record(m: &BorrowedMessage<'_>) -> ReadRecord {
+    let headers = m
+        .headers()
+        .map(|hs| {
+            hs.iter()
+                .map(|h| {
+                    let value = h.value.map(|v| String::from_utf8_lossy(v).into_owned());
+                    (h.key.to_string(), value.unwrap_or_default())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    ReadRecord {
+        partition: m.partition(),
+        offset: m.offset(),
+        key: m.key().map(<[u8]>::to_vec),
+        value: m.payload().map(<[u8]>::to_vec),
+        headers,
     }
 }

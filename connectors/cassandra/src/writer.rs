@@ -48,6 +48,7 @@ struct Upsert {
     consistency: Consistency,
     in_flight: metrics::Gauge,
     written: metrics::Counter,
+    requests: metrics::Counter,
     retried: metrics::Counter,
     failed: metrics::Counter,
     latency: metrics::Histogram,
@@ -100,6 +101,7 @@ impl Upsert {
         match result {
             Ok(()) => {
                 self.written.increment(rows);
+                self.requests.increment(1);
                 Ok(())
             }
             Err(error) => {
@@ -228,6 +230,7 @@ impl CassandraWriter {
             consistency: settings.consistency,
             in_flight: metrics::gauge!("flumen_cassandra_in_flight", "table" => table.clone()),
             written: metrics::counter!("flumen_cassandra_rows_written_total", "table" => table.clone()),
+            requests: metrics::counter!("flumen_cassandra_requests_total", "table" => table.clone()),
             retried: metrics::counter!("flumen_cassandra_retries_total", "table" => table.clone()),
             failed: metrics::counter!("flumen_cassandra_rows_failed_total", "table" => table.clone()),
             latency: metrics::histogram!("flumen_cassandra_write_seconds", "table" => table.clone()),

@@ -10,7 +10,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use crate::{KafkaConfig, KafkaError, Result};
 
 /// A topic to create. Retention and cleanup policy are always set explicitly,
-/// because some brokers (Tansu) only report configs that were set at creation.
+/// so that the topic does not depend on the broker's defaults.
 #[derive(Debug, Clone)]
 pub struct TopicSpec {
     /// Topic name.

@@ -10,13 +10,14 @@ use crate::windows::{assert_windows, readings_topic, reference, Row, DEVICES, PA
 use flumen::prelude::*;
 use flumen_cassandra::CassandraSink;
 use flumen_testkit::cql::{CqlTestServer, Fault, FaultScope};
-use flumen_testkit::{unique_name, DevStack};
+use flumen_testkit::{unique_name, DevCassandra, DevStack, OutageProxy};
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::value::CqlTimestamp;
 
-/// The cluster of a test: a real one when `FLUMEN_CASSANDRA_NODES` is set,
-/// else a CQL test server (only it can inject faults).
+/// The cluster of a test: real Cassandra (the binary's shared node, or
+/// `FLUMEN_CASSANDRA_NODES`), or the testkit's CQL server where a test needs
+/// server-side faults a real Cassandra cannot produce on demand.
 pub(crate) struct Cluster {
     pub(crate) nodes: String,
     pub(crate) server: Option<CqlTestServer>,
@@ -25,38 +26,44 @@ pub(crate) struct Cluster {
 }
 
 impl Cluster {
+    /// A fresh keyspace on real Cassandra.
     pub(crate) async fn start() -> Cluster {
-        let (nodes, server) = match std::env::var("FLUMEN_CASSANDRA_NODES") {
-            Ok(nodes) if !nodes.trim().is_empty() => (nodes, None),
-            _ => {
-                let server = CqlTestServer::start().expect("cql server");
-                (server.node(), Some(server))
-            }
-        };
+        let cassandra = DevCassandra::start().expect("cassandra");
+        let session = cassandra.session().await.expect("driver session");
+        Cluster::on(cassandra.nodes().to_string(), None, session).await
+    }
+
+    /// The CQL test server: write timeouts, overload, unavailable and
+    /// invalid-request faults on demand.
+    pub(crate) async fn fault_server() -> Cluster {
+        let server = CqlTestServer::start().expect("cql server");
         let session = SessionBuilder::new()
-            .known_nodes(nodes.split(','))
+            .known_node(server.node())
             .build()
             .await
             .expect("driver session");
-        Cluster::on(nodes, server, session).await
+        Cluster::on(server.node(), Some(server), session).await
     }
 
-    /// A cluster reached through `session`, with the `metrics` keyspace and a
-    /// fresh table name.
+    /// A cluster reached through `session`, with a keyspace of its own and a
+    /// fresh table name in it.
     pub(crate) async fn on(
         nodes: String,
         server: Option<CqlTestServer>,
         session: Session,
     ) -> Cluster {
+        let keyspace = unique_name("metrics").replace('-', "_");
         session
             .query_unpaged(
-                "CREATE KEYSPACE IF NOT EXISTS metrics WITH replication = \
-                 {'class': 'SimpleStrategy', 'replication_factor': 1}",
+                format!(
+                    "CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = \
+                     {{'class': 'SimpleStrategy', 'replication_factor': 1}}"
+                ),
                 &[],
             )
             .await
             .expect("keyspace");
-        let table = format!("metrics.{}", unique_name("t").replace('-', "_"));
+        let table = format!("{keyspace}.device_temp");
         Cluster {
             nodes,
             server,
@@ -144,13 +151,13 @@ pub(crate) async fn table_rows(cluster: &Cluster) -> (BTreeMap<(String, i64), Ro
     (out, stamps)
 }
 
-/// The sensor workload through tumbling or hopping windows into the table;
-/// with the test server, write timeouts and overload for two seconds mid-stream
-/// and a dropped connection.
+/// The sensor workload through tumbling or hopping windows into the table,
+/// with write timeouts and overload for two seconds mid-stream: server-side
+/// faults only the CQL test server produces on demand.
 async fn windows_into_cassandra(step_ms: u64) {
     crate::metrics::endpoint();
     let stack = DevStack::start().expect("dev stack");
-    let cluster = Cluster::start().await;
+    let cluster = Cluster::fault_server().await;
     let input = unique_name("in");
     stack
         .create_topic(&input, PARTITIONS)
@@ -205,22 +212,12 @@ async fn windows_into_cassandra(step_ms: u64) {
             8.0,
             "the write window stays full while retrying"
         );
-        wait_until("two thirds of the input", || {
-            stats.records_in() >= workload.events * 2 / 3
-        })
-        .await;
-        server.inject(Fault::DropConnection, FaultScope::Next(1));
     }
     wait_until("the input to be read", || {
         stats.records_in() >= workload.events
     })
     .await;
     running.stop().await.expect("clean stop");
-    // When the run wrote its last rows before the dropped connection was
-    // armed, the fault is still pending: it must not hit the reading below.
-    if let Some(server) = &cluster.server {
-        server.clear_faults();
-    }
 
     let expected = reference(
         &workload.readings().collect::<Vec<_>>(),
@@ -256,6 +253,95 @@ async fn tumbling_windows_into_cassandra_survive_faults() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hopping_windows_into_cassandra_survive_faults() {
     windows_into_cassandra(2_000).await;
+}
+
+/// A real Cassandra node behind the fault proxy: its connections dropped,
+/// then slowed, then the node frozen (SIGSTOP) for five seconds, then killed
+/// and restarted on the same data directory, all mid-stream. The pipeline
+/// retries and resumes; the table ends equal to the reference.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_into_a_real_cassandra_survive_dropped_connections_a_frozen_and_a_restarted_node() {
+    crate::metrics::endpoint();
+    let stack = DevStack::start().expect("dev stack");
+    let cassandra = DevCassandra::start_dedicated(&Default::default()).expect("cassandra");
+    let target = cassandra
+        .server()
+        .expect("a local node")
+        .node()
+        .parse()
+        .expect("node address");
+    let proxy = OutageProxy::start(target).expect("proxy");
+    let nodes = proxy.address().to_string();
+    let session = SessionBuilder::new()
+        .known_node(&nodes)
+        .build()
+        .await
+        .expect("driver session");
+    let cluster = Cluster::on(nodes, None, session).await;
+    let input = unique_name("in");
+    stack
+        .create_topic(&input, PARTITIONS)
+        .await
+        .expect("input topic");
+    let workload = produce_readings(&stack, &input, PARTITIONS, 3_000, DEVICES).await;
+    let state = tempfile::tempdir().expect("state dir");
+    let app = builder(&stack, &unique_name("g"))
+        .state_dir(state.path())
+        .max_batch_records(50)
+        .build()
+        .expect("app");
+    // Enough retries to outlast a restart (tens of seconds), short requests.
+    let sink = cluster
+        .sink()
+        .retries(40)
+        .request_timeout(Duration::from_secs(2));
+    pipeline(&app, &input, sink, 10_000, false);
+    let running = start(app);
+    let stats = running.stats.clone();
+    let share = |n: u64| workload.events * n / 6;
+    wait_until("a sixth of the input", || stats.records_in() >= share(1)).await;
+    proxy.drop_connections();
+    proxy.set_latency(Duration::from_millis(30));
+    wait_until("two sixths of the input", || stats.records_in() >= share(2)).await;
+    proxy.set_latency(Duration::ZERO);
+    let node = cassandra.server().expect("a local node");
+    node.pause();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    node.resume();
+    wait_until("three sixths of the input", || {
+        stats.records_in() >= share(3)
+    })
+    .await;
+    node.kill();
+    let cassandra = tokio::task::spawn_blocking(move || {
+        let took = cassandra
+            .server()
+            .expect("a local node")
+            .restart()
+            .expect("restart on the same data directory");
+        eprintln!("cassandra restarted in {took:.1?}");
+        cassandra
+    })
+    .await
+    .expect("restart task");
+    assert!(!running.join.is_finished(), "the application gave up");
+    wait_until("the input to be read", || {
+        stats.records_in() >= workload.events
+    })
+    .await;
+    running.stop().await.expect("the run survives the faults");
+
+    let expected = reference(&workload.readings().collect::<Vec<_>>(), 10_000, 10_000);
+    let (actual, _) = table_rows(&cluster).await;
+    assert_windows("cassandra", &actual, &expected);
+    assert!(
+        metric(
+            "flumen_cassandra_retries_total",
+            &format!("table=\"{}\"", cluster.table)
+        ) >= 1.0,
+        "the faults caused retries"
+    );
+    drop(cassandra);
 }
 
 /// `current()` emission writes a window again after every batch; a second

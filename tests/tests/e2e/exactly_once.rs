@@ -2,9 +2,7 @@
 //! transaction per partition; killed runs and failed transactions leave every
 //! window exactly once in the output as a `read_committed` consumer sees it.
 //!
-//! The output is read with the testkit's `read_committed`, which applies the
-//! transaction markers itself: Tansu 0.6.0 sends no aborted-transaction list
-//! with its fetch responses, so librdkafka would hand out aborted records too.
+//! The output is read by a plain `read_committed` consumer.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

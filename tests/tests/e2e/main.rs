@@ -1,8 +1,10 @@
-//! End-to-end tests on the dev stack (a real Tansu broker, real RocksDB on disk).
+//! End-to-end tests on the dev stack: real Apache Kafka and Apache Cassandra
+//! (one of each shared by the whole binary, started on first use; tests keep
+//! apart by topic, group and keyspace), real RocksDB on disk.
 //!
 //! One test binary for all of them: each binary links the whole engine (DataFusion,
 //! librdkafka, RocksDB), so one link instead of one per file saves minutes and gigabytes.
-//! Every test starts its own broker on a random port and stops it when it ends.
+//! Tests that stop, kill or cut off a server start one of their own.
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test helpers fail loudly
 
 mod common;

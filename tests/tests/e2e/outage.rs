@@ -1,7 +1,7 @@
 //! A broker outage mid-stream: every connection to the broker is cut for
-//! several seconds (the testkit's proxy; restarting the dev broker itself
-//! would lose its memory storage), then restored. The pipeline retries,
-//! resumes, and its windows equal an uninterrupted run's.
+//! several seconds (the testkit's proxy in front of a broker of the test's
+//! own), then restored. The pipeline retries, resumes, and its windows equal
+//! an uninterrupted run's.
 
 use std::time::{Duration, Instant};
 

@@ -82,11 +82,7 @@ pub(crate) async fn windows(stack: &DevStack, output: &str) -> (Windows, usize) 
 /// The windows in `records`; a window met more than once must have the same values.
 pub(crate) fn windows_of(records: &[flumen_testkit::ReadRecord]) -> (Windows, usize) {
     let mut out = Windows::new();
-    let records: Vec<_> = records
-        .iter()
-        .filter(|r| r.key.as_deref() != Some(flumen_testkit::topics::END_KEY))
-        .collect();
-    for r in &records {
+    for r in records {
         let v = r.json();
         let key = (
             v["key"].as_str().unwrap().to_string(),

@@ -139,7 +139,7 @@ pub fn device_partition(device: &str, partitions: i32) -> i32 {
 }
 
 /// Writes `events` sensor readings of `devices` devices, 100 ms of event time
-/// apart, keyed by device, one record per producer batch, into `topic`.
+/// apart, keyed by device, into `topic`.
 pub async fn produce_readings(
     stack: &DevStack,
     topic: &str,
