@@ -148,3 +148,23 @@ fn java_major(home: &Path) -> Option<u32> {
     let major = version.split(['.', '-', '+']).next()?;
     major.parse().ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pinned_versions_are_the_pom_s() {
+        let pom = std::fs::read_to_string(STACK_POM).unwrap_or_default();
+        assert!(
+            pom.contains(&format!("<kafka.version>{KAFKA_VERSION}</kafka.version>")),
+            "tests/stack/pom.xml does not pin Kafka {KAFKA_VERSION}"
+        );
+        assert!(
+            pom.contains(&format!(
+                "<cassandra.version>{CASSANDRA_VERSION}</cassandra.version>"
+            )),
+            "tests/stack/pom.xml does not pin Cassandra {CASSANDRA_VERSION}"
+        );
+    }
+}
