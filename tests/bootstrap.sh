@@ -70,5 +70,5 @@ if compgen -G "$stack_dir/kafka-$kafka/kafka_2.13-*.jar" >/dev/null &&
     echo "bootstrap: Kafka $kafka and Cassandra $cassandra jars present in $stack_dir"
 else
     echo "bootstrap: fetching Kafka $kafka and Cassandra $cassandra jars from Maven Central into $stack_dir"
-    mvn -B -q -f tests/stack/pom.xml package "-Dstack.dir=$stack_dir"
+    mvn -B -q -Dstyle.color=never -f tests/stack/pom.xml package "-Dstack.dir=$stack_dir"
 fi

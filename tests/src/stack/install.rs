@@ -77,7 +77,14 @@ pub fn ensure_jars() -> Result<ServerJars, TestkitError> {
         root.display()
     );
     let status = Command::new("mvn")
-        .args(["-B", "-q", "-f", STACK_POM, "package"])
+        .args([
+            "-B",
+            "-q",
+            "-Dstyle.color=never",
+            "-f",
+            STACK_POM,
+            "package",
+        ])
         .arg(format!("-Dstack.dir={}", root.display()))
         .status()
         .map_err(|e| {

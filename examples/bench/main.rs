@@ -2,8 +2,11 @@
 //! topic, in one process: (a) the raw consume ceiling (rdkafka reading every
 //! record), (b) stateless filter + project -> Kafka, (c) filter -> tumbling
 //! 10 s -> Kafka, (c2) (c) in exactly-once mode, (d) the same with hopping
-//! 10 s / 2 s, (e) (c) -> Cassandra
-//! (the CQL test server, in process, unless `--cassandra` / `FLUMEN_CASSANDRA_NODES`).
+//! 10 s / 2 s, (e) (c) -> Cassandra, and (e0) the raw Cassandra write
+//! ceiling: the `scylla` driver alone writing (e)'s rows with the same
+//! concurrency. Kafka and Cassandra are local Apache servers started for the
+//! run unless `--brokers` / `FLUMEN_KAFKA_BROKERS` and `--cassandra` /
+//! `FLUMEN_CASSANDRA_NODES` name running ones.
 //!
 //! Producing the workload is measured too, as (p): the broker's produce
 //! ceiling for one producer, which bounds pipelines that write as many
@@ -12,9 +15,8 @@
 //! acknowledgement of every output; the close after it, leaving the consumer
 //! group, is shown apart as "close ms"), MB/s of input, peak RSS, p50/p99 micro-batch
 //! processing time, p50/p99 of a batch's wait for its acknowledgements, CPU
-//! time per input record (for (e) without the in-process CQL server's thread,
-//! so it is flumen's CPU per written row and input record), and the ratio to
-//! (a); as a table and as JSON lines. `--scenarios restore` measures rebuilding a
+//! time per input record (of this process: the servers run in their own),
+//! and the ratio to (a), for (e) also to (e0); as a table and as JSON lines. `--scenarios restore` measures rebuilding a
 //! window store of `--restore-entries` entries from its changelog onto an
 //! empty state directory (records/s there = restored changes/s).
 //!
@@ -22,8 +24,10 @@
 //!
 //! With `--brokers` (or `FLUMEN_KAFKA_BROKERS`) the input topic is named after
 //! the workload (`flumen-bench-<events>-<devices>-<step>ms-p<partitions>`) and
-//! reused when it exists; the local dev broker keeps topics only while it runs,
-//! so without it the workload is produced once per invocation.
+//! reused when it exists; a broker started for the run is removed with it, so
+//! without one the workload is produced once per invocation.
+
+mod raw_cassandra;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,7 +51,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Benchmarks flumen's pipelines against the raw consume ceiling.
 #[derive(Parser, Debug)]
 struct Args {
-    /// Kafka bootstrap servers (default: FLUMEN_KAFKA_BROKERS, else a local dev broker).
+    /// Kafka bootstrap servers (default: FLUMEN_KAFKA_BROKERS, else a local Apache Kafka).
     #[arg(long)]
     brokers: Option<String>,
     /// Events in the workload.
@@ -63,18 +67,19 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     partitions: i32,
     /// Scenarios to run, comma-separated: raw, stateless, tumbling,
-    /// tumbling-eos (tumbling in exactly-once mode), hopping, cassandra,
+    /// tumbling-eos (tumbling in exactly-once mode), hopping, cassandra-raw
+    /// (the driver alone writing (e)'s rows), cassandra,
     /// restore (not by default: its own workload of --restore-entries devices
     /// with one open window each, restored onto an empty state directory).
     #[arg(
         long,
-        default_value = "raw,stateless,tumbling,tumbling-eos,hopping,cassandra"
+        default_value = "raw,stateless,tumbling,tumbling-eos,hopping,cassandra-raw,cassandra"
     )]
     scenarios: String,
     /// Entries of the window store the restore scenario rebuilds from its changelog.
     #[arg(long, default_value_t = 1_000_000)]
     restore_entries: u64,
-    /// Cassandra contact points for (e) (default: FLUMEN_CASSANDRA_NODES, else the CQL test server).
+    /// Cassandra contact points for (e) (default: FLUMEN_CASSANDRA_NODES, else a local Apache Cassandra).
     #[arg(long)]
     cassandra: Option<String>,
     /// The pipelines' commit interval, ms (exactly-once: one transaction each).
@@ -117,6 +122,8 @@ struct Measured {
     ack_p50_ms: Option<f64>,
     ack_p99_ms: Option<f64>,
     cpu_seconds: f64,
+    /// Rows written, no input read ((e0)): no ratio to (a).
+    writes_only: bool,
 }
 
 impl Measured {
@@ -124,7 +131,12 @@ impl Measured {
         per_sec(self.records as f64, self.seconds)
     }
 
+    fn output_rows_per_sec(&self) -> f64 {
+        per_sec(self.output_rows as f64, self.seconds)
+    }
+
     fn json(&self, ceiling: Option<f64>) -> serde_json::Value {
+        let ceiling = ceiling.filter(|_| !self.writes_only);
         serde_json::json!({
             "scenario": self.name,
             "records": self.records,
@@ -203,23 +215,11 @@ mod process {
         (ticks(11) + ticks(12)) / 100.0
     }
 
-    /// CPU seconds of this process, minus its threads whose name starts with `exclude`.
-    pub fn cpu_seconds(exclude: &str) -> f64 {
-        let total = std::fs::read_to_string("/proc/self/stat")
+    /// CPU seconds of this process.
+    pub fn cpu_seconds() -> f64 {
+        std::fs::read_to_string("/proc/self/stat")
             .map(|s| cpu_of(&s))
-            .unwrap_or(0.0);
-        let excluded: f64 = std::fs::read_dir("/proc/self/task")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|task| {
-                std::fs::read_to_string(task.path().join("comm"))
-                    .is_ok_and(|name| !exclude.is_empty() && name.starts_with(exclude))
-            })
-            .filter_map(|task| std::fs::read_to_string(task.path().join("stat")).ok())
-            .map(|s| cpu_of(&s))
-            .sum();
-        total - excluded
+            .unwrap_or(0.0)
     }
 }
 
@@ -273,7 +273,7 @@ async fn input_topic(
     }
     stack.create_topic(&topic, args.partitions).await?;
     process::reset_peak_rss();
-    let cpu = process::cpu_seconds("cql-test-serv");
+    let cpu = process::cpu_seconds();
     let started = Instant::now();
     stack.produce(&topic, workload.records()).await?;
     let seconds = started.elapsed().as_secs_f64();
@@ -287,7 +287,7 @@ async fn input_topic(
         output_rows: args.events,
         seconds,
         peak_rss_bytes: process::peak_rss(),
-        cpu_seconds: process::cpu_seconds("cql-test-serv") - cpu,
+        cpu_seconds: process::cpu_seconds() - cpu,
         ..Measured::default()
     };
     Ok((topic, Some(produced)))
@@ -316,7 +316,7 @@ fn raw_consume(stack: &DevStack, topic: &str, args: &Args) -> Result<Measured, B
         assignment.add_partition_offset(topic, p, Offset::Beginning)?;
     }
     consumer.assign(&assignment)?;
-    let cpu = process::cpu_seconds("");
+    let cpu = process::cpu_seconds();
     let (mut records, mut bytes) = (0u64, 0u64);
     let (mut first, mut last) = (None, Instant::now());
     let mut idle_since = Instant::now();
@@ -346,7 +346,7 @@ fn raw_consume(stack: &DevStack, topic: &str, args: &Args) -> Result<Measured, B
         records,
         seconds: first.map_or(0.0, |f| last.duration_since(f).as_secs_f64()),
         input_bytes: bytes,
-        cpu_seconds: process::cpu_seconds("") - cpu,
+        cpu_seconds: process::cpu_seconds() - cpu,
         ..Default::default()
     })
 }
@@ -471,7 +471,7 @@ async fn restore(stack: &DevStack, args: &Args) -> Result<Measured, BoxError> {
     let stats = second.stats();
     let stop = second.stop_handle();
     let running = tokio::spawn(async move { second.run().await });
-    let cpu = process::cpu_seconds("");
+    let cpu = process::cpu_seconds();
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut first_seen: Option<(Instant, u64)> = None;
     while stats.restored_changes() < entries {
@@ -496,7 +496,7 @@ async fn restore(stack: &DevStack, args: &Args) -> Result<Measured, BoxError> {
     }
     let (since, already) = first_seen.unwrap_or((Instant::now(), 0));
     let seconds = since.elapsed().as_secs_f64();
-    let cpu_seconds = process::cpu_seconds("") - cpu;
+    let cpu_seconds = process::cpu_seconds() - cpu;
     // One reading per partition 20 s later closes every window.
     let closing = (0..args.partitions).map(|p| {
         let ts = workload.start_ms + 20_000;
@@ -606,7 +606,7 @@ async fn run_pipeline(
             .select(flumen_examples::device_temp_columns())
             .sink(CassandraSink::new("bench.device_temp").nodes(cassandra)),
     }
-    let cpu = process::cpu_seconds("cql-test-serv");
+    let cpu = process::cpu_seconds();
     let (timed, stats) = run_timed(app, args.events).await?;
     Ok(Measured {
         name: pipeline.label(),
@@ -614,9 +614,32 @@ async fn run_pipeline(
         output_rows: stats.records_out(),
         seconds: timed.seconds,
         close_seconds: Some(timed.close_seconds),
-        cpu_seconds: process::cpu_seconds("cql-test-serv") - cpu,
+        cpu_seconds: process::cpu_seconds() - cpu,
         ..Default::default()
     })
+}
+
+/// (e)'s rows written per second against (e0), the driver alone.
+fn print_cassandra_ratio(results: &[Measured]) {
+    let find = |prefix: &str| results.iter().find(|m| m.name.starts_with(prefix));
+    if let (Some(e), Some(e0)) = (find("e "), find("e0 ")) {
+        let ratio = e.output_rows_per_sec() / e0.output_rows_per_sec().max(f64::MIN_POSITIVE);
+        println!(
+            "{}",
+            serde_json::json!({
+                "scenario": "e vs e0",
+                "e_rows_per_sec": e.output_rows_per_sec(),
+                "e0_rows_per_sec": e0.output_rows_per_sec(),
+                "ratio_to_cassandra_ceiling": ratio,
+            })
+        );
+        println!(
+            "(e) wrote {:.0} rows/s into Cassandra: {:.0}% of (e0), the driver alone ({:.0} rows/s)",
+            e.output_rows_per_sec(),
+            100.0 * ratio,
+            e0.output_rows_per_sec()
+        );
+    }
 }
 
 fn print_table(results: &[Measured], ceiling: Option<f64>) {
@@ -647,10 +670,12 @@ fn print_table(results: &[Measured], ceiling: Option<f64>) {
             ms(m.batch_p99_ms),
             ms(m.ack_p99_ms),
             1e6 * m.cpu_seconds / m.records.max(1) as f64,
-            ceiling.map_or("-".to_string(), |c| format!(
-                "{:.0}%",
-                100.0 * m.records_per_sec() / c
-            )),
+            ceiling
+                .filter(|_| !m.writes_only)
+                .map_or("-".to_string(), |c| format!(
+                    "{:.0}%",
+                    100.0 * m.records_per_sec() / c
+                )),
             ms(m.close_seconds.map(|s| 1e3 * s)),
         );
     }
@@ -694,7 +719,7 @@ async fn main() -> Result<(), BoxError> {
         .or_else(|| flumen_examples::env("FLUMEN_CASSANDRA_NODES"))
     {
         Some(nodes) => nodes,
-        None if wanted.contains(&"cassandra") => {
+        None if wanted.iter().any(|s| s.starts_with("cassandra")) => {
             let cassandra = flumen_examples::start_cassandra()?;
             let node = cassandra.nodes().to_string();
             _server = Some(cassandra);
@@ -702,11 +727,23 @@ async fn main() -> Result<(), BoxError> {
         }
         None => String::new(),
     };
-    if wanted.contains(&"cassandra") {
+    let mut raw_session = None;
+    if wanted.iter().any(|s| s.starts_with("cassandra")) {
         flumen_examples::cassandra::prepare_table(&cassandra, "bench", "device_temp")
             .await
             .map_err(|e| e.to_string())?;
+        raw_session = Some(
+            flumen_examples::cassandra::prepare_table(&cassandra, "bench", "device_temp_raw")
+                .await
+                .map_err(|e| e.to_string())?,
+        );
     }
+    let workload = SensorWorkload {
+        events: args.events,
+        devices: args.devices,
+        step_ms: args.step_ms,
+        ..Default::default()
+    };
 
     let mut input_bytes = 0;
     for name in [
@@ -715,6 +752,7 @@ async fn main() -> Result<(), BoxError> {
         "tumbling",
         "tumbling-eos",
         "hopping",
+        "cassandra-raw",
         "cassandra",
         "restore",
     ] {
@@ -735,6 +773,12 @@ async fn main() -> Result<(), BoxError> {
             "tumbling" => pipeline(Pipeline::Tumbling).await?,
             "tumbling-eos" => pipeline(Pipeline::TumblingExactlyOnce).await?,
             "hopping" => pipeline(Pipeline::Hopping).await?,
+            "cassandra-raw" => match &raw_session {
+                Some(session) => {
+                    raw_cassandra::raw_cassandra_write(session, "bench", &workload).await?
+                }
+                None => continue,
+            },
             "cassandra" => pipeline(Pipeline::Cassandra).await?,
             _ => restore(&stack, &args).await?,
         };
@@ -746,7 +790,10 @@ async fn main() -> Result<(), BoxError> {
         results.push(measured);
     }
     // Every scenario read the same input as (a).
-    for m in results.iter_mut().filter(|m| m.input_bytes == 0) {
+    for m in results
+        .iter_mut()
+        .filter(|m| m.input_bytes == 0 && !m.writes_only)
+    {
         m.input_bytes = input_bytes;
     }
     let ceiling = results
@@ -754,5 +801,6 @@ async fn main() -> Result<(), BoxError> {
         .find(|m| m.name.starts_with("a "))
         .map(Measured::records_per_sec);
     print_table(&results, ceiling);
+    print_cassandra_ratio(&results);
     Ok(())
 }
