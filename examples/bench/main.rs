@@ -2,7 +2,8 @@
 //! topic, in one process: (a) the raw consume ceiling (rdkafka reading every
 //! record), (b) stateless filter + project -> Kafka, (c) filter -> tumbling
 //! 10 s -> Kafka, (c2) (c) in exactly-once mode, (d) the same with hopping
-//! 10 s / 2 s, (e) (c) -> Cassandra, and (e0) the raw Cassandra write
+//! 10 s / 2 s, (e) (c) -> Cassandra, (q) (c) in Quix Streams 3.28 (Python,
+//! on the same broker and input), and (e0) the raw Cassandra write
 //! ceiling: the `scylla` driver alone writing (e)'s rows with the same
 //! concurrency. Kafka and Cassandra are local Apache servers started for the
 //! run unless `--brokers` / `FLUMEN_KAFKA_BROKERS` and `--cassandra` /
@@ -27,6 +28,7 @@
 //! reused when it exists; a broker started for the run is removed with it, so
 //! without one the workload is produced once per invocation.
 
+mod quix;
 mod raw_cassandra;
 
 use std::path::Path;
@@ -68,12 +70,13 @@ struct Args {
     partitions: i32,
     /// Scenarios to run, comma-separated: raw, stateless, tumbling,
     /// tumbling-eos (tumbling in exactly-once mode), hopping, cassandra-raw
-    /// (the driver alone writing (e)'s rows), cassandra,
+    /// (the driver alone writing (e)'s rows), cassandra, quix ((c) in Quix
+    /// Streams 3.28, installed once into a Python venv from PyPI),
     /// restore (not by default: its own workload of --restore-entries devices
     /// with one open window each, restored onto an empty state directory).
     #[arg(
         long,
-        default_value = "raw,stateless,tumbling,tumbling-eos,hopping,cassandra-raw,cassandra"
+        default_value = "raw,stateless,tumbling,tumbling-eos,hopping,cassandra-raw,cassandra,quix"
     )]
     scenarios: String,
     /// Entries of the window store the restore scenario rebuilds from its changelog.
@@ -754,6 +757,7 @@ async fn main() -> Result<(), BoxError> {
         "hopping",
         "cassandra-raw",
         "cassandra",
+        "quix",
         "restore",
     ] {
         if !wanted.contains(&name) {
@@ -780,9 +784,11 @@ async fn main() -> Result<(), BoxError> {
                 None => continue,
             },
             "cassandra" => pipeline(Pipeline::Cassandra).await?,
+            "quix" => quix::quix_tumbling(&stack, &topic, args.events, args.partitions).await?,
             _ => restore(&stack, &args).await?,
         };
-        measured.peak_rss_bytes = process::peak_rss();
+        // (q) reports its own process's peak.
+        measured.peak_rss_bytes = measured.peak_rss_bytes.max(process::peak_rss());
         let [batch, ack] =
             percentiles(&snapshotter, ["flumen_batch_seconds", "flumen_ack_seconds"]);
         (measured.batch_p50_ms, measured.batch_p99_ms) = batch;
