@@ -14,6 +14,7 @@ mod cassandra_options;
 mod cassandra_sink;
 mod cql_server;
 mod exactly_once;
+mod faults;
 mod metrics;
 mod outage;
 mod restart;
