@@ -188,7 +188,35 @@ impl WindowCore {
                 self.open += 1;
             }
         }
+        self.drop_closed_windows();
         Ok(())
+    }
+
+    /// Removes restored windows the watermark has already closed, and marks
+    /// them for deletion at the next [`WindowCore::take_changes`].
+    ///
+    /// An uninterrupted run never keeps a closed window past a batch, so one
+    /// found here was brought back by a restore: a run that crashed before
+    /// committing wrote a put for it, and the run that committed past it
+    /// opened and closed it within one batch, which writes no changelog record
+    /// (neither put nor tombstone). Kafka Streams' window stores drop such
+    /// records by their retention the same way.
+    fn drop_closed_windows(&mut self) {
+        let Some(wm) = self.watermark() else {
+            return;
+        };
+        let size = self.windows.size_ms();
+        while let Some(entry) = self.state.first_entry() {
+            if entry.key().saturating_add(size) > wm {
+                break;
+            }
+            let (start, windows) = entry.remove_entry();
+            self.open -= windows.len();
+            tracing::debug!(start, windows = windows.len(), "restored windows already closed are dropped");
+            for key in windows.into_keys() {
+                self.changed.insert((start, key), true);
+            }
+        }
     }
 
     /// The changes since the last call, as puts and deletes of `store`.
@@ -384,5 +412,44 @@ impl WindowCore {
                 .map(|((s, k), c)| s.value_with(*k, c.as_deref()))
                 .collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flumen_state::BatchOp;
+    use std::time::Duration;
+
+    fn core() -> WindowCore {
+        let windows = Windows::tumbling(Duration::from_secs(10)).unwrap_or_else(|e| panic!("{e}"));
+        WindowCore::new(windows, 0, vec![AggKind::Count], Emit::Final)
+    }
+
+    /// A restore that brings back a window the stream time has already
+    /// closed (defect 1 of #16) drops it and deletes it at the next take.
+    #[test]
+    fn restored_windows_the_watermark_closed_are_dropped_and_deleted() {
+        let mut counted = AggState::new(AggKind::Count);
+        counted.update(5_000, 0, None);
+        let states = codec::encode_states(&[counted]);
+        let entries = vec![
+            (codec::STREAM_TIME_KEY.to_vec(), 25_000i64.to_be_bytes().to_vec()),
+            (codec::window_key(0, "closed"), states.clone()),
+            (codec::window_key(20_000, "open"), states),
+        ];
+        let mut core = core();
+        core.restore(entries).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(core.open_windows(), 1);
+        let changes = core.take_changes("w");
+        let deleted: Vec<_> = changes
+            .ops()
+            .iter()
+            .filter_map(|op| match op {
+                BatchOp::Delete { key, .. } => Some(key.clone()),
+                BatchOp::Put { .. } => None,
+            })
+            .collect();
+        assert_eq!(deleted, vec![codec::window_key(0, "closed")]);
     }
 }
