@@ -22,10 +22,12 @@ fn python() -> Result<PathBuf, BoxError> {
     if ready.is_file() {
         return Ok(python);
     }
-    eprintln!("(q): installing Quix Streams into {} (once)...", venv.display());
+    eprintln!(
+        "(q): installing Quix Streams into {} (once)...",
+        venv.display()
+    );
     run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
-    run(Command::new(&python)
-        .args(["-m", "pip", "install", "-q", "-r", REQUIREMENTS]))?;
+    run(Command::new(&python).args(["-m", "pip", "install", "-q", "-r", REQUIREMENTS]))?;
     std::fs::write(&ready, "")?;
     Ok(python)
 }
@@ -53,7 +55,14 @@ pub async fn quix_tumbling(
     let mut command = Command::new(python);
     command
         .arg(SCRIPT)
-        .args(["--brokers", stack.brokers(), "--input", topic, "--output", &output])
+        .args([
+            "--brokers",
+            stack.brokers(),
+            "--input",
+            topic,
+            "--output",
+            &output,
+        ])
         .args(["--events", &events.to_string()])
         .arg("--state-dir")
         .arg(state.path())

@@ -61,13 +61,16 @@ pub trait RebalanceListener: Send + Sync + 'static {
         let _ = partitions;
     }
     /// Partitions were assigned to this member, each with the group's committed
-    /// offset (`None`: nothing committed, or it could not be read), together
-    /// with the member's current group metadata.
+    /// offset (`None`: nothing committed), together with the member's current
+    /// group metadata.
     fn on_assign(
         &self,
         partitions: &[(TopicPartition, Option<i64>)],
         group: Option<Arc<GroupMetadata>>,
     );
+    /// Partitions were assigned but their committed offsets could not be read
+    /// (after retries): the member must not process them on a guess.
+    fn on_assign_failed(&self, partitions: &[TopicPartition], error: KafkaError);
     /// Partitions are being taken away. Finish their in-flight work and return the
     /// offsets (next offset to read) to commit before they go.
     fn on_revoke(&self, partitions: &[TopicPartition]) -> Vec<(TopicPartition, i64)>;
@@ -76,6 +79,7 @@ pub trait RebalanceListener: Send + Sync + 'static {
 /// Consumer context forwarding rebalances to a [`RebalanceListener`].
 pub struct ListenerContext {
     listener: Arc<dyn RebalanceListener>,
+    group: String,
 }
 
 impl ClientContext for ListenerContext {}
@@ -87,7 +91,60 @@ fn partitions_of(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
         .collect()
 }
 
-const COMMITTED_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one read of the committed offsets may take.
+const COMMITTED_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Reads of the committed offsets before an assignment fails (a coordinator
+/// that moves answers again within seconds; all reads together stay well
+/// under the default `max.poll.interval.ms` of 5 minutes).
+const COMMITTED_ATTEMPTS: u32 = 4;
+
+/// The pause between two reads of the committed offsets.
+const COMMITTED_PAUSE: Duration = Duration::from_secs(1);
+
+/// The committed offsets of `partitions` through `read`, retried up to
+/// `attempts` times `pause` apart. An error when every read failed: never
+/// "nothing committed" in place of an offset that could not be read.
+fn committed_offsets(
+    group: &str,
+    partitions: &[TopicPartition],
+    mut read: impl FnMut() -> rdkafka::error::KafkaResult<TopicPartitionList>,
+    attempts: u32,
+    pause: Duration,
+) -> Result<Vec<(TopicPartition, Option<i64>)>> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match read() {
+            Ok(list) => {
+                let committed = offsets_of(&list);
+                return Ok(partitions
+                    .iter()
+                    .map(|tp| {
+                        let offset = committed
+                            .iter()
+                            .find(|(c, _)| c == tp)
+                            .and_then(|(_, o)| *o);
+                        (tp.clone(), offset)
+                    })
+                    .collect());
+            }
+            Err(source) if attempt >= attempts => {
+                let partitions: Vec<String> = partitions.iter().map(|tp| tp.to_string()).collect();
+                return Err(KafkaError::CommittedOffsets {
+                    group: group.to_string(),
+                    partitions: partitions.join(", "),
+                    attempts,
+                    source,
+                });
+            }
+            Err(error) => {
+                tracing::warn!(%error, attempt, "reading the committed offsets of assigned partitions failed; retrying");
+                std::thread::sleep(pause);
+            }
+        }
+    }
+}
 
 fn offsets_of(list: &TopicPartitionList) -> Vec<(TopicPartition, Option<i64>)> {
     list.elements()
@@ -140,28 +197,20 @@ impl ConsumerContext for ListenerContext {
             Rebalance::Assign(tpl) => {
                 let partitions = partitions_of(tpl);
                 tracing::info!(?partitions, "partitions assigned");
-                let committed = match consumer.committed_offsets((*tpl).clone(), COMMITTED_TIMEOUT)
-                {
-                    Ok(list) => offsets_of(&list),
-                    Err(error) => {
-                        tracing::warn!(%error, "reading the committed offsets of assigned partitions failed");
-                        Vec::new()
-                    }
-                };
-                let with_offsets: Vec<_> = partitions
-                    .into_iter()
-                    .map(|tp| {
-                        let offset = committed
-                            .iter()
-                            .find(|(c, _)| c == &tp)
-                            .and_then(|(_, o)| *o);
-                        (tp, offset)
-                    })
-                    .collect();
                 let group = consumer
                     .group_metadata()
                     .map(|m| Arc::new(GroupMetadata(m)));
-                self.listener.on_assign(&with_offsets, group);
+                let committed = committed_offsets(
+                    &self.group,
+                    &partitions,
+                    || consumer.committed_offsets((*tpl).clone(), COMMITTED_TIMEOUT),
+                    COMMITTED_ATTEMPTS,
+                    COMMITTED_PAUSE,
+                );
+                match committed {
+                    Ok(with_offsets) => self.listener.on_assign(&with_offsets, group),
+                    Err(error) => self.listener.on_assign_failed(&partitions, error),
+                }
             }
             Rebalance::Error(error) => tracing::warn!(%error, "rebalance error"),
             Rebalance::Revoke(_) => {}
@@ -233,7 +282,10 @@ impl GroupConsumer {
         settings.extend(FETCH_DEFAULTS);
         let inner = config
             .client_config(&settings)
-            .create_with_context(ListenerContext { listener })
+            .create_with_context(ListenerContext {
+                listener,
+                group: group.to_string(),
+            })
             .map_err(|e| KafkaError::client(format!("creating consumer of group '{group}'"), e))?;
         Ok(GroupConsumer {
             inner,
@@ -293,5 +345,73 @@ impl GroupConsumer {
     /// Leaves the group (the partitions are revoked first).
     pub fn unsubscribe(&self) {
         self.inner.unsubscribe();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::error::KafkaError as Rd;
+    use rdkafka::types::RDKafkaErrorCode;
+
+    fn partitions() -> Vec<TopicPartition> {
+        vec![TopicPartition::new("in", 0), TopicPartition::new("in", 1)]
+    }
+
+    fn timed_out() -> Rd {
+        Rd::MetadataFetch(RDKafkaErrorCode::OperationTimedOut)
+    }
+
+    /// Defect 2 of #16: a failed read is retried, and when every read fails
+    /// the assignment fails with the group and partitions named, instead of
+    /// "nothing committed" for every partition.
+    #[test]
+    fn failed_reads_of_committed_offsets_are_retried_then_fail_never_guessed() {
+        let mut reads = 0;
+        let result = committed_offsets(
+            "g",
+            &partitions(),
+            || {
+                reads += 1;
+                Err(timed_out())
+            },
+            3,
+            Duration::ZERO,
+        );
+        assert_eq!(reads, 3);
+        let error = result.expect_err("every read failed");
+        let text = error.to_string();
+        assert!(
+            matches!(error, KafkaError::CommittedOffsets { attempts: 3, .. }),
+            "{text}"
+        );
+        assert!(
+            text.contains("'g'") && text.contains("in/0, in/1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_read_that_succeeds_after_a_failure_gives_the_offsets() {
+        let mut reads = 0;
+        let result = committed_offsets(
+            "g",
+            &partitions(),
+            || {
+                reads += 1;
+                if reads == 1 {
+                    return Err(timed_out());
+                }
+                let mut list = TopicPartitionList::new();
+                list.add_partition_offset("in", 0, Offset::Offset(42))?;
+                list.add_partition_offset("in", 1, Offset::Invalid)?;
+                Ok(list)
+            },
+            3,
+            Duration::ZERO,
+        );
+        let offsets = result.expect("the second read");
+        assert_eq!(offsets[0], (TopicPartition::new("in", 0), Some(42)));
+        assert_eq!(offsets[1], (TopicPartition::new("in", 1), None));
     }
 }

@@ -58,6 +58,24 @@ pub enum KafkaError {
         #[source]
         source: std::io::Error,
     },
+    /// The group's committed offsets of newly assigned partitions could not be
+    /// read, even after retries. Guessing "nothing committed" would skip the
+    /// state's check against the commit, so the run stops instead.
+    #[error(
+        "kafka: reading the committed offsets of group '{group}' for {partitions} failed \
+         {attempts} times; last error: {source}"
+    )]
+    CommittedOffsets {
+        /// The consumer group.
+        group: String,
+        /// The partitions assigned, as `topic/partition, ...`.
+        partitions: String,
+        /// How many reads were tried.
+        attempts: u32,
+        /// The last read's error.
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
     /// The broker did not answer within the deadline.
     #[error("kafka: timed out after {waited_ms} ms waiting for {what}")]
     Timeout {

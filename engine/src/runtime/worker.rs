@@ -695,6 +695,17 @@ impl RebalanceListener for Rebalancer {
         worker.stats.add_assigned(partitions.len());
     }
 
+    fn on_assign_failed(&self, partitions: &[TopicPartition], error: flumen_kafka::KafkaError) {
+        let Some(worker) = self.0.upgrade() else {
+            return;
+        };
+        // Nothing is started for these partitions: the run stops, and a
+        // restart reads the offsets again.
+        lock(&worker.txn_producers).clear();
+        tracing::error!(?partitions, %error, "the assigned partitions' committed offsets cannot be read");
+        worker.fail(error.into());
+    }
+
     fn on_revoke(&self, partitions: &[TopicPartition]) -> Vec<(TopicPartition, i64)> {
         let Some(worker) = self.0.upgrade() else {
             return Vec::new();

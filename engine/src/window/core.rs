@@ -212,7 +212,11 @@ impl WindowCore {
             }
             let (start, windows) = entry.remove_entry();
             self.open -= windows.len();
-            tracing::debug!(start, windows = windows.len(), "restored windows already closed are dropped");
+            tracing::debug!(
+                start,
+                windows = windows.len(),
+                "restored windows already closed are dropped"
+            );
             for key in windows.into_keys() {
                 self.changed.insert((start, key), true);
             }
@@ -434,7 +438,10 @@ mod tests {
         counted.update(5_000, 0, None);
         let states = codec::encode_states(&[counted]);
         let entries = vec![
-            (codec::STREAM_TIME_KEY.to_vec(), 25_000i64.to_be_bytes().to_vec()),
+            (
+                codec::STREAM_TIME_KEY.to_vec(),
+                25_000i64.to_be_bytes().to_vec(),
+            ),
             (codec::window_key(0, "closed"), states.clone()),
             (codec::window_key(20_000, "open"), states),
         ];

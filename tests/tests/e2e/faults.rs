@@ -95,9 +95,8 @@ async fn produce_more(
     workload: &flumen_testkit::sensor::SensorWorkload,
 ) {
     let records = workload.readings().map(|r| {
-        flumen_testkit::topics::TestRecord::new(&r.device, r.to_json()).to_partition(
-            crate::common::device_partition(&r.device, PARTITIONS),
-        )
+        flumen_testkit::topics::TestRecord::new(&r.device, r.to_json())
+            .to_partition(crate::common::device_partition(&r.device, PARTITIONS))
     });
     stack.produce(input, records).await.expect("produce");
 }

@@ -79,6 +79,7 @@ async fn outputs(stack: &DevStack, output: &str) -> BTreeMap<i64, (usize, i32, i
 struct NoRebalance;
 impl RebalanceListener for NoRebalance {
     fn on_assign(&self, _: &[(TopicPartition, Option<i64>)], _: Option<Arc<GroupMetadata>>) {}
+    fn on_assign_failed(&self, _: &[TopicPartition], _: flumen_kafka::KafkaError) {}
     fn on_revoke(&self, _: &[TopicPartition]) -> Vec<(TopicPartition, i64)> {
         Vec::new()
     }
