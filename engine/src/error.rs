@@ -97,6 +97,26 @@ pub enum Error {
         /// Why it was aborted.
         reason: String,
     },
+    /// An internal topic (changelog, repartition) exists but does not fit the
+    /// pipeline, or could not be set up.
+    #[error("internal topic '{topic}': {reason}")]
+    InternalTopic {
+        /// The topic.
+        topic: String,
+        /// What does not fit.
+        reason: String,
+    },
+    /// A changelog lost history a restore needs (deleted and recreated, or
+    /// truncated): restoring from it would give a partial state.
+    #[error("changelog '{topic}' partition {partition} lost history a restore needs: {reason}")]
+    ChangelogLost {
+        /// The changelog topic.
+        topic: String,
+        /// Its partition.
+        partition: i32,
+        /// What was found.
+        reason: String,
+    },
     /// The runtime itself failed (a task died, a thread could not start).
     #[error("runtime: {0}")]
     Runtime(String),

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
@@ -27,20 +27,20 @@ pub struct TopicSpec {
 
 impl TopicSpec {
     /// A `delete`-policy topic that keeps records forever (`retention.ms = -1`),
-    /// replication 1. Retention applies to record timestamps, and flumen writes
+    /// with the broker's `default.replication.factor` (replication -1). Retention applies to record timestamps, and flumen writes
     /// event time into output timestamps, so a time-based retention would delete
     /// historical results at once.
     pub fn new(name: impl Into<String>, partitions: i32) -> Self {
         TopicSpec {
             name: name.into(),
             partitions,
-            replication: 1,
+            replication: -1,
             retention_ms: -1,
             cleanup_policy: "delete".into(),
         }
     }
 
-    /// Sets the replication factor.
+    /// Sets the replication factor (-1: the broker's `default.replication.factor`).
     pub fn replication(mut self, replication: i32) -> Self {
         self.replication = replication;
         self
@@ -62,6 +62,7 @@ impl TopicSpec {
 /// Administrative operations on one cluster.
 pub struct Admin {
     admin: AdminClient<DefaultClientContext>,
+    client_config: rdkafka::ClientConfig,
     metadata: BaseConsumer,
     brokers: String,
     timeout: Duration,
@@ -79,6 +80,7 @@ impl Admin {
             .map_err(|e| KafkaError::client("creating metadata client", e))?;
         Ok(Admin {
             admin,
+            client_config,
             metadata,
             brokers: config.brokers().to_string(),
             timeout: Duration::from_secs(30),
@@ -115,6 +117,33 @@ impl Admin {
         self.wait_for_topic(&spec.name, Duration::from_secs(30))
             .await
             .map(|_| ())
+    }
+
+    /// Deletes a topic and waits until it is gone from metadata.
+    pub async fn delete_topic(&self, topic: &str) -> Result<()> {
+        let options = AdminOptions::new().operation_timeout(Some(self.timeout));
+        let context = || format!("deleting topic '{topic}'");
+        let results = self
+            .admin
+            .delete_topics(&[topic], &options)
+            .await
+            .map_err(|e| KafkaError::client(context(), e))?;
+        for result in results {
+            result.map_err(|(_, code)| {
+                KafkaError::client(context(), rdkafka::error::KafkaError::AdminOp(code))
+            })?;
+        }
+        let start = Instant::now();
+        while self.partition_count(topic)?.is_some() {
+            if start.elapsed() > self.timeout {
+                return Err(KafkaError::Timeout {
+                    what: format!("topic '{topic}' to disappear from metadata"),
+                    waited_ms: start.elapsed().as_millis(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
     }
 
     /// Asks the cluster for its metadata; succeeds once a broker answers.
@@ -168,6 +197,62 @@ impl Admin {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The value of configuration `key` of `topic` as the broker reports it
+    /// (`None` when the broker reports no such key).
+    pub async fn topic_config(&self, topic: &str, key: &str) -> Result<Option<String>> {
+        let options = AdminOptions::new().request_timeout(Some(self.timeout));
+        let context = || format!("describing the configuration of topic '{topic}'");
+        let results = self
+            .admin
+            .describe_configs([&ResourceSpecifier::Topic(topic)], &options)
+            .await
+            .map_err(|e| KafkaError::client(context(), e))?;
+        for result in results {
+            let resource = result.map_err(|code| {
+                KafkaError::client(context(), rdkafka::error::KafkaError::AdminOp(code))
+            })?;
+            if let Some(entry) = resource.get(key) {
+                return Ok(entry.value.clone());
+            }
+        }
+        Ok(None)
+    }
+
+    /// The offsets `group` has committed for partitions `0..partitions` of
+    /// `topic` (`None`: nothing committed), read without joining the group.
+    pub fn group_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+        partitions: i32,
+    ) -> Result<Vec<Option<i64>>> {
+        let context = || format!("reading the offsets group '{group}' committed for '{topic}'");
+        let consumer: BaseConsumer = self
+            .client_config
+            .clone()
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .map_err(|e| KafkaError::client(context(), e))?;
+        let mut list = rdkafka::TopicPartitionList::new();
+        for p in 0..partitions {
+            list.add_partition(topic, p);
+        }
+        let committed = consumer
+            .committed_offsets(list, self.timeout)
+            .map_err(|e| KafkaError::client(context(), e))?;
+        Ok((0..partitions)
+            .map(|p| {
+                committed
+                    .find_partition(topic, p)
+                    .and_then(|e| match e.offset() {
+                        rdkafka::Offset::Offset(o) => Some(o),
+                        _ => None,
+                    })
+            })
+            .collect())
     }
 
     /// The low and high watermarks (first offset, next offset) of one partition.

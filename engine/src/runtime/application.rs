@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use datafusion::prelude::SessionContext;
 use flumen_kafka::format::RecordDecoder;
-use flumen_kafka::{Admin, AutoOffsetReset, GroupConsumer, KafkaConfig, Producer, TopicSpec};
+use flumen_kafka::{Admin, AutoOffsetReset, GroupConsumer, KafkaConfig, Producer};
 
 use crate::dataframe::{Outputs, StreamingDataFrame};
 use crate::plan::SinkSpec;
 use crate::runtime::changelog::{self, Changelogs};
+use crate::runtime::internal_topics;
 use crate::runtime::pipeline::{PartitionPipeline, SourcePlan};
 use crate::runtime::repartition::{self, Stages};
 use crate::runtime::stats::Stats;
@@ -59,6 +60,7 @@ pub struct ApplicationBuilder {
     block_cache_bytes: usize,
     max_unacknowledged_bytes: usize,
     changelogs: bool,
+    replication_factor: i32,
     guarantee: ProcessingGuarantee,
 }
 
@@ -79,6 +81,7 @@ impl Default for ApplicationBuilder {
             block_cache_bytes: 64 << 20,
             max_unacknowledged_bytes: 128 << 20,
             changelogs: true,
+            replication_factor: -1,
             guarantee: ProcessingGuarantee::AtLeastOnce,
         }
     }
@@ -163,6 +166,14 @@ impl ApplicationBuilder {
     /// changelogs such a directory stops the start with `Error::StateBehind`.
     pub fn changelogs(mut self, enabled: bool) -> Self {
         self.changelogs = enabled;
+        self
+    }
+
+    /// Replication factor of the internal topics flumen creates (changelog and
+    /// repartition topics; default -1: the broker's `default.replication.factor`,
+    /// as Kafka Streams does).
+    pub fn replication_factor(mut self, replication: i32) -> Self {
+        self.replication_factor = replication;
         self
     }
 
@@ -476,19 +487,8 @@ impl Application {
                 Some(p) => p,
                 None => admin.require_topic(&r.input)?,
             };
-            match admin.partition_count(&r.name)? {
-                Some(existing) if existing != partitions => tracing::warn!(
-                    topic = %r.name, existing, configured = partitions,
-                    "the repartition topic exists with another partition count; using it as it is"
-                ),
-                Some(_) => {}
-                None => {
-                    tracing::info!(topic = %r.name, partitions, "creating the repartition topic");
-                    admin
-                        .create_topic(&TopicSpec::new(&r.name, partitions))
-                        .await?;
-                }
-            }
+            let replication = self.settings.replication_factor;
+            internal_topics::ensure_repartition(&admin, &r.name, partitions, replication).await?;
         }
         let mut sources = HashMap::new();
         // Every topic a producer writes to: outputs, repartitions, dead letters, changelogs.
@@ -571,7 +571,8 @@ impl Application {
 }
 
 impl Application {
-    /// The changelog topics of `plan`'s window stores, created when missing.
+    /// The changelog topics of `plan`'s window stores, created when missing
+    /// and checked when present.
     async fn changelogs_of(
         &self,
         admin: &Admin,
@@ -583,13 +584,13 @@ impl Application {
         let mut changelogs = Changelogs::new();
         for store in probe.store_names() {
             let name = changelog::topic_name(&self.group, topic, store);
-            if admin.partition_count(&name)?.is_none() {
-                let partitions = admin.require_topic(topic)?;
-                tracing::info!(topic = %name, partitions, "creating the changelog topic");
-                admin
-                    .create_topic(&TopicSpec::new(&name, partitions).compacted())
-                    .await?;
-            }
+            let spec = internal_topics::ChangelogTopic {
+                name: &name,
+                source: topic,
+                group: &self.group,
+                replication: self.settings.replication_factor,
+            };
+            internal_topics::ensure_changelog(admin, &self.kafka, &spec).await?;
             changelogs.insert(store.to_string(), name);
         }
         Ok(changelogs)

@@ -13,6 +13,7 @@ use flumen_kafka::{headers_with, read_partition, DeliveryBatch, KafkaConfig, Out
 use flumen_state::{BatchOp, Checkpoint, StateStore, WriteBatch};
 
 use crate::error::{Error, Result};
+use crate::runtime::internal_topics::GENESIS_KEY;
 use crate::runtime::worker::file_safe;
 
 /// Header holding the next source offset the change reflects.
@@ -92,6 +93,7 @@ pub(crate) fn restore(
     for (name, topic) in changelogs {
         let mut batch = WriteBatch::default();
         let mut failure = None;
+        let mut genesis = false;
         let mut last_log = Instant::now();
         read_partition(
             config,
@@ -99,6 +101,10 @@ pub(crate) fn restore(
             partition,
             Duration::from_secs(60),
             |record| {
+                if record.key == Some(GENESIS_KEY) {
+                    genesis = true;
+                    return ControlFlow::Continue(());
+                }
                 let Some(tag) = record
                     .header(OFFSET_HEADER)
                     .and_then(|t| t.parse::<i64>().ok())
@@ -147,6 +153,18 @@ pub(crate) fn restore(
             return Err(Error::Runtime(format!(
                 "restoring state from {topic}: {reason}"
             )));
+        }
+        if !genesis {
+            return Err(Error::ChangelogLost {
+                topic: topic.clone(),
+                partition,
+                reason: format!(
+                    "its first record (written when flumen created it) is gone: the topic \
+                     was deleted and created again, or truncated, so the changes up to the \
+                     committed offset {until} are not all in it. Reset the group's offsets \
+                     (or use a new consumer group) to recompute the state from the input"
+                ),
+            });
         }
         metrics::counter!("flumen_restored_changes_total", "store" => topic.clone())
             .increment(batch.len() as u64);
@@ -246,6 +264,14 @@ mod tests {
 
         let producer = Producer::new(&stack.kafka_config()).expect("producer");
         let ack = DeliveryBatch::new();
+        let genesis = OutRecord {
+            topic: &topic,
+            key: Some(GENESIS_KEY),
+            value: Some(b"genesis"),
+            timestamp_ms: None,
+            partition: Some(0),
+        };
+        producer.send(genesis, None, &ack).await.expect("send");
         for (k, v, tag) in &log {
             let record = OutRecord {
                 topic: &topic,
@@ -308,5 +334,65 @@ mod tests {
         for ((k, v), (ek, ev)) in restored.iter().zip(&expected) {
             assert_eq!((k, v), (ek, ev), "entry");
         }
+    }
+
+    /// Defect 3 of #16: a changelog that was deleted and created again (no
+    /// genesis record) is refused by a restore that needs it, instead of
+    /// restoring an empty or partial state.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_recreated_changelog_is_refused_instead_of_restored_partially() {
+        let stack = DevStack::start().expect("dev stack");
+        let topic = unique_name("changelog");
+        stack
+            .create_topic_spec(&TopicSpec::new(&topic, 1).compacted())
+            .await
+            .expect("topic");
+        let producer = Producer::new(&stack.kafka_config()).expect("producer");
+        let ack = DeliveryBatch::new();
+        // What a run writes after the topic was recreated: changes tagged
+        // above the group's committed offset (100), and no genesis record.
+        for i in 0..10 {
+            let record = OutRecord {
+                topic: &topic,
+                key: Some(&key(i)),
+                value: Some(b"after"),
+                timestamp_ms: None,
+                partition: Some(0),
+            };
+            let headers = headers_with(None, &[(OFFSET_HEADER, "150")]);
+            producer
+                .send(record, Some(headers), &ack)
+                .await
+                .expect("send");
+        }
+        ack.wait().await.expect("written");
+        let dir = tempfile::tempdir().expect("state dir");
+        let store = RocksStore::open(
+            &dir.path().join("state"),
+            &StoreIdentity::new("app", "input", 0),
+            &["window-0"],
+        )
+        .expect("store");
+        let changelogs = Changelogs::from([("window-0".to_string(), topic.clone())]);
+        let error = tokio::task::block_in_place(|| {
+            restore(
+                &stack.kafka_config(),
+                &changelogs,
+                0,
+                None,
+                100,
+                &store,
+                &|_| {},
+            )
+        })
+        .expect_err("refused");
+        let text = error.to_string();
+        assert!(matches!(error, Error::ChangelogLost { .. }), "{text}");
+        assert!(text.contains(&topic) && text.contains("100"), "{text}");
+        assert_eq!(
+            store.checkpoint().expect("checkpoint"),
+            None,
+            "nothing checkpointed"
+        );
     }
 }

@@ -4,6 +4,7 @@ mod application;
 mod changelog;
 mod driver;
 mod exactly_once;
+mod internal_topics;
 mod pipeline;
 mod prometheus;
 mod repartition;

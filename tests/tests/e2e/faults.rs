@@ -100,3 +100,115 @@ async fn produce_more(
     });
     stack.produce(input, records).await.expect("produce");
 }
+
+/// The changelog topic of the windows of these tests.
+fn changelog_of(group: &str, input: &str) -> String {
+    format!("{group}-changelog-{input}-window-0")
+}
+
+/// Starts the windows of these tests and returns the error the start stops with.
+async fn start_error(
+    stack: &DevStack,
+    builder: flumen::ApplicationBuilder,
+    input: &str,
+) -> flumen::Error {
+    let state = tempfile::tempdir().expect("state dir");
+    let output = output_topic(stack).await;
+    let run = start(frame(builder, state.path(), input, &output));
+    run.finish().await.expect_err("the start is refused")
+}
+
+/// Defect 3: existing internal topics are checked at start (partition count,
+/// `cleanup.policy=compact`), and the replication factor of new ones is a
+/// setting (default: the broker's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_topics_are_checked_and_their_replication_is_a_setting() {
+    let stack = DevStack::start().expect("dev stack");
+    let input = unique_name("in");
+    stack.create_topic(&input, PARTITIONS).await.expect("input");
+    for (partitions, compacted, expected) in [
+        (PARTITIONS + 1, true, "partitions"),
+        (PARTITIONS, false, "cleanup.policy"),
+    ] {
+        let group = unique_name("g");
+        let mut spec = flumen_kafka::TopicSpec::new(changelog_of(&group, &input), partitions);
+        if compacted {
+            spec = spec.compacted();
+        }
+        stack.create_topic_spec(&spec).await.expect("changelog");
+        let error = start_error(&stack, builder(&stack, &group), &input).await;
+        let text = error.to_string();
+        assert!(
+            matches!(error, flumen::Error::InternalTopic { .. }),
+            "{text}"
+        );
+        assert!(
+            text.contains(&spec.name) && text.contains(expected),
+            "{text}"
+        );
+    }
+    // Three replicas on a one-broker cluster: the broker refuses to create it.
+    let group = unique_name("g");
+    let error = start_error(
+        &stack,
+        builder(&stack, &group).replication_factor(3),
+        &input,
+    )
+    .await;
+    let text = error.to_string();
+    assert!(text.contains(&changelog_of(&group, &input)), "{text}");
+    assert!(text.to_lowercase().contains("replication"), "{text}");
+    // The default: the broker's default.replication.factor (1 here).
+    let group = unique_name("g");
+    let output = output_topic(&stack).await;
+    let state = tempfile::tempdir().expect("state dir");
+    let run = start(frame(
+        builder(&stack, &group),
+        state.path(),
+        &input,
+        &output,
+    ));
+    wait_until("the changelog to be created", || {
+        flumen_kafka::Admin::new(&stack.kafka_config())
+            .and_then(|a| a.partition_count(&changelog_of(&group, &input)))
+            .is_ok_and(|p| p == Some(PARTITIONS))
+    })
+    .await;
+    run.stop().await.expect("clean stop");
+}
+
+/// Defect 3: a changelog deleted (and so created again empty) while the
+/// group has committed offsets: a run on an empty state directory stops with
+/// `ChangelogLost` instead of restoring an empty state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_changelog_is_detected_instead_of_restoring_an_empty_state() {
+    let stack = DevStack::start().expect("dev stack");
+    let input = unique_name("in");
+    stack.create_topic(&input, PARTITIONS).await.expect("input");
+    produce_readings(&stack, &input, PARTITIONS, EVENTS, DEVICES).await;
+    let group = unique_name("g");
+    let output = output_topic(&stack).await;
+    let state = tempfile::tempdir().expect("state dir");
+    let run = start(frame(
+        builder(&stack, &group).max_batch_records(200),
+        state.path(),
+        &input,
+        &output,
+    ));
+    let stats = run.stats.clone();
+    wait_until("half the input", || stats.records_in() >= EVENTS / 2).await;
+    run.stop().await.expect("first run");
+
+    flumen_kafka::Admin::new(&stack.kafka_config())
+        .expect("admin")
+        .delete_topic(&changelog_of(&group, &input))
+        .await
+        .expect("delete the changelog");
+    let error = start_error(&stack, builder(&stack, &group), &input).await;
+    let text = error.to_string();
+    assert!(
+        matches!(error, flumen::Error::ChangelogLost { .. }),
+        "{text}"
+    );
+    assert!(text.contains(&changelog_of(&group, &input)), "{text}");
+}
