@@ -135,7 +135,7 @@ fn committed_offsets(
                     group: group.to_string(),
                     partitions: partitions.join(", "),
                     attempts,
-                    source,
+                    source: Box::new(source),
                 });
             }
             Err(error) => {

@@ -74,7 +74,7 @@ pub enum KafkaError {
         attempts: u32,
         /// The last read's error.
         #[source]
-        source: rdkafka::error::KafkaError,
+        source: Box<rdkafka::error::KafkaError>,
     },
     /// The broker did not answer within the deadline.
     #[error("kafka: timed out after {waited_ms} ms waiting for {what}")]
