@@ -2,6 +2,28 @@
 
 use std::path::PathBuf;
 
+/// What kind of storage failure happened (RocksDB's status code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageKind {
+    /// The files are damaged: the state cannot be read as it is.
+    Corruption,
+    /// The operating system refused (disk full, permissions, too many open
+    /// files, a path that is not a directory...): the files may be fine.
+    Io,
+    /// Anything else.
+    Other,
+}
+
+impl From<rocksdb::ErrorKind> for StorageKind {
+    fn from(kind: rocksdb::ErrorKind) -> Self {
+        match kind {
+            rocksdb::ErrorKind::Corruption => StorageKind::Corruption,
+            rocksdb::ErrorKind::IOError => StorageKind::Io,
+            _ => StorageKind::Other,
+        }
+    }
+}
+
 /// Errors of state stores.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -12,8 +34,17 @@ pub enum StateError {
         path: PathBuf,
         /// What was being done.
         operation: String,
+        /// What kind of failure.
+        kind: StorageKind,
         /// RocksDB's message.
         reason: String,
+    },
+    /// Another open handle (in this or another process) holds the state
+    /// directory.
+    #[error("state at {path} is in use by another process or task (its lock file is held)")]
+    Locked {
+        /// The state directory.
+        path: PathBuf,
     },
     /// A write or read named a store the state was not opened with.
     #[error("no state store '{store}' (stores: {known})")]
@@ -36,4 +67,20 @@ pub enum StateError {
         /// The identity stored in it.
         found: String,
     },
+}
+
+impl StateError {
+    /// Whether rebuilding the state from elsewhere (a changelog) is the cure:
+    /// the files are corrupt, or they hold another identity's state. Other
+    /// failures (I/O, a held lock) leave the files as they are.
+    pub fn is_rebuildable(&self) -> bool {
+        matches!(
+            self,
+            StateError::Mismatch { .. }
+                | StateError::Storage {
+                    kind: StorageKind::Corruption,
+                    ..
+                }
+        )
+    }
 }

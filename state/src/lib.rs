@@ -35,7 +35,7 @@ mod memory;
 mod rocks;
 
 pub use batch::{BatchOp, WriteBatch};
-pub use error::StateError;
+pub use error::{StateError, StorageKind};
 pub use memory::MemoryStore;
 pub use rocks::{BlockCache, RocksStore, StoreIdentity};
 

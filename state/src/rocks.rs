@@ -68,6 +68,9 @@ pub struct RocksStore {
     db: DB,
     path: PathBuf,
     stores: Vec<String>,
+    /// flumen's own lock on the directory, held while the store is open
+    /// (released after `db` closes: fields drop in order).
+    _lock: std::fs::File,
 }
 
 impl std::fmt::Debug for RocksStore {
@@ -95,11 +98,46 @@ fn options(cache: &Cache) -> Options {
     // restore, so large memtables only cost memory (64 MiB each by default,
     // per partition).
     opts.set_write_buffer_size(WRITE_BUFFER_BYTES);
+    opts.set_max_open_files(MAX_OPEN_FILES);
     opts
 }
 
 /// Memtable size of each partition's state.
 const WRITE_BUFFER_BYTES: usize = 8 << 20;
+
+/// Files each partition's database keeps open at most (RocksDB's default is
+/// unlimited; with one database per partition that runs into the process's
+/// file limit).
+const MAX_OPEN_FILES: i32 = 256;
+
+/// The lock file flumen holds in a state directory while a store is open.
+const LOCK_FILE: &str = "flumen.lock";
+
+/// Creates `path` when missing and takes flumen's exclusive lock on it: a
+/// held lock is [`StateError::Locked`], typed, before RocksDB's own lock is
+/// tried.
+fn lock_dir(path: &Path) -> Result<std::fs::File, StateError> {
+    let io = |operation: &str, e: std::io::Error| StateError::Storage {
+        path: path.to_path_buf(),
+        operation: operation.to_string(),
+        kind: crate::StorageKind::Io,
+        reason: e.to_string(),
+    };
+    std::fs::create_dir_all(path).map_err(|e| io("creating the directory", e))?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path.join(LOCK_FILE))
+        .map_err(|e| io("opening the lock file", e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StateError::Locked {
+            path: path.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(io("locking", e)),
+    }
+}
 
 impl RocksStore {
     /// Opens (or creates) the state at `path` for `identity` with `stores`.
@@ -124,8 +162,10 @@ impl RocksStore {
         let fail = |operation: &str, e: rocksdb::Error| StateError::Storage {
             path: path.to_path_buf(),
             operation: operation.to_string(),
+            kind: e.kind().into(),
             reason: e.to_string(),
         };
+        let lock = lock_dir(path)?;
         let opts = options(cache);
         // Every existing column family must be opened, including stores this
         // version of the application no longer has.
@@ -144,6 +184,7 @@ impl RocksStore {
             db,
             path: path.to_path_buf(),
             stores: stores.iter().map(|s| s.to_string()).collect(),
+            _lock: lock,
         };
         let expected = identity.encode();
         match store.get(META, IDENTITY_KEY)? {
@@ -168,6 +209,7 @@ impl RocksStore {
         DB::destroy(&Options::default(), path).map_err(|e| StateError::Storage {
             path: path.to_path_buf(),
             operation: "destroying".into(),
+            kind: e.kind().into(),
             reason: e.to_string(),
         })?;
         // RocksDB leaves the directory (and its LOG files) behind.
@@ -176,6 +218,7 @@ impl RocksStore {
             _ => Err(StateError::Storage {
                 path: path.to_path_buf(),
                 operation: "removing the directory".into(),
+                kind: crate::StorageKind::Io,
                 reason: e.to_string(),
             }),
         })
@@ -199,6 +242,7 @@ impl RocksStore {
         StateError::Storage {
             path: self.path.clone(),
             operation: operation.to_string(),
+            kind: e.kind().into(),
             reason: e.to_string(),
         }
     }
@@ -289,9 +333,10 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let first = RocksStore::open(dir.path(), &identity(), &["a"])?;
         let second = RocksStore::open(dir.path(), &identity(), &["a"]);
-        assert!(second.is_err(), "two open handles on one state directory");
-        let err = second.err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(err.contains("lock"), "{err}");
+        assert!(
+            matches!(second, Err(StateError::Locked { .. })),
+            "two open handles on one state directory: {second:?}"
+        );
         drop(first);
         RocksStore::open(dir.path(), &identity(), &["a"])?;
         Ok(())
@@ -320,6 +365,38 @@ mod tests {
         assert!(!path.exists());
         let store = RocksStore::open(&path, &identity(), &["a"])?;
         assert_eq!(store.checkpoint()?, None);
+        Ok(())
+    }
+
+    /// Defect 4 of #16: damaged files are a corruption (rebuildable); an I/O
+    /// failure is not, and must never cost the state.
+    #[test]
+    fn open_errors_are_typed_corruption_or_io() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        drop(RocksStore::open(dir.path(), &identity(), &["a"])?);
+        std::fs::write(dir.path().join("CURRENT"), b"garbage")?;
+        let corrupt = RocksStore::open(dir.path(), &identity(), &["a"]);
+        assert!(
+            corrupt.as_ref().is_err_and(StateError::is_rebuildable),
+            "{corrupt:?}"
+        );
+
+        // A state path that is a file: the OS refuses, the file stays.
+        let file = dir.path().join("not-a-directory");
+        std::fs::write(&file, b"keep me")?;
+        let io = RocksStore::open(&file, &identity(), &["a"]);
+        assert!(
+            matches!(
+                &io,
+                Err(StateError::Storage {
+                    kind: crate::StorageKind::Io,
+                    ..
+                })
+            ),
+            "{io:?}"
+        );
+        assert!(!io.as_ref().is_err_and(StateError::is_rebuildable));
+        assert_eq!(std::fs::read(&file)?, b"keep me");
         Ok(())
     }
 }

@@ -11,7 +11,9 @@ use flumen_kafka::{
     GroupConsumer, GroupMetadata, KafkaConfig, Producer, RawBatch, RebalanceListener,
     TopicPartition,
 };
-use flumen_state::{BlockCache, Checkpoint, RocksStore, StateStore, StoreIdentity, WriteBatch};
+use flumen_state::{
+    BlockCache, Checkpoint, RocksStore, StateError, StateStore, StoreIdentity, WriteBatch,
+};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -298,13 +300,16 @@ impl Worker {
             match RocksStore::open_with_cache(&path, &identity, &names, &self.state.cache) {
                 Ok(store) => break store,
                 // The previous owner of this partition in this process may still be closing.
-                Err(e) if e.to_string().contains("lock") && Instant::now() < deadline => {
+                Err(StateError::Locked { .. }) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                Err(e) if can_rebuild && !rebuilt && unusable(&e) => {
+                // Only damaged files or another identity's state are rebuilt;
+                // any other failure (disk full, permissions, file limits)
+                // stops the run and leaves the files as they are.
+                Err(e) if can_rebuild && !rebuilt && e.is_rebuildable() => {
                     tracing::warn!(
                         %tp, path = %path.display(), error = %e,
-                        "the state directory cannot be used; deleting it and rebuilding the state from the changelog"
+                        "the state directory is corrupt or not this partition's; deleting it and rebuilding the state from the changelog"
                     );
                     std::fs::remove_dir_all(&path).map_err(|io| {
                         Error::Runtime(format!(
@@ -738,18 +743,6 @@ pub(crate) async fn wait_for_deliveries(
                 "outputs of a batch are still not acknowledged"
             ),
         }
-    }
-}
-
-/// Whether opening a state failed for a reason rebuilding it cures: it is
-/// another application's or partition's, or RocksDB cannot read it.
-fn unusable(error: &flumen_state::StateError) -> bool {
-    match error {
-        flumen_state::StateError::Mismatch { .. } => true,
-        flumen_state::StateError::Storage {
-            operation, reason, ..
-        } => operation == "opening" && !reason.contains("lock"),
-        _ => false,
     }
 }
 

@@ -212,3 +212,58 @@ async fn a_deleted_changelog_is_detected_instead_of_restoring_an_empty_state() {
     );
     assert!(text.contains(&changelog_of(&group, &input)), "{text}");
 }
+
+/// Defect 4: an I/O error opening a partition's state (here: its MANIFEST is
+/// a directory, so reading it fails with EISDIR, as a disk error would) stops
+/// the run with an error naming the state directory; the state is not deleted.
+/// Only corruption or another partition's state is rebuilt (see
+/// `window_restart::a_corrupted_or_foreign_state_directory_is_rebuilt_from_the_changelog`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_io_error_opening_the_state_stops_the_run_and_keeps_the_state() {
+    let stack = DevStack::start().expect("dev stack");
+    let input = unique_name("in");
+    stack.create_topic(&input, PARTITIONS).await.expect("input");
+    produce_readings(&stack, &input, PARTITIONS, EVENTS, DEVICES).await;
+    let group = unique_name("g");
+    let output = output_topic(&stack).await;
+    let state = tempfile::tempdir().expect("state dir");
+    let app = || {
+        frame(
+            builder(&stack, &group).max_batch_records(200),
+            state.path(),
+            &input,
+            &output,
+        )
+    };
+    let run = start(app());
+    let stats = run.stats.clone();
+    wait_until("half the input", || stats.records_in() >= EVENTS / 2).await;
+    run.stop().await.expect("first run");
+
+    let partition = state.path().join(format!("{input}-0"));
+    let current = std::fs::read_to_string(partition.join("CURRENT")).expect("CURRENT");
+    let manifest = partition.join(current.trim());
+    std::fs::remove_file(&manifest).expect("remove MANIFEST");
+    std::fs::create_dir(&manifest).expect("a directory in its place");
+
+    let run = start(app());
+    let stats = run.stats.clone();
+    let error = run.finish().await.expect_err("the run stops");
+    let text = error.to_string();
+    assert!(
+        matches!(
+            &error,
+            flumen::Error::State(flumen_state::StateError::Storage {
+                kind: flumen_state::StorageKind::Io,
+                ..
+            })
+        ),
+        "{text}"
+    );
+    assert!(text.contains(&partition.display().to_string()), "{text}");
+    assert!(
+        manifest.is_dir() && partition.join("CURRENT").is_file(),
+        "the state was kept"
+    );
+    assert_eq!(stats.restored_changes(), 0, "nothing rebuilt");
+}
