@@ -175,12 +175,19 @@ impl Drop for CassandraServer {
 }
 
 /// Whether the node answers `SELECT release_version FROM system.local`
-/// (asked from a thread of its own: the caller may be inside a runtime).
+/// (asked from a thread of its own: the caller may be inside a runtime; the
+/// driver's logs of refused connections while the node starts are muted).
 fn answers(node: &str, tls: Option<&TestCertificate>) -> bool {
+    if std::net::TcpStream::connect(node).is_err() {
+        return false;
+    }
     let (node, tls) = (node.to_string(), tls.cloned());
-    std::thread::spawn(move || ask_release_version(&node, tls.as_ref()))
-        .join()
-        .unwrap_or(false)
+    std::thread::spawn(move || {
+        let quiet = tracing::subscriber::NoSubscriber::default();
+        tracing::subscriber::with_default(quiet, || ask_release_version(&node, tls.as_ref()))
+    })
+    .join()
+    .unwrap_or(false)
 }
 
 fn ask_release_version(node: &str, tls: Option<&TestCertificate>) -> bool {
