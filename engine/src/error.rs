@@ -117,6 +117,17 @@ pub enum Error {
         /// What was found.
         reason: String,
     },
+    /// Code run for a partition panicked (user code in `map`, `map_batches`
+    /// or an `Aggregator`, or a bug): the application stops.
+    #[error("a task of topic '{topic}' partition {partition} panicked: {message}")]
+    Panic {
+        /// Source topic.
+        topic: String,
+        /// Source partition.
+        partition: i32,
+        /// The panic's message.
+        message: String,
+    },
     /// The runtime itself failed (a task died, a thread could not start).
     #[error("runtime: {0}")]
     Runtime(String),

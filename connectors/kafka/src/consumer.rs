@@ -71,6 +71,12 @@ pub trait RebalanceListener: Send + Sync + 'static {
     /// Partitions were assigned but their committed offsets could not be read
     /// (after retries): the member must not process them on a guess.
     fn on_assign_failed(&self, partitions: &[TopicPartition], error: KafkaError);
+    /// An offset commit failed (reported when it completes, also for
+    /// asynchronous commits): the offsets must be committed again. Default:
+    /// nothing.
+    fn on_commit_failed(&self, error: &KafkaError) {
+        let _ = error;
+    }
     /// Partitions are being taken away. Finish their in-flight work and return the
     /// offsets (next offset to read) to commit before they go.
     fn on_revoke(&self, partitions: &[TopicPartition]) -> Vec<(TopicPartition, i64)>;
@@ -159,6 +165,14 @@ fn offsets_of(list: &TopicPartitionList) -> Vec<(TopicPartition, Option<i64>)> {
         .collect()
 }
 
+fn partition_list(partitions: &[TopicPartition]) -> TopicPartitionList {
+    let mut list = TopicPartitionList::new();
+    for tp in partitions {
+        list.add_partition(&tp.topic, tp.partition);
+    }
+    list
+}
+
 pub(crate) fn offsets_list(offsets: &[(TopicPartition, i64)]) -> Result<TopicPartitionList> {
     let mut tpl = TopicPartitionList::new();
     for (tp, offset) in offsets {
@@ -189,6 +203,20 @@ impl ConsumerContext for ListenerContext {
                 }
                 Err(error) => tracing::warn!(%error, "cannot build commit of revoked partitions"),
             }
+        }
+    }
+
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        _offsets: &TopicPartitionList,
+    ) {
+        if let Err(error) = result {
+            let error = KafkaError::client(
+                format!("committing offsets of group '{}'", self.group),
+                error,
+            );
+            self.listener.on_commit_failed(&error);
         }
     }
 
@@ -340,6 +368,30 @@ impl GroupConsumer {
             KafkaError::client(format!("reading offsets of group '{}'", self.group), e)
         })?;
         Ok(offsets_of(&list))
+    }
+
+    /// Stops fetching `partitions` (records already fetched for them are
+    /// dropped from the local queue and fetched again after
+    /// [`GroupConsumer::resume`]); the member stays in the group.
+    pub fn pause(&self, partitions: &[TopicPartition]) -> Result<()> {
+        let list = partition_list(partitions);
+        self.inner.pause(&list).map_err(|e| {
+            KafkaError::client(
+                format!("pausing {partitions:?} of group '{}'", self.group),
+                e,
+            )
+        })
+    }
+
+    /// Fetches paused `partitions` again.
+    pub fn resume(&self, partitions: &[TopicPartition]) -> Result<()> {
+        let list = partition_list(partitions);
+        self.inner.resume(&list).map_err(|e| {
+            KafkaError::client(
+                format!("resuming {partitions:?} of group '{}'", self.group),
+                e,
+            )
+        })
     }
 
     /// Leaves the group (the partitions are revoked first).

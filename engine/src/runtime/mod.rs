@@ -6,6 +6,7 @@ mod driver;
 mod exactly_once;
 mod internal_topics;
 mod pipeline;
+mod poller;
 mod prometheus;
 mod repartition;
 mod schema;

@@ -1,7 +1,8 @@
 //! The consuming side of a run: one polling thread that cuts micro-batches per
 //! partition, one task per assigned partition, and offset commits.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -14,12 +15,14 @@ use flumen_kafka::{
 use flumen_state::{
     BlockCache, Checkpoint, RocksStore, StateError, StateStore, StoreIdentity, WriteBatch,
 };
+use futures::FutureExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::runtime::changelog;
 use crate::runtime::exactly_once;
 use crate::runtime::pipeline::{PartitionPipeline, SourcePlan};
+use crate::runtime::poller::{Batcher, Cut, Dispatch};
 use crate::runtime::stats::Stats;
 use crate::runtime::stop::{StopHandle, StopMode};
 use crate::{Error, Result};
@@ -133,6 +136,10 @@ pub(crate) struct Worker {
     committable: Mutex<HashMap<TopicPartition, i64>>,
     revoked: Mutex<Vec<TopicPartition>>,
     revoked_flag: AtomicBool,
+    /// The partitions assigned now: only these are committed.
+    assigned: Mutex<HashSet<TopicPartition>>,
+    /// Set when an offset commit failed: the next commit repeats every offset.
+    recommit: AtomicBool,
     failure: Mutex<Option<Error>>,
     /// The budget of `BatchSettings::unacknowledged_bytes`, in KiB.
     unacknowledged: Arc<tokio::sync::Semaphore>,
@@ -179,6 +186,8 @@ impl Worker {
             committable: Mutex::new(HashMap::new()),
             revoked: Mutex::new(Vec::new()),
             revoked_flag: AtomicBool::new(false),
+            assigned: Mutex::new(HashSet::new()),
+            recommit: AtomicBool::new(false),
             failure: Mutex::new(None),
             unacknowledged: Arc::new(tokio::sync::Semaphore::new(budget_kib)),
         }
@@ -231,11 +240,17 @@ impl Worker {
             None => None,
         };
         let join = self.runtime.spawn(async move {
-            if let Err(error) = worker
-                .run_partition(&tp, committed, source, rx, txn_producer)
-                .await
-            {
-                worker.fail(error);
+            let run = worker.run_partition(&tp, committed, source, rx, txn_producer);
+            match AssertUnwindSafe(run).catch_unwind().await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => worker.fail(error),
+                // A panic (in user code or ours) stops the application: the
+                // partition must not go on half-dead.
+                Err(panic) => worker.fail(Error::Panic {
+                    topic: tp.topic.clone(),
+                    partition: tp.partition,
+                    message: panic_message(panic.as_ref()),
+                }),
             }
         });
         Some(PartitionTask { tx, join })
@@ -406,7 +421,7 @@ impl Worker {
             mpsc::channel::<Delivered>(self.settings.unacknowledged_batches);
         // Deliveries are awaited in order beside processing, so the next batch can
         // be processed while the previous one is still being acknowledged.
-        let waiter = {
+        let waiter = AbortOnDrop({
             let worker = Arc::clone(self);
             let tp = tp.clone();
             tokio::spawn(async move {
@@ -438,7 +453,7 @@ impl Worker {
                     worker.fail(error);
                 }
             })
-        };
+        });
         let mut result = Ok(());
         while let Some(raw) = rx.recv().await {
             if self.failed() {
@@ -478,7 +493,7 @@ impl Worker {
             }
         }
         drop(done_tx);
-        match waiter.await {
+        match waiter.join().await {
             Ok(()) => result,
             Err(e) => Err(Error::Runtime(format!("delivery waiter of {tp} died: {e}"))),
         }
@@ -502,11 +517,17 @@ impl Worker {
             .collect();
         let deadline = self.settings.drain_timeout;
         self.runtime.block_on(async {
-            for (tp, join) in joins {
-                match tokio::time::timeout(deadline, join).await {
+            for (tp, mut join) in joins {
+                match tokio::time::timeout(deadline, &mut join).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => self.fail(Error::Runtime(format!("task of {tp} died: {e}"))),
-                    Err(_) => tracing::warn!(%tp, ?deadline, "partition task did not drain in time; its uncommitted records will be read again"),
+                    Err(_) => {
+                        // Stopped for certain: nothing more is produced,
+                        // checkpointed or made committable for it.
+                        join.abort();
+                        let _ = join.await;
+                        tracing::warn!(%tp, ?deadline, "partition task did not drain in time and was stopped; its uncommitted records will be read again");
+                    }
                 }
             }
         });
@@ -520,88 +541,43 @@ impl Worker {
             .collect()
     }
 
-    fn dispatch(&self, tp: &TopicPartition, raw: RawBatch) {
-        let tx = lock(&self.tasks).get(tp).map(|t| t.tx.clone());
-        match tx {
-            Some(tx) => {
-                // Blocks while the partition's queue is full: backpressure on polling.
-                if tx.blocking_send(raw).is_err() {
-                    tracing::debug!(%tp, "partition task has stopped; batch dropped (uncommitted)");
-                }
-            }
-            None => tracing::debug!(%tp, "no task for partition; batch dropped (uncommitted)"),
-        }
-    }
-
     /// Polls, cuts micro-batches and commits until asked to stop. Runs on its own thread.
     pub(crate) fn poll_loop(self: &Arc<Self>, consumer: &GroupConsumer) -> Result<()> {
-        let mut open: Vec<(TopicPartition, RawBatch, Instant)> = Vec::new();
+        let mut batcher = Batcher::new(Cut {
+            max_records: self.settings.max_records,
+            max_bytes: self.settings.max_bytes,
+            max_delay: self.settings.max_delay,
+        });
         let mut committed: HashMap<TopicPartition, i64> = HashMap::new();
         let mut last_commit = Instant::now();
         let poll_timeout = POLL_TIMEOUT.min(self.settings.max_delay);
-        loop {
-            let mode = self.mode();
-            if mode != StopMode::Running {
-                break;
-            }
+        while self.mode() == StopMode::Running {
             match consumer.poll(poll_timeout) {
                 Some(Ok(message)) => {
-                    self.forget_revoked(&mut open);
-                    use flumen_kafka::rdkafka::Message;
-                    let (topic, partition) = (message.topic(), message.partition());
-                    let index = match open
-                        .iter()
-                        .position(|(tp, _, _)| tp.partition == partition && tp.topic == topic)
-                    {
-                        Some(i) => i,
-                        None => {
-                            open.push((
-                                TopicPartition::new(topic, partition),
-                                RawBatch::new(Arc::from(topic), partition),
-                                Instant::now(),
-                            ));
-                            open.len() - 1
-                        }
-                    };
-                    let (_, raw, started) = &mut open[index];
-                    if raw.is_empty() {
-                        *started = Instant::now();
-                    }
-                    raw.push_message(&message);
-                    if raw.len() >= self.settings.max_records
-                        || raw.byte_size() >= self.settings.max_bytes
-                    {
-                        self.cut(&mut open[index]);
-                    }
+                    self.forget_revoked(&mut batcher);
+                    batcher.push(&message, self.as_ref(), consumer);
                 }
                 Some(Err(error)) => tracing::warn!(%error, "consumer error (librdkafka retries)"),
                 None => {}
             }
-            self.forget_revoked(&mut open);
-            let now = Instant::now();
-            for entry in open.iter_mut() {
-                if !entry.1.is_empty() && now.duration_since(entry.2) >= self.settings.max_delay {
-                    self.cut(entry);
-                }
+            self.forget_revoked(&mut batcher);
+            batcher.tick(self.as_ref(), consumer);
+            if self.recommit.swap(false, Ordering::AcqRel) {
+                // An asynchronous commit failed: commit everything again.
+                committed.clear();
             }
             if last_commit.elapsed() >= self.settings.commit_interval {
                 self.commit(consumer, &mut committed, false);
                 last_commit = Instant::now();
             }
         }
-        self.shutdown(consumer, open, &mut committed)
+        self.shutdown(consumer, batcher, &mut committed)
     }
 
-    fn cut(&self, entry: &mut (TopicPartition, RawBatch, Instant)) {
-        let fresh = RawBatch::new(Arc::clone(entry.1.topic_arc()), entry.0.partition);
-        let raw = std::mem::replace(&mut entry.1, fresh);
-        self.dispatch(&entry.0, raw);
-    }
-
-    fn forget_revoked(&self, open: &mut Vec<(TopicPartition, RawBatch, Instant)>) {
+    fn forget_revoked(&self, batcher: &mut Batcher) {
         if self.revoked_flag.swap(false, Ordering::AcqRel) {
             let revoked = std::mem::take(&mut *lock(&self.revoked));
-            open.retain(|(tp, _, _)| !revoked.contains(tp));
+            batcher.forget(&revoked);
         }
     }
 
@@ -611,9 +587,12 @@ impl Worker {
         committed: &mut HashMap<TopicPartition, i64>,
         sync: bool,
     ) {
+        let assigned = lock(&self.assigned).clone();
         let changed: Vec<(TopicPartition, i64)> = lock(&self.committable)
             .iter()
-            .filter(|(tp, o)| committed.get(*tp) != Some(*o))
+            // Never for a partition no longer assigned (a task that missed
+            // its drain deadline must not commit for the partition's new owner).
+            .filter(|(tp, o)| assigned.contains(*tp) && committed.get(*tp) != Some(*o))
             .map(|(tp, o)| (tp.clone(), *o))
             .collect();
         if changed.is_empty() {
@@ -634,7 +613,7 @@ impl Worker {
     fn shutdown(
         self: &Arc<Self>,
         consumer: &GroupConsumer,
-        open: Vec<(TopicPartition, RawBatch, Instant)>,
+        batcher: Batcher,
         committed: &mut HashMap<TopicPartition, i64>,
     ) -> Result<()> {
         if self.mode() == StopMode::Kill {
@@ -644,11 +623,7 @@ impl Worker {
             return Ok(());
         }
         if !self.failed() {
-            for (tp, raw, _) in open {
-                if !raw.is_empty() {
-                    self.dispatch(&tp, raw);
-                }
-            }
+            batcher.drain(self.as_ref());
         }
         self.close_tasks(None);
         self.commit(consumer, committed, true);
@@ -661,6 +636,33 @@ impl Worker {
         match lock(&self.failure).take() {
             Some(error) => Err(error),
             None => Ok(()),
+        }
+    }
+}
+
+impl Dispatch for Worker {
+    fn try_dispatch(&self, tp: &TopicPartition, raw: RawBatch) -> Option<RawBatch> {
+        let tx = lock(&self.tasks).get(tp).map(|t| t.tx.clone());
+        let Some(tx) = tx else {
+            tracing::debug!(%tp, "no task for partition; batch dropped (uncommitted)");
+            return None;
+        };
+        match tx.try_send(raw) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(raw)) => Some(raw),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::debug!(%tp, "partition task has stopped; batch dropped (uncommitted)");
+                None
+            }
+        }
+    }
+
+    fn dispatch_blocking(&self, tp: &TopicPartition, raw: RawBatch) {
+        let tx = lock(&self.tasks).get(tp).map(|t| t.tx.clone());
+        if let Some(tx) = tx {
+            if tx.blocking_send(raw).is_err() {
+                tracing::debug!(%tp, "partition task has stopped; batch dropped (uncommitted)");
+            }
         }
     }
 }
@@ -695,6 +697,7 @@ impl RebalanceListener for Rebalancer {
         for (tp, committed) in partitions {
             if let Some(task) = worker.spawn_partition(tp.clone(), *committed) {
                 lock(&worker.tasks).insert(tp.clone(), task);
+                lock(&worker.assigned).insert(tp.clone());
             }
         }
         worker.stats.add_assigned(partitions.len());
@@ -722,7 +725,37 @@ impl RebalanceListener for Rebalancer {
             return Vec::new();
         }
         worker.close_tasks(Some(partitions));
-        worker.take_committable(partitions)
+        let offsets = worker.take_committable(partitions);
+        let mut assigned = lock(&worker.assigned);
+        for tp in partitions {
+            assigned.remove(tp);
+        }
+        offsets
+    }
+
+    fn on_commit_failed(&self, error: &flumen_kafka::KafkaError) {
+        tracing::warn!(%error, "an offset commit failed; committing again at the next interval");
+        if let Some(worker) = self.0.upgrade() {
+            worker.recommit.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// A spawned task that is aborted when this handle is dropped: a helper task
+/// (the delivery waiter) ends with the partition task that owns it, also when
+/// that task is aborted.
+pub(crate) struct AbortOnDrop<T>(pub(crate) JoinHandle<T>);
+
+impl<T> AbortOnDrop<T> {
+    /// Waits for the task to end.
+    pub(crate) async fn join(mut self) -> std::result::Result<T, tokio::task::JoinError> {
+        (&mut self.0).await
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -744,6 +777,15 @@ pub(crate) async fn wait_for_deliveries(
             ),
         }
     }
+}
+
+/// The message of a caught panic (`panic!` with a literal or a formatted string).
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(a panic without a message)".into())
 }
 
 /// The directory name of a partition's state: topic and partition.

@@ -267,3 +267,119 @@ async fn an_io_error_opening_the_state_stops_the_run_and_keeps_the_state() {
     );
     assert_eq!(stats.restored_changes(), 0, "nothing rebuilt");
 }
+
+/// Defect 6: a panic in user code (here `map_batches` on the batch holding
+/// reading 300) stops the application with an error naming the topic,
+/// partition and the panic's message, instead of ending that partition's task
+/// silently while the rest runs on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_user_code_stops_the_application_with_a_clear_error() {
+    use flumen::prelude::*;
+    let stack = DevStack::start().expect("dev stack");
+    let (input, output, _) = crate::common::sensor_topics(&stack, 2, 1_000, 3).await;
+    let app = builder(&stack, &unique_name("g")).build().expect("app");
+    app.dataframe(Topic::json(&input).schema(crate::stateless::sensor_schema()))
+        .expect("frame")
+        .map_batches(|batch| {
+            let ids = batch
+                .column_by_name("id")
+                .and_then(|c| {
+                    c.as_any()
+                        .downcast_ref::<arrow::array::Int64Array>()
+                        .cloned()
+                })
+                .ok_or("no id column")?;
+            if ids.iter().any(|id| id == Some(300)) {
+                panic!("reading 300 is poison");
+            }
+            Ok(batch)
+        })
+        .to_topic(Topic::json(&output));
+    let run = start(app);
+    let error = run.finish().await.expect_err("the application stops");
+    let text = error.to_string();
+    assert!(matches!(error, flumen::Error::Panic { .. }), "{text}");
+    assert!(
+        text.contains(&input) && text.contains("reading 300 is poison"),
+        "{text}"
+    );
+}
+
+/// Defect 5: one partition whose processing is stuck (its `map_batches`
+/// blocks until released) must not stop the others: its fetch is paused, the
+/// polling goes on, and the other partition's records, written while the
+/// first is stuck, are processed meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn a_stuck_partition_does_not_stop_the_others() {
+    use flumen::prelude::*;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let stack = DevStack::start().expect("dev stack");
+    let input = unique_name("in");
+    stack.create_topic(&input, 2).await.expect("input");
+    let output = output_topic(&stack).await;
+    let readings = |p: i32| {
+        (0..2_000u64).map(move |i| {
+            let value =
+                format!(r#"{{"id":{i},"device":"dev-{p}","ts":{i},"temp":1.0,"humidity":1.0}}"#);
+            flumen_testkit::topics::TestRecord::new(format!("dev-{p}"), value).to_partition(p)
+        })
+    };
+    stack
+        .produce(&input, readings(0))
+        .await
+        .expect("partition 0");
+
+    let released = Arc::new(AtomicBool::new(false));
+    let stuck = Arc::new(AtomicUsize::new(0));
+    let (gate, stuck_seen) = (Arc::clone(&released), Arc::clone(&stuck));
+    let app = builder(&stack, &unique_name("g"))
+        .max_batch_records(20)
+        .build()
+        .expect("app");
+    app.dataframe(Topic::json(&input).schema(crate::stateless::sensor_schema()))
+        .expect("frame")
+        .map_batches(move |batch| {
+            let device = batch.column_by_name("device").ok_or("no device column")?;
+            let device = arrow::compute::cast(device, &arrow::datatypes::DataType::Utf8)?;
+            let is_stuck = device
+                .as_any()
+                .downcast_ref::<arrow::array::StringArray>()
+                .is_some_and(|d| d.iter().any(|d| d == Some("dev-0")));
+            if is_stuck {
+                stuck_seen.fetch_add(1, Ordering::AcqRel);
+            }
+            while is_stuck && !gate.load(Ordering::Acquire) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Ok(batch)
+        })
+        .to_topic(Topic::json(&output));
+    let run = start(app);
+    let stats = run.stats.clone();
+    wait_until("partition 0 to get stuck", || {
+        stuck.load(Ordering::Acquire) > 0
+    })
+    .await;
+    // Partition 0 has 2,000 records waiting: its queue is full at once.
+    stack
+        .produce(&input, readings(1))
+        .await
+        .expect("partition 1");
+    let counted = stack
+        .wait_for_count(&output, 2_000, crate::common::DEADLINE)
+        .await;
+    released.store(true, Ordering::Release);
+    let counted = counted.expect("partition 1 is processed while partition 0 is stuck");
+    assert!(counted >= 2_000);
+    wait_until("partition 0 after the release", || {
+        stats.records_in() >= 4_000
+    })
+    .await;
+    run.stop().await.expect("clean stop");
+    let read = stack
+        .read_all(&output, crate::common::DEADLINE)
+        .await
+        .expect("read");
+    assert_eq!(read.len(), 4_000, "every record once");
+}

@@ -9,7 +9,7 @@ use flumen::prelude::*;
 use flumen_testkit::sensor::SensorWorkload;
 use flumen_testkit::{unique_name, DevStack};
 
-fn sensor_schema() -> Schema {
+pub(crate) fn sensor_schema() -> Schema {
     Schema::new(vec![
         Field::new("id", DataType::Int64, false),
         Field::new("device", DataType::Utf8, false),
