@@ -71,7 +71,7 @@ pub use runtime::{
     serve_metrics, Application, ApplicationBuilder, ProcessingGuarantee, Stats, StopHandle,
 };
 pub use sink::Sink;
-pub use topic::{BadInputPolicy, Topic, DEFAULT_MAX_RECORD_BYTES};
+pub use topic::{BadInputPolicy, Topic, DEFAULT_MAX_EVENT_TIME_AHEAD, DEFAULT_MAX_RECORD_BYTES};
 
 /// Everything a pipeline usually needs: `use flumen::prelude::*;`.
 pub mod prelude {

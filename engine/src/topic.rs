@@ -38,6 +38,11 @@ impl BadInputPolicy {
     }
 }
 
+/// Default bound on how far a record's event time may be ahead of its
+/// partition's stream time or the wall clock, whichever is later (one day).
+pub const DEFAULT_MAX_EVENT_TIME_AHEAD: std::time::Duration =
+    std::time::Duration::from_secs(24 * 3600);
+
 /// Default limit on key + value bytes of one input record (8 MiB).
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 8 << 20;
 
@@ -56,6 +61,7 @@ pub struct Topic {
     pub(crate) policies: BTreeMap<BadInputKind, BadInputPolicy>,
     pub(crate) key_column: Option<String>,
     pub(crate) log_every: u64,
+    pub(crate) max_event_time_ahead: Option<std::time::Duration>,
 }
 
 impl Topic {
@@ -71,6 +77,7 @@ impl Topic {
             policies: BTreeMap::new(),
             key_column: None,
             log_every: 1000,
+            max_event_time_ahead: Some(DEFAULT_MAX_EVENT_TIME_AHEAD),
         }
     }
 
@@ -130,6 +137,21 @@ impl Topic {
     pub fn max_record_bytes(mut self, bytes: usize) -> Self {
         self.max_record_bytes = bytes;
         self
+    }
+
+    /// How far a record's event time may be ahead of the partition's stream
+    /// time (the largest event time accepted so far) or the wall clock,
+    /// whichever is later; records beyond it are bad input
+    /// ([`BadInputKind::FutureTimestamp`]). Default one day; `None`: no bound
+    /// (for inputs whose event times lie in the future on purpose).
+    pub fn max_event_time_ahead(mut self, ahead: Option<std::time::Duration>) -> Self {
+        self.max_event_time_ahead = ahead;
+        self
+    }
+
+    pub(crate) fn max_event_time_ahead_ms(&self) -> Option<i64> {
+        self.max_event_time_ahead
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
     }
 
     /// The policy for every kind of bad input not given its own.

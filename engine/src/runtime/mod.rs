@@ -3,6 +3,7 @@
 mod application;
 mod changelog;
 mod driver;
+mod event_time;
 mod exactly_once;
 mod internal_topics;
 mod pipeline;

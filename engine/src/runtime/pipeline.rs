@@ -15,6 +15,7 @@ use flumen_state::{StateStore, WriteBatch};
 
 use crate::operators::{OpError, Operator};
 use crate::plan::{Node, Op, Output, SinkSpec};
+use crate::runtime::event_time::{now_ms, EventTimeBound};
 use crate::runtime::stats::Stats;
 use crate::topic::{BadInputPolicy, Topic};
 use crate::window::LateRecords;
@@ -84,6 +85,8 @@ pub(crate) struct PartitionPipeline {
     stores: Vec<(usize, String)>,
     /// Records before this offset are already reflected in the state; skipped.
     skip_below: i64,
+    /// Rejects records whose event time is too far ahead.
+    event_time: EventTimeBound,
 }
 
 /// Identifies the batch in error messages.
@@ -102,6 +105,7 @@ impl PartitionPipeline {
         stats: Arc<Stats>,
         ctx: &Arc<SessionContext>,
     ) -> Self {
+        let event_time = EventTimeBound::new(source.topic.max_event_time_ahead_ms());
         let mut operators = HashMap::new();
         let mut stores = Vec::new();
         let chains: Arc<[Vec<Arc<Node>>]> = source.outputs.iter().map(|o| o.node.chain()).collect();
@@ -153,6 +157,7 @@ impl PartitionPipeline {
             sinks,
             stores,
             skip_below: i64::MIN,
+            event_time,
         }
     }
 
@@ -257,6 +262,7 @@ impl PartitionPipeline {
             return Err(Error::Runtime("empty micro-batch".into()));
         };
         let decoded = self.source.decoder.decode(&raw)?;
+        let decoded = self.event_time.check(decoded, now_ms())?;
         let mut failure = None;
         let mut limit = raw.len();
         // Records the state already reflects (processed before a restart whose

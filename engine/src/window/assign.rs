@@ -13,6 +13,9 @@ pub struct Windows {
     step_ms: i64,
 }
 
+/// The most windows one record may fall into (`size / step` of a hopping window).
+pub const MAX_WINDOWS_PER_RECORD: i64 = 1_000;
+
 fn millis(d: Duration, what: &str) -> Result<i64> {
     let ms =
         i64::try_from(d.as_millis()).map_err(|_| Error::Plan(format!("{what} is too large")))?;
@@ -34,13 +37,22 @@ impl Windows {
         })
     }
 
-    /// Hopping windows of `size` starting every `step` (`step <= size`).
+    /// Hopping windows of `size` starting every `step` (`step <= size`); a
+    /// record falls into `size / step` windows, at most
+    /// [`MAX_WINDOWS_PER_RECORD`].
     pub fn hopping(size: Duration, step: Duration) -> Result<Self> {
         let size_ms = millis(size, "window size")?;
         let step_ms = millis(step, "window step")?;
         if step_ms > size_ms {
             return Err(Error::Plan(format!(
                 "hopping window step ({step:?}) must not exceed its size ({size:?})"
+            )));
+        }
+        let per_record = (size_ms + step_ms - 1) / step_ms;
+        if per_record > MAX_WINDOWS_PER_RECORD {
+            return Err(Error::Plan(format!(
+                "hopping_window({size:?}, {step:?}) puts every record into {per_record} windows; \
+                 at most {MAX_WINDOWS_PER_RECORD} are allowed (use a larger step)"
             )));
         }
         Ok(Windows { size_ms, step_ms })
@@ -56,13 +68,23 @@ impl Windows {
         self.step_ms
     }
 
-    /// Starts of the windows that contain `ts`, ascending.
+    /// Starts of the windows that contain `ts`, ascending. Windows whose
+    /// start or end would not fit in an `i64` (event times within a window
+    /// size of `i64::MIN` / `i64::MAX`) are left out.
     pub fn starts(&self, ts: i64) -> impl Iterator<Item = i64> {
-        let (size, step) = (self.size_ms, self.step_ms);
+        let (size, step, ts) = (
+            i128::from(self.size_ms),
+            i128::from(self.step_ms),
+            i128::from(ts),
+        );
         let last = ts - ts.rem_euclid(step);
         // Windows s with s <= ts < s + size: s = last - k * step for k in 0..n.
         let n = (last - ts + size + step - 1).div_euclid(step);
-        (0..n).rev().map(move |k| last - k * step)
+        (0..n).rev().filter_map(move |k| {
+            let start = last - k * step;
+            let fits = i64::try_from(start + size).is_ok();
+            i64::try_from(start).ok().filter(|_| fits)
+        })
     }
 }
 
@@ -101,5 +123,21 @@ mod tests {
                 assert_eq!(got, want, "size {size} step {step} ts {ts}");
             }
         }
+    }
+
+    /// Defect 7 of #16: no overflow near the ends of the time line, and a
+    /// bound on windows per record checked when the pipeline is built.
+    #[test]
+    fn extreme_times_overflow_nothing_and_huge_fan_out_is_refused() {
+        let h = Windows::hopping(Duration::from_millis(10), Duration::from_millis(3)).unwrap();
+        for ts in [i64::MAX, i64::MAX - 5, i64::MIN, i64::MIN + 5] {
+            for start in h.starts(ts) {
+                assert!(start <= ts && start.checked_add(10).is_some_and(|end| ts < end));
+            }
+        }
+        let day = Duration::from_secs(86_400);
+        let error = Windows::hopping(day, Duration::from_millis(1)).unwrap_err();
+        assert!(error.to_string().contains("86400000 windows"), "{error}");
+        assert!(Windows::hopping(day, Duration::from_secs(100)).is_ok());
     }
 }

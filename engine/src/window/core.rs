@@ -291,7 +291,7 @@ impl WindowCore {
             let closed_before = stream_time.map(|t| t.saturating_sub(self.grace_ms));
             let mut late = false;
             for start in self.windows.starts(ts) {
-                if closed_before.is_some_and(|wm| start + size <= wm) {
+                if closed_before.is_some_and(|wm| start.saturating_add(size) <= wm) {
                     late = true;
                     continue;
                 }
@@ -359,7 +359,7 @@ impl WindowCore {
         }
         if let Some(wm) = self.watermark() {
             while let Some(entry) = self.state.first_entry() {
-                if *entry.key() + size > wm {
+                if entry.key().saturating_add(size) > wm {
                     break;
                 }
                 let (start, windows) = entry.remove_entry();
@@ -408,7 +408,7 @@ impl WindowCore {
         WindowRow {
             key,
             start,
-            end: start + self.windows.size_ms(),
+            end: start.saturating_add(self.windows.size_ms()),
             values: states
                 .iter()
                 .zip(&self.kinds)

@@ -10,7 +10,7 @@ pub use crate::operators::{WINDOW_END, WINDOW_START};
 pub use aggregate::{
     avg, collect, count, first, last, max, mean, min, sum, AggKind, AggState, AggValue, Aggregation,
 };
-pub use assign::Windows;
+pub use assign::{Windows, MAX_WINDOWS_PER_RECORD};
 pub use core::{Dropped, Emit, Processed, WindowCore, WindowInput, WindowRow};
 pub use custom::{aggregate, Aggregator, CustomState};
 

@@ -383,3 +383,94 @@ async fn a_stuck_partition_does_not_stop_the_others() {
         .expect("read");
     assert_eq!(read.len(), 4_000, "every record once");
 }
+
+/// Defect 7: one reading 20 years ahead in the middle of the input (as
+/// measured in review: it silently cost 232 of 1,000 windows) is bad input of
+/// kind `future_timestamp`; with `Skip` the windows equal those of the input
+/// without it, and with the default `Fail` the run stops naming its offset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reading_far_in_the_future_is_bad_input_not_a_new_stream_time() {
+    use flumen::prelude::*;
+    let stack = DevStack::start().expect("dev stack");
+    let (with, without) = (unique_name("in"), unique_name("in"));
+    for topic in [&with, &without] {
+        stack.create_topic(topic, PARTITIONS).await.expect("input");
+    }
+    let workload = flumen_testkit::sensor::SensorWorkload {
+        events: EVENTS,
+        devices: DEVICES,
+        step_ms: 100,
+        ..Default::default()
+    };
+    let record = |r: &flumen_testkit::sensor::Reading| {
+        flumen_testkit::topics::TestRecord::new(&r.device, r.to_json())
+            .to_partition(crate::common::device_partition(&r.device, PARTITIONS))
+    };
+    let readings: Vec<_> = workload.readings().collect();
+    let mut future = readings[EVENTS as usize / 2].clone();
+    future.ts += 20 * 365 * 86_400_000;
+    let half = EVENTS as usize / 2;
+    let poisoned = readings[..half]
+        .iter()
+        .chain([&future])
+        .chain(&readings[half..])
+        .map(record);
+    stack.produce(&with, poisoned).await.expect("produce");
+    stack
+        .produce(&without, readings.iter().map(record))
+        .await
+        .expect("produce");
+
+    let windows_of = |input: &str, policy: BadInputPolicy| {
+        let app = builder(&stack, &unique_name("g"))
+            .max_batch_records(200)
+            .build()
+            .expect("app");
+        let input = Topic::json(input)
+            .schema(arrow::datatypes::Schema::new(vec![
+                arrow::datatypes::Field::new("device", arrow::datatypes::DataType::Utf8, false),
+                arrow::datatypes::Field::new("ts", arrow::datatypes::DataType::Int64, false),
+                arrow::datatypes::Field::new("temp", arrow::datatypes::DataType::Float64, false),
+            ]))
+            .timestamp_field("ts")
+            .on_bad_input(policy);
+        (app, input)
+    };
+    let mut results = Vec::new();
+    for input in [&with, &without] {
+        let (app, topic) = windows_of(input, BadInputPolicy::Skip);
+        let output = output_topic(&stack).await;
+        app.dataframe(topic)
+            .expect("frame")
+            .tumbling_window(Duration::from_secs(10))
+            .agg(crate::common::temperature_aggregations())
+            .final_()
+            .to_topic(Topic::json(&output));
+        let stats = crate::common::run_until_read(app, EVENTS).await;
+        results.push((windows(&stack, &output).await.0, stats));
+    }
+    let (actual, stats) = &results[0];
+    assert_eq!(
+        stats.bad_records(BadInputKind::FutureTimestamp, "skip"),
+        1
+    );
+    assert_eq!(stats.late_records(), 0, "nothing became late");
+    assert_same_windows(actual, &results[1].0);
+
+    let (app, topic) = windows_of(&with, BadInputPolicy::Fail);
+    app.dataframe(topic)
+        .expect("frame")
+        .tumbling_window(Duration::from_secs(10))
+        .agg(crate::common::temperature_aggregations())
+        .final_()
+        .to_topic(Topic::json(&output_topic(&stack).await));
+    let error = start(app)
+        .finish()
+        .await
+        .expect_err("the default policy stops");
+    let text = error.to_string();
+    assert!(
+        text.contains("future_timestamp") && text.contains(&with),
+        "{text}"
+    );
+}

@@ -134,11 +134,14 @@ pub enum BadInputKind {
     InvalidKey,
     /// The value does not match a non-JSON value format.
     InvalidValue,
+    /// The record's event time is further ahead of the partition's stream
+    /// time (or the wall clock, when later) than the topic allows.
+    FutureTimestamp,
 }
 
 impl BadInputKind {
     /// Every kind.
-    pub const ALL: [BadInputKind; 8] = [
+    pub const ALL: [BadInputKind; 9] = [
         BadInputKind::MalformedJson,
         BadInputKind::WrongType,
         BadInputKind::MissingField,
@@ -147,6 +150,7 @@ impl BadInputKind {
         BadInputKind::Oversized,
         BadInputKind::InvalidKey,
         BadInputKind::InvalidValue,
+        BadInputKind::FutureTimestamp,
     ];
 
     /// The kind's name in headers, metrics and messages.
@@ -160,6 +164,7 @@ impl BadInputKind {
             BadInputKind::Oversized => "oversized",
             BadInputKind::InvalidKey => "invalid_key",
             BadInputKind::InvalidValue => "invalid_value",
+            BadInputKind::FutureTimestamp => "future_timestamp",
         }
     }
 }
