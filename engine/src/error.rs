@@ -117,6 +117,26 @@ pub enum Error {
         /// What was found.
         reason: String,
     },
+    /// One entry of a state store (a window's aggregation state, e.g. a
+    /// growing `collect()`) is larger than a changelog record may be.
+    #[error(
+        "a state entry of store '{store}' is {bytes} bytes, more than the {limit} a record of \
+         changelog '{topic}' partition {partition} may have (producer message.max.bytes): \
+         use smaller windows or aggregations whose state does not grow with the records \
+         (collect() keeps every value), or raise message.max.bytes on the producer and the topic"
+    )]
+    StateTooLarge {
+        /// The store.
+        store: String,
+        /// Its changelog topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// The entry's key + value bytes.
+        bytes: usize,
+        /// The most a record may have.
+        limit: usize,
+    },
     /// Code run for a partition panicked (user code in `map`, `map_batches`
     /// or an `Aggregator`, or a bug): the application stops.
     #[error("a task of topic '{topic}' partition {partition} panicked: {message}")]

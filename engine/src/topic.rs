@@ -43,8 +43,10 @@ impl BadInputPolicy {
 pub const DEFAULT_MAX_EVENT_TIME_AHEAD: std::time::Duration =
     std::time::Duration::from_secs(24 * 3600);
 
-/// Default limit on key + value bytes of one input record (8 MiB).
-pub const DEFAULT_MAX_RECORD_BYTES: usize = 8 << 20;
+/// Default limit on key + value bytes of one input record: 1,000,000, the
+/// producer's default `message.max.bytes`, so that what is read can also be
+/// written (to a dead-letter topic, for example).
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 1_000_000;
 
 /// A Kafka topic with its formats: the input of a frame or the output of `to_topic`.
 ///

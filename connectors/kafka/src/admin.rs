@@ -240,9 +240,23 @@ impl Admin {
         for p in 0..partitions {
             list.add_partition(topic, p);
         }
-        let committed = consumer
-            .committed_offsets(list, self.timeout)
-            .map_err(|e| KafkaError::client(context(), e))?;
+        // A group's coordinator may be loading or moving (a new group, a
+        // broker that just started): retried for a while.
+        let mut attempt = 0;
+        let committed = loop {
+            attempt += 1;
+            match consumer.committed_offsets(list.clone(), self.timeout) {
+                Ok(committed) => break committed,
+                Err(e) => {
+                    let error = KafkaError::client(context(), e);
+                    if attempt >= 10 || !error.is_retriable() {
+                        return Err(error);
+                    }
+                    tracing::debug!(%error, attempt, "retrying");
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            }
+        };
         Ok((0..partitions)
             .map(|p| {
                 committed

@@ -156,6 +156,24 @@ pub struct Producer {
     inner: Arc<BaseProducer<DeliveryContext>>,
     /// The `transactional.id`, for a transactional producer.
     transactional_id: Option<String>,
+    /// Key + value + headers one record may have (from `message.max.bytes`).
+    max_record_bytes: usize,
+}
+
+/// librdkafka's default `message.max.bytes`.
+const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+
+/// What a record costs beyond its key, value and headers in a request
+/// (record batch and record framing), with room to spare.
+const RECORD_OVERHEAD_BYTES: usize = 4 << 10;
+
+/// The largest key + value + headers a producer made from `client` sends.
+fn max_record_bytes(client: &rdkafka::ClientConfig) -> usize {
+    client
+        .get("message.max.bytes")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES)
+        .saturating_sub(RECORD_OVERHEAD_BYTES)
 }
 
 /// How long the polling thread waits for delivery reports at a time: how soon
@@ -219,11 +237,18 @@ const PRODUCER_DEFAULTS: [(&str, &str); 7] = [
 impl Producer {
     /// Creates a producer; `extra` settings override the defaults.
     pub fn new(config: &KafkaConfig) -> Result<Self> {
-        let inner: BaseProducer<DeliveryContext> = config
-            .client_config(&PRODUCER_DEFAULTS)
+        let client = config.client_config(&PRODUCER_DEFAULTS);
+        let inner: BaseProducer<DeliveryContext> = client
             .create_with_context(DeliveryContext)
             .map_err(|e| KafkaError::client("creating producer", e))?;
-        Producer::polled(inner, None)
+        Producer::polled(inner, None, max_record_bytes(&client))
+    }
+
+    /// The most key + value + header bytes one record may have
+    /// (`message.max.bytes` less the record framing); larger records are
+    /// refused by the client.
+    pub fn max_record_bytes(&self) -> usize {
+        self.max_record_bytes
     }
 
     /// Creates a transactional producer with `transactional.id` =
@@ -240,7 +265,8 @@ impl Producer {
         let inner: BaseProducer<DeliveryContext> = client
             .create_with_context(DeliveryContext)
             .map_err(|e| KafkaError::client(format!("creating {}", context()), e))?;
-        let producer = Producer::polled(inner, Some(transactional_id.to_string()))?;
+        let limit = max_record_bytes(&client);
+        let producer = Producer::polled(inner, Some(transactional_id.to_string()), limit)?;
         producer
             .inner
             .init_transactions(timeout)
@@ -252,12 +278,14 @@ impl Producer {
     fn polled(
         inner: BaseProducer<DeliveryContext>,
         transactional_id: Option<String>,
+        max_record_bytes: usize,
     ) -> Result<Self> {
         let inner = Arc::new(inner);
         Ok(Producer {
             _poller: Poller::start(&inner)?,
             inner,
             transactional_id,
+            max_record_bytes,
         })
     }
 

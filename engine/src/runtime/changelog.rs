@@ -55,6 +55,16 @@ pub(crate) async fn send(
         let Some(topic) = changelogs.get(store) else {
             continue;
         };
+        let bytes = key.len() + value.map_or(0, <[u8]>::len);
+        if bytes > producer.max_record_bytes() {
+            return Err(Error::StateTooLarge {
+                store: store.clone(),
+                topic: topic.clone(),
+                partition,
+                bytes,
+                limit: producer.max_record_bytes(),
+            });
+        }
         let record = OutRecord {
             topic,
             key: Some(key),

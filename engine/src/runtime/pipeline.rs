@@ -21,6 +21,10 @@ use crate::topic::{BadInputPolicy, Topic};
 use crate::window::LateRecords;
 use crate::{Error, Result};
 
+/// Room kept for the headers of a dead letter (flumen's and the source
+/// record's) when deciding whether its key and value still fit.
+const DEAD_LETTER_HEADER_BYTES: usize = 16 << 10;
+
 /// A source topic with its decoder and the outputs that read from it.
 pub(crate) struct SourcePlan {
     pub(crate) topic: Topic,
@@ -390,15 +394,31 @@ impl PartitionPipeline {
             ("flumen.source.partition", partition.as_str()),
             ("flumen.source.offset", offset.as_str()),
         ]);
-        let headers = headers_with(raw.headers(index), &added);
+        let producer = self.producer()?;
+        let (key, value) = (raw.key(index), raw.value(index));
+        let size = key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len);
+        // A record the producer cannot send is referenced, not copied: its
+        // source position (and size) are in the headers.
+        let omitted = (size + DEAD_LETTER_HEADER_BYTES > producer.max_record_bytes())
+            .then(|| size.to_string());
         let record = OutRecord {
             topic,
-            key: raw.key(index),
-            value: raw.value(index),
+            key: if omitted.is_some() { None } else { key },
+            value: if omitted.is_some() { None } else { value },
             timestamp_ms: raw.timestamp(index),
             partition: None,
         };
-        self.producer()?
+        let headers = match &omitted {
+            Some(bytes) => {
+                added.extend([
+                    ("flumen.dead_letter.omitted", "key,value,headers"),
+                    ("flumen.dead_letter.original_bytes", bytes.as_str()),
+                ]);
+                headers_with(None, &added)
+            }
+            None => headers_with(raw.headers(index), &added),
+        };
+        producer
             .send(record, Some(headers), ack)
             .await
             .map_err(Error::from)

@@ -450,10 +450,7 @@ async fn a_reading_far_in_the_future_is_bad_input_not_a_new_stream_time() {
         results.push((windows(&stack, &output).await.0, stats));
     }
     let (actual, stats) = &results[0];
-    assert_eq!(
-        stats.bad_records(BadInputKind::FutureTimestamp, "skip"),
-        1
-    );
+    assert_eq!(stats.bad_records(BadInputKind::FutureTimestamp, "skip"), 1);
     assert_eq!(stats.late_records(), 0, "nothing became late");
     assert_same_windows(actual, &results[1].0);
 
@@ -471,6 +468,109 @@ async fn a_reading_far_in_the_future_is_bad_input_not_a_new_stream_time() {
     let text = error.to_string();
     assert!(
         text.contains("future_timestamp") && text.contains(&with),
+        "{text}"
+    );
+}
+
+/// Defect 8: a bad record as large as the broker accepts is dead-lettered by
+/// reference (no key, value or original headers; its size and source position
+/// in headers) instead of failing the producer with "message size too large";
+/// the run goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_dead_letter_is_written_by_reference() {
+    use flumen::prelude::*;
+    let stack = DevStack::start().expect("dev stack");
+    let (input, output, dlq) = (unique_name("in"), unique_name("out"), unique_name("dlq"));
+    for topic in [&input, &output, &dlq] {
+        stack.create_topic(topic, 1).await.expect("topic");
+    }
+    let huge = vec![b'x'; 999_000];
+    let records = [
+        flumen_testkit::topics::TestRecord::new("a", br#"{"id":1}"#),
+        flumen_testkit::topics::TestRecord::new("b", &huge),
+        flumen_testkit::topics::TestRecord::new("c", br#"{"id":3}"#),
+    ];
+    stack.produce(&input, records).await.expect("produce");
+    let app = builder(&stack, &unique_name("g")).build().expect("app");
+    let schema = arrow::datatypes::Schema::new(vec![arrow::datatypes::Field::new(
+        "id",
+        arrow::datatypes::DataType::Int64,
+        false,
+    )]);
+    app.dataframe(
+        Topic::json(&input)
+            .schema(schema)
+            .on_bad_input(BadInputPolicy::dead_letter(&dlq)),
+    )
+    .expect("frame")
+    .to_topic(Topic::json(&output));
+    let stats = crate::common::run_until_read(app, 2).await;
+    assert_eq!(stats.bad_records_total("dead_letter"), 1);
+    let dead = stack
+        .read_all(&dlq, crate::common::DEADLINE)
+        .await
+        .expect("dlq");
+    assert_eq!(dead.len(), 1);
+    let letter = &dead[0];
+    assert_eq!(letter.value, None, "the value is referenced, not copied");
+    assert_eq!(letter.header("flumen.error.kind"), Some("malformed_json"));
+    assert_eq!(letter.header("flumen.source.offset"), Some("1"));
+    assert_eq!(
+        letter.header("flumen.dead_letter.original_bytes"),
+        Some("999001")
+    );
+    assert_eq!(
+        stack
+            .read_all(&output, crate::common::DEADLINE)
+            .await
+            .expect("out")
+            .len(),
+        2
+    );
+}
+
+/// Defect 8: a window state that outgrows a changelog record (a `collect()`
+/// of large values) stops the run with an error naming the store, the sizes
+/// and what to do, instead of a producer error on every restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_entry_larger_than_a_changelog_record_stops_with_a_clear_error() {
+    use flumen::prelude::*;
+    let stack = DevStack::start().expect("dev stack");
+    let input = unique_name("in");
+    stack.create_topic(&input, 1).await.expect("input");
+    // 130,000 readings of one device in one 10 s window: its collect()
+    // state passes 1 MB.
+    let records = (0..130_000u32).map(|i| {
+        let value = format!(
+            r#"{{"device":"d","ts":{},"temp":{i}.5}}"#,
+            1_000 + i % 9_000
+        );
+        flumen_testkit::topics::TestRecord::new("d", value)
+    });
+    stack.produce(&input, records).await.expect("produce");
+    let app = builder(&stack, &unique_name("g"))
+        .max_batch_records(10_000)
+        .build()
+        .expect("app");
+    let schema = arrow::datatypes::Schema::new(vec![
+        arrow::datatypes::Field::new("device", arrow::datatypes::DataType::Utf8, false),
+        arrow::datatypes::Field::new("ts", arrow::datatypes::DataType::Int64, false),
+        arrow::datatypes::Field::new("temp", arrow::datatypes::DataType::Float64, false),
+    ]);
+    app.dataframe(Topic::json(&input).schema(schema).timestamp_field("ts"))
+        .expect("frame")
+        .tumbling_window(Duration::from_secs(10))
+        .agg([collect(col("temp")).alias("temps")])
+        .final_()
+        .to_topic(Topic::json(&output_topic(&stack).await));
+    let error = start(app).finish().await.expect_err("stops");
+    let text = error.to_string();
+    assert!(
+        matches!(error, flumen::Error::StateTooLarge { .. }),
+        "{text}"
+    );
+    assert!(
+        text.contains("window-0") && text.contains("collect()"),
         "{text}"
     );
 }
