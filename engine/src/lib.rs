@@ -60,7 +60,10 @@ pub mod testing {
 
 /// Record formats and bad-input kinds (from `flumen-kafka`).
 pub mod format {
-    pub use flumen_kafka::format::{BadInputKind, Format, TimestampSource};
+    pub use flumen_kafka::format::{
+        BadInputKind, Format, TimestampSource, KEY_COLUMN, OFFSET_COLUMN, PARTITION_COLUMN,
+        TIMESTAMP_COLUMN,
+    };
 }
 
 pub use dataframe::{GroupedFrame, StreamingDataFrame, WindowedFrame};

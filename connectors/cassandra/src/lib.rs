@@ -49,9 +49,11 @@ mod convert;
 mod error;
 mod schema;
 mod sink;
+mod timestamp;
 mod tls;
 mod writer;
 
 pub use error::CassandraError;
 pub use sink::{CassandraSink, Consistency, Ttl};
+pub use timestamp::WriteTimestamp;
 pub use tls::Tls;

@@ -18,6 +18,7 @@ pub use scylla::statement::Consistency;
 
 use crate::error::CassandraError;
 use crate::schema::{check_columns, create_table_cql, read_columns, Mapping};
+use crate::timestamp::WriteTimestamp;
 use crate::tls::Tls;
 use crate::writer::{CassandraWriter, WriterSettings};
 
@@ -52,6 +53,7 @@ pub struct CassandraSink {
     tls: Option<Tls>,
     dead_letter_topic: Option<String>,
     max_batch_bytes: Option<usize>,
+    write_timestamp: WriteTimestamp,
 }
 
 impl CassandraSink {
@@ -78,6 +80,7 @@ impl CassandraSink {
             tls: None,
             dead_letter_topic: None,
             max_batch_bytes: None,
+            write_timestamp: WriteTimestamp::Now,
         }
     }
 
@@ -176,6 +179,14 @@ impl CassandraSink {
         self
     }
 
+    /// How each row's write timestamp (`USING TIMESTAMP`) is chosen, which
+    /// decides which of two writes of a row wins; see [`WriteTimestamp`]
+    /// (default: the wall clock, so reprocessing corrects existing rows).
+    pub fn write_timestamp(mut self, mode: WriteTimestamp) -> Self {
+        self.write_timestamp = mode;
+        self
+    }
+
     /// Writes nulls as nulls (tombstones) instead of leaving the column unset.
     pub fn write_nulls(mut self, yes: bool) -> Self {
         self.write_nulls = yes;
@@ -256,6 +267,7 @@ impl CassandraSink {
             ttl: self.ttl.clone(),
             consistency: self.consistency,
             max_batch_bytes: self.max_batch_bytes,
+            write_timestamp: self.write_timestamp,
         };
         CassandraWriter::new(session, &self.keyspace, &self.table, bound, settings).await
     }

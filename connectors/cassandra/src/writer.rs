@@ -25,6 +25,7 @@ use crate::convert::{column_values, Bind};
 use crate::error::CassandraError;
 use crate::schema::Bound;
 use crate::sink::Ttl;
+use crate::timestamp::WriteTimestamp;
 
 /// How the writer behaves.
 #[derive(Debug, Clone)]
@@ -36,6 +37,7 @@ pub(crate) struct WriterSettings {
     pub(crate) ttl: Ttl,
     pub(crate) consistency: Consistency,
     pub(crate) max_batch_bytes: Option<usize>,
+    pub(crate) write_timestamp: WriteTimestamp,
 }
 
 /// What every write task needs, shared: the session, the prepared upsert
@@ -303,16 +305,17 @@ impl CassandraWriter {
             columns.push(values.into_iter());
         }
         let ttls = self.ttls(&batch)?;
-        // The write timestamp grows with the source position: a replay of an
-        // older update (after a restart) never overwrites a newer one.
-        let timestamp = position.last_offset;
+        let timestamps =
+            self.settings
+                .write_timestamp
+                .of(&batch, &position, &self.settings.table)?;
         let rows: Vec<Vec<Bind>> = (0..batch.num_rows())
             .map(|row| {
                 let mut values: Vec<Bind> = columns
                     .iter_mut()
                     .map(|c| c.next().unwrap_or(MaybeUnset::Unset))
                     .collect();
-                values.push(MaybeUnset::Set(Some(CqlValue::BigInt(timestamp))));
+                values.push(MaybeUnset::Set(Some(CqlValue::BigInt(timestamps[row]))));
                 if let Some(ttls) = &ttls {
                     values.push(MaybeUnset::Set(Some(CqlValue::Int(ttls[row]))));
                 }

@@ -8,7 +8,7 @@ use crate::common::{builder, produce_readings, start, wait_until, DEADLINE};
 use crate::metrics::metric;
 use crate::windows::{assert_windows, readings_topic, reference, Row, DEVICES, PARTITIONS};
 use flumen::prelude::*;
-use flumen_cassandra::CassandraSink;
+use flumen_cassandra::{CassandraSink, WriteTimestamp};
 use flumen_testkit::cql::{CqlTestServer, Fault, FaultScope};
 use flumen_testkit::{unique_name, DevCassandra, DevStack, OutageProxy};
 use scylla::client::session::Session;
@@ -173,7 +173,10 @@ async fn windows_into_cassandra(step_ms: u64) {
     pipeline(
         &app,
         &input,
-        cluster.sink().max_in_flight(8),
+        cluster
+            .sink()
+            .max_in_flight(8)
+            .write_timestamp(WriteTimestamp::SourceOffset),
         step_ms,
         false,
     );
@@ -346,7 +349,8 @@ async fn windows_into_a_real_cassandra_survive_dropped_connections_a_frozen_and_
 
 /// `current()` emission writes a window again after every batch; a second
 /// group replaying the first half of the input writes older values of the same
-/// windows, with older write timestamps: the table keeps the newer values.
+/// windows, with older write timestamps (`WriteTimestamp::SourceOffset`): the
+/// table keeps the newer values.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_older_update_never_overwrites_a_newer_row() {
     let stack = DevStack::start().expect("dev stack");
@@ -361,7 +365,8 @@ async fn a_replayed_older_update_never_overwrites_a_newer_row() {
             .max_batch_records(50)
             .build()
             .expect("app");
-        pipeline(&app, &input, cluster.sink(), 10_000, true);
+        let sink = cluster.sink().write_timestamp(WriteTimestamp::SourceOffset);
+        pipeline(&app, &input, sink, 10_000, true);
         let running = start(app);
         let stats = running.stats.clone();
         wait_until("the run's share", || stats.records_in() >= share).await;
@@ -446,4 +451,81 @@ async fn a_missing_or_unfit_table_stops_the_start() {
     for part in [wrong_type.as_str(), "'count'", "CQL type int", "Int64"] {
         assert!(text.contains(part), "{part} missing from: {text}");
     }
+}
+
+/// Defect 9 of #16: reprocessing corrected input from a recreated topic under
+/// a new consumer group (offsets start at 0 again) must correct the rows. With
+/// the default write timestamp (the wall clock) it does; with source offsets
+/// the corrections lose against the existing rows, silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reprocessing_corrected_input_corrects_the_rows_by_default() {
+    let stack = DevStack::start().expect("dev stack");
+    let offsets_table = Cluster::start().await;
+    let default_table = Cluster::on(
+        offsets_table.nodes.clone(),
+        None,
+        DevCassandra::start()
+            .expect("cassandra")
+            .session()
+            .await
+            .expect("session"),
+    )
+    .await;
+    let first = unique_name("in");
+    stack.create_topic(&first, 1).await.expect("input");
+    produce_readings(&stack, &first, 1, 1_000, 4).await;
+    // The recreated topic: fewer readings (offsets stay below the first
+    // run's), every temperature corrected by +1.
+    let corrected = unique_name("in");
+    stack.create_topic(&corrected, 1).await.expect("input");
+    let workload = flumen_testkit::sensor::SensorWorkload {
+        events: 600,
+        devices: 4,
+        step_ms: 100,
+        ..Default::default()
+    };
+    let readings: Vec<_> = workload
+        .readings()
+        .map(|mut r| {
+            r.temp += 1.0;
+            r
+        })
+        .collect();
+    let records = readings
+        .iter()
+        .map(|r| flumen_testkit::topics::TestRecord::new(&r.device, r.to_json()));
+    stack.produce(&corrected, records).await.expect("produce");
+
+    for (cluster, mode) in [
+        (&offsets_table, WriteTimestamp::SourceOffset),
+        (&default_table, WriteTimestamp::default()),
+    ] {
+        cluster.create_table().await;
+        for (input, events) in [(&first, 1_000), (&corrected, 600)] {
+            let state = tempfile::tempdir().expect("state dir");
+            let app = builder(&stack, &unique_name("g"))
+                .state_dir(state.path())
+                .build()
+                .expect("app");
+            let sink = cluster.sink().write_timestamp(mode);
+            pipeline(&app, input, sink, 10_000, false);
+            crate::common::run_until_read(app, events).await;
+        }
+    }
+    let expected = reference(&readings, 10_000, 10_000);
+    let (rows, _) = table_rows(&default_table).await;
+    let corrected_rows: BTreeMap<_, _> = rows
+        .into_iter()
+        .filter(|(k, _)| expected.contains_key(k))
+        .collect();
+    assert_windows("corrected by default", &corrected_rows, &expected);
+    let (stale, _) = table_rows(&offsets_table).await;
+    let kept_old = expected
+        .iter()
+        .filter(|(k, v)| stale.get(*k).is_some_and(|old| old.1 != v.1))
+        .count();
+    assert!(
+        kept_old > 0,
+        "source offsets keep the old rows (the defect)"
+    );
 }
