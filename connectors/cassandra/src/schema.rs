@@ -209,6 +209,17 @@ fn names(schema: &SchemaRef) -> String {
         .join(", ")
 }
 
+/// `name` as a quoted CQL identifier: taken literally (case kept), with `"`
+/// doubled, so that no name can end the identifier early.
+pub(crate) fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `"keyspace"."table"`.
+pub(crate) fn qualified_ident(keyspace: &str, table: &str) -> String {
+    format!("{}.{}", quote_ident(keyspace), quote_ident(table))
+}
+
 /// A table column as `system_schema.columns` describes it.
 #[derive(Debug, Clone)]
 pub(crate) struct TableColumn {
@@ -331,6 +342,7 @@ pub(crate) fn create_table_cql(
     clustering: &[String],
 ) -> Result<String, CassandraError> {
     let qualified = format!("{keyspace}.{table}");
+    let target = qualified_ident(keyspace, table);
     if partition_key.is_empty() {
         return Err(CassandraError::Config(format!(
             "create_table_if_missing for {qualified} needs at least one partition key column"
@@ -346,7 +358,7 @@ pub(crate) fn create_table_cql(
                     m.frame_name, m.arrow
                 ),
             })?;
-        columns.push(format!("\"{}\" {}", m.column, cql.name()));
+        columns.push(format!("{} {}", quote_ident(&m.column), cql.name()));
     }
     for key in partition_key.iter().chain(clustering) {
         if !mapping.columns.iter().any(|m| &m.column == key) {
@@ -357,7 +369,7 @@ pub(crate) fn create_table_cql(
     }
     let quote = |cs: &[String]| {
         cs.iter()
-            .map(|c| format!("\"{c}\""))
+            .map(|c| quote_ident(c))
             .collect::<Vec<_>>()
             .join(", ")
     };
@@ -366,7 +378,7 @@ pub(crate) fn create_table_cql(
         key = format!("{key}, {}", quote(clustering));
     }
     Ok(format!(
-        "CREATE TABLE IF NOT EXISTS {qualified} ({}, PRIMARY KEY ({key}))",
+        "CREATE TABLE IF NOT EXISTS {target} ({}, PRIMARY KEY ({key}))",
         columns.join(", ")
     ))
 }
@@ -456,8 +468,18 @@ mod tests {
         .unwrap();
         assert_eq!(
             cql,
-            "CREATE TABLE IF NOT EXISTS m.t (\"device\" text, \"window_start\" timestamp, \
+            "CREATE TABLE IF NOT EXISTS \"m\".\"t\" (\"device\" text, \"window_start\" timestamp, \
              \"count\" bigint, \"mean\" double, PRIMARY KEY ((\"device\"), \"window_start\"))"
+        );
+    }
+
+    /// Defect 10 of #16: a `"` in a name cannot end the identifier early.
+    #[test]
+    fn identifiers_are_quoted_with_quotes_doubled() {
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(
+            qualified_ident("Ks", "t\"; DROP TABLE x; --"),
+            "\"Ks\".\"t\"\"; DROP TABLE x; --\""
         );
     }
 }

@@ -34,8 +34,8 @@ pub enum Ttl {
 }
 
 /// Upserts every row of a frame into a Cassandra / ScyllaDB table. See the
-/// crate documentation for what it guarantees.
-#[derive(Debug, Clone)]
+/// crate documentation for what it guarantees. `Debug` hides the password.
+#[derive(Clone)]
 pub struct CassandraSink {
     keyspace: String,
     table: String,
@@ -54,6 +54,30 @@ pub struct CassandraSink {
     dead_letter_topic: Option<String>,
     max_batch_bytes: Option<usize>,
     write_timestamp: WriteTimestamp,
+}
+
+impl std::fmt::Debug for CassandraSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CassandraSink")
+            .field("table", &self.qualified())
+            .field("nodes", &self.nodes)
+            .field("datacenter", &self.datacenter)
+            .field("user", &self.credentials.as_ref().map(|(user, _)| user))
+            .field("password", &self.credentials.as_ref().map(|_| "***"))
+            .field("consistency", &self.consistency)
+            .field("renames", &self.renames)
+            .field("ttl", &self.ttl)
+            .field("create", &self.create)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("retries", &self.retries)
+            .field("write_nulls", &self.write_nulls)
+            .field("request_timeout", &self.request_timeout)
+            .field("tls", &self.tls)
+            .field("dead_letter_topic", &self.dead_letter_topic)
+            .field("max_batch_bytes", &self.max_batch_bytes)
+            .field("write_timestamp", &self.write_timestamp)
+            .finish()
+    }
 }
 
 impl CassandraSink {
@@ -288,5 +312,26 @@ impl Sink for CassandraSink {
 
     fn dead_letter_topic(&self) -> Option<String> {
         self.dead_letter_topic.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Defect 10 of #16: neither the password nor in-memory key bytes show
+    /// in `Debug`.
+    #[test]
+    fn debug_output_hides_the_password_and_keys() {
+        let sink = CassandraSink::new("ks.t")
+            .credentials("flumen", "hunter2")
+            .tls(Tls::new().client_identity_pem(b"CERT".to_vec(), b"PRIVATE-KEY-BYTES".to_vec()));
+        let shown = format!("{sink:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            !shown.contains("PRIVATE-KEY-BYTES") && !shown.contains("80, 82"),
+            "{shown}"
+        );
+        assert!(shown.contains("flumen") && shown.contains("***"), "{shown}");
     }
 }

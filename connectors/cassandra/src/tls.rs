@@ -9,11 +9,21 @@ use scylla::client::session::OpenSsl010Config;
 
 use crate::error::CassandraError;
 
-/// A PEM document, from a file or from memory.
-#[derive(Debug, Clone)]
+/// A PEM document, from a file or from memory. `Debug` shows a path, or the
+/// size of in-memory bytes (which may be a private key), never the bytes.
+#[derive(Clone)]
 enum Pem {
     File(PathBuf),
     Bytes(Vec<u8>),
+}
+
+impl std::fmt::Debug for Pem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Pem::File(path) => write!(f, "File({})", path.display()),
+            Pem::Bytes(bytes) => write!(f, "Bytes({} bytes, not shown)", bytes.len()),
+        }
+    }
 }
 
 impl Pem {

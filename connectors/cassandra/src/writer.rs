@@ -23,7 +23,7 @@ use tokio::sync::Semaphore;
 
 use crate::convert::{column_values, Bind};
 use crate::error::CassandraError;
-use crate::schema::Bound;
+use crate::schema::{qualified_ident, quote_ident, Bound};
 use crate::sink::Ttl;
 use crate::timestamp::WriteTimestamp;
 
@@ -200,17 +200,15 @@ impl CassandraWriter {
         (columns, ttl_index): (Vec<Bound>, Option<usize>),
         settings: WriterSettings,
     ) -> Result<Self, CassandraError> {
-        let names: Vec<String> = columns
-            .iter()
-            .map(|c| format!("\"{}\"", c.column))
-            .collect();
+        let names: Vec<String> = columns.iter().map(|c| quote_ident(&c.column)).collect();
         let markers = vec!["?"; columns.len()].join(", ");
         let ttl = match settings.ttl {
             Ttl::None => "",
             _ => " AND TTL ?",
         };
         let cql = format!(
-            "INSERT INTO {keyspace}.{table} ({}) VALUES ({markers}) USING TIMESTAMP ?{ttl}",
+            "INSERT INTO {} ({}) VALUES ({markers}) USING TIMESTAMP ?{ttl}",
+            qualified_ident(keyspace, table),
             names.join(", ")
         );
         let mut insert = session

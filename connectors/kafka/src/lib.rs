@@ -34,7 +34,7 @@ mod reader;
 mod record;
 
 pub use admin::{Admin, TopicSpec};
-pub use config::KafkaConfig;
+pub use config::{is_secret_property, redacted, KafkaConfig};
 pub use consumer::{
     AutoOffsetReset, GroupConsumer, GroupMetadata, ListenerContext, RebalanceListener,
     TopicPartition, FETCH_DEFAULTS,

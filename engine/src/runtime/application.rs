@@ -13,7 +13,6 @@ use flumen_kafka::{Admin, AutoOffsetReset, GroupConsumer, KafkaConfig, Producer}
 use crate::dataframe::{Outputs, StreamingDataFrame};
 use crate::plan::SinkSpec;
 use crate::runtime::changelog::{self, Changelogs};
-use crate::runtime::internal_topics;
 use crate::runtime::pipeline::{PartitionPipeline, SourcePlan};
 use crate::runtime::repartition::{self, Stages};
 use crate::runtime::stats::Stats;
@@ -21,6 +20,7 @@ use crate::runtime::stop::StopHandle;
 use crate::runtime::worker::{
     BatchSettings, Rebalancer, RunSettings, StateSettings, TransactionSettings, Worker,
 };
+use crate::runtime::{internal_topics, state_dir};
 use crate::topic::Topic;
 use crate::{Error, Result};
 
@@ -43,8 +43,8 @@ pub enum ProcessingGuarantee {
     ExactlyOnce,
 }
 
-/// Builds an [`Application`].
-#[derive(Debug, Clone)]
+/// Builds an [`Application`]. `Debug` shows secret properties as `***`.
+#[derive(Clone)]
 pub struct ApplicationBuilder {
     brokers: Option<String>,
     group: Option<String>,
@@ -62,6 +62,37 @@ pub struct ApplicationBuilder {
     changelogs: bool,
     replication_factor: i32,
     guarantee: ProcessingGuarantee,
+}
+
+/// Extra properties with secret values shown as `***`.
+fn shown(properties: &[(String, String)]) -> Vec<(&str, &str)> {
+    properties
+        .iter()
+        .map(|(k, v)| (k.as_str(), flumen_kafka::redacted(k, v)))
+        .collect()
+}
+
+impl std::fmt::Debug for ApplicationBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApplicationBuilder")
+            .field("brokers", &self.brokers)
+            .field("group", &self.group)
+            .field("reset", &self.reset)
+            .field("commit_interval", &self.commit_interval)
+            .field("max_batch_records", &self.max_batch_records)
+            .field("max_batch_bytes", &self.max_batch_bytes)
+            .field("max_batch_delay", &self.max_batch_delay)
+            .field("config", &shown(&self.extra))
+            .field("consumer_config", &shown(&self.consumer_extra))
+            .field("producer_config", &shown(&self.producer_extra))
+            .field("state_dir", &self.state_dir)
+            .field("block_cache_bytes", &self.block_cache_bytes)
+            .field("max_unacknowledged_bytes", &self.max_unacknowledged_bytes)
+            .field("changelogs", &self.changelogs)
+            .field("replication_factor", &self.replication_factor)
+            .field("guarantee", &self.guarantee)
+            .finish()
+    }
 }
 
 impl Default for ApplicationBuilder {
@@ -151,8 +182,11 @@ impl ApplicationBuilder {
 
     /// Where windowed operators keep their RocksDB state: one database per input
     /// topic and partition below this directory (default:
-    /// `<system temp dir>/flumen/<consumer group>`). Restart an application on
-    /// the same directory to continue from its state.
+    /// `$XDG_STATE_HOME/flumen/<consumer group>`, else
+    /// `~/.local/state/flumen/<consumer group>`, created with mode 0700). It
+    /// must belong to the user running the application and not be writable by
+    /// others (checked at start). Restart an application on the same
+    /// directory to continue from its state.
     pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.state_dir = Some(dir.into());
         self
@@ -317,9 +351,7 @@ impl Application {
     /// The directory of this application's state (see [`ApplicationBuilder::state_dir`]).
     pub fn state_dir(&self) -> PathBuf {
         self.settings.state_dir.clone().unwrap_or_else(|| {
-            std::env::temp_dir()
-                .join("flumen")
-                .join(crate::runtime::worker::file_safe(&self.group))
+            state_dir::default_for(&crate::runtime::worker::file_safe(&self.group))
         })
     }
 
@@ -475,6 +507,7 @@ impl Application {
     }
 
     async fn prepare(&self) -> Result<Worker> {
+        state_dir::prepare(&self.state_dir())?;
         let ctx = Arc::new(SessionContext::new());
         let Stages {
             topics,
@@ -751,4 +784,25 @@ async fn shutdown_signal() {
         let _ = tokio::signal::ctrl_c().await;
     }
     tracing::info!("shutdown signal received; finishing in-flight batches");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Defect 10 of #16: secret properties never show in `Debug`.
+    #[test]
+    fn debug_output_hides_secret_properties() {
+        let builder = Application::builder()
+            .brokers("b:9092")
+            .config("sasl.password", "hunter2")
+            .consumer_config("ssl.key.password", "s3cret")
+            .config("security.protocol", "SASL_SSL");
+        let shown = format!("{builder:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("s3cret"),
+            "{shown}"
+        );
+        assert!(shown.contains("SASL_SSL"), "{shown}");
+    }
 }

@@ -11,6 +11,7 @@ mod poller;
 mod prometheus;
 mod repartition;
 mod schema;
+mod state_dir;
 mod stats;
 mod stop;
 mod worker;

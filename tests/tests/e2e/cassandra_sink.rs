@@ -529,3 +529,57 @@ async fn reprocessing_corrected_input_corrects_the_rows_by_default() {
         "source offsets keep the old rows (the defect)"
     );
 }
+
+/// Defect 10 of #16: table and column names are quoted identifiers with `"`
+/// doubled: a mixed-case table (Cassandra allows only letters, digits and
+/// underscores in table names) and a column with a quote in its name
+/// are written (unquoted, the INSERT was a syntax error).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_with_quotes_and_capitals_are_quoted_correctly() {
+    let stack = DevStack::start().expect("dev stack");
+    let cluster = Cluster::start().await;
+    let keyspace = cluster
+        .table
+        .split('.')
+        .next()
+        .expect("keyspace")
+        .to_string();
+    cluster
+        .session
+        .query_unpaged(
+            format!(
+                "CREATE TABLE {keyspace}.\"DeviceTemp\" (\"Dev\"\"ice\" text, window_start timestamp, \
+                 window_end timestamp, count bigint, sum double, min double, max double, \
+                 mean double, PRIMARY KEY ((\"Dev\"\"ice\"), window_start))"
+            ),
+            &[],
+        )
+        .await
+        .expect("table");
+    let input = unique_name("in");
+    stack.create_topic(&input, 1).await.expect("input");
+    produce_readings(&stack, &input, 1, 200, 2).await;
+    let state = tempfile::tempdir().expect("state dir");
+    let app = builder(&stack, &unique_name("g"))
+        .state_dir(state.path())
+        .build()
+        .expect("app");
+    let sink = CassandraSink::new(&format!("{keyspace}.DeviceTemp"))
+        .nodes(&cluster.nodes)
+        .column("key", "Dev\"ice");
+    pipeline(&app, &input, sink, 10_000, false);
+    crate::common::run_until_read(app, 200).await;
+    let rows = cluster
+        .session
+        .query_unpaged(
+            format!("SELECT count(*) FROM {keyspace}.\"DeviceTemp\""),
+            &[],
+        )
+        .await
+        .expect("select")
+        .into_rows_result()
+        .expect("rows")
+        .single_row::<(i64,)>()
+        .expect("count");
+    assert!(rows.0 > 0, "no rows written");
+}
