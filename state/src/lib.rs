@@ -70,6 +70,21 @@ pub trait StateStore: Send + Sync {
     fn get(&self, store: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StateError>;
     /// Every entry of `store` whose key starts with `prefix`, in key order.
     fn prefix(&self, store: &str, prefix: &[u8]) -> Result<Entries, StateError>;
+    /// Visits every entry of `store` in key order without collecting them
+    /// (a restore of millions of entries holds one at a time); stops early
+    /// when `visit` returns `false`.
+    fn for_each(
+        &self,
+        store: &str,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StateError> {
+        for (key, value) in self.prefix(store, b"")? {
+            if !visit(&key, &value) {
+                break;
+            }
+        }
+        Ok(())
+    }
     /// Every entry of `store` with `from <= key < to`, in key order.
     fn range(&self, store: &str, from: &[u8], to: &[u8]) -> Result<Entries, StateError>;
     /// Applies `batch` and, when given, sets the checkpoint, atomically.

@@ -283,6 +283,21 @@ impl StateStore for RocksStore {
         self.scan(store, from, |k| k < to)
     }
 
+    fn for_each(
+        &self,
+        store: &str,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StateError> {
+        let cf = self.cf(store)?;
+        for item in self.db.iterator_cf(cf, IteratorMode::Start) {
+            let (key, value) = item.map_err(|e| self.fail("scanning", e))?;
+            if !visit(&key, &value) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     fn write(&self, batch: WriteBatch, checkpoint: Option<Checkpoint>) -> Result<(), StateError> {
         let mut rocks = rocksdb::WriteBatch::default();
         for op in batch.ops() {

@@ -48,6 +48,21 @@ pub(crate) struct Operator {
     late: Vec<(i64, i64)>,
 }
 
+/// The aggregations of a window, in order, as `kind(input)` (custom ones by
+/// their name): what its stored states mean.
+fn signature(aggs: &[crate::window::Aggregation]) -> String {
+    aggs.iter()
+        .map(|a| {
+            let input = a.input().map(ToString::to_string).unwrap_or_default();
+            match a.kind() {
+                crate::window::AggKind::Custom => format!("custom {}({input})", a.name()),
+                kind => format!("{kind:?}({input})"),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 impl Operator {
     pub(crate) fn new(op: Op, ctx: Arc<SessionContext>) -> Self {
         let windows = match &op {
@@ -56,6 +71,7 @@ impl Operator {
                 let customs = spec.aggs.iter().map(|a| a.custom.clone()).collect();
                 crate::window::WindowCore::new(*w, spec.grace_ms, kinds, spec.emit)
                     .with_customs(customs)
+                    .with_signature(signature(&spec.aggs))
             }),
             _ => None,
         };

@@ -209,13 +209,24 @@ impl PartitionPipeline {
         skip_below: Option<i64>,
     ) -> Result<()> {
         for (id, name) in &self.stores {
-            let entries = store.prefix(name, b"")?;
-            let restored = self
-                .operators
-                .get_mut(id)
-                .and_then(Operator::window_state)
-                .map(|core| core.restore(entries));
-            if let Some(Err(reason)) = restored {
+            let Some(core) = self.operators.get_mut(id).and_then(Operator::window_state) else {
+                continue;
+            };
+            // Entries are visited one at a time: the store is never held twice.
+            core.begin_restore();
+            let mut failure = None;
+            store.for_each(
+                name,
+                &mut |key, value| match core.restore_entry(key, value) {
+                    Ok(()) => true,
+                    Err(reason) => {
+                        failure = Some(reason);
+                        false
+                    }
+                },
+            )?;
+            core.finish_restore();
+            if let Some(reason) = failure {
                 return Err(Error::Runtime(format!(
                     "window state '{name}' of topic '{}' cannot be read: {reason}",
                     self.source.topic.name()

@@ -267,15 +267,7 @@ impl Worker {
                 .iter()
                 .filter(|tp| self.sources.contains_key(&tp.topic))
                 .map(|tp| {
-                    let handle = scope.spawn(move || {
-                        let producer = Producer::transactional(
-                            &settings.config,
-                            &settings.transactional_id(tp),
-                            settings.timeout,
-                        )?;
-                        producer.connect(&settings.topics, settings.timeout)?;
-                        Ok(Arc::new(producer))
-                    });
+                    let handle = scope.spawn(move || make_txn_producer(settings, tp));
                     (tp.clone(), handle)
                 })
                 .collect();
@@ -737,6 +729,38 @@ impl RebalanceListener for Rebalancer {
         tracing::warn!(%error, "an offset commit failed; committing again at the next interval");
         if let Some(worker) = self.0.upgrade() {
             worker.recommit.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// Attempts at making a partition's transactional producer before the run stops.
+const TXN_PRODUCER_ATTEMPTS: u32 = 5;
+
+/// Makes, initializes (fencing its previous owner) and connects the
+/// transactional producer of `tp`; a transient failure (a coordinator
+/// loading or moving, a timeout) is retried instead of stopping the run.
+fn make_txn_producer(settings: &TransactionSettings, tp: &TopicPartition) -> Result<Arc<Producer>> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let made = Producer::transactional(
+            &settings.config,
+            &settings.transactional_id(tp),
+            settings.timeout,
+        )
+        .and_then(|producer| {
+            producer.connect(&settings.topics, settings.timeout)?;
+            Ok(producer)
+        });
+        match made {
+            Ok(producer) => return Ok(Arc::new(producer)),
+            Err(error)
+                if attempt < TXN_PRODUCER_ATTEMPTS && error.is_retriable() && !error.is_fatal() =>
+            {
+                tracing::warn!(%tp, %error, attempt, "making the transactional producer failed; retrying");
+                std::thread::sleep(Duration::from_millis(500 << attempt));
+            }
+            Err(error) => return Err(error.into()),
         }
     }
 }

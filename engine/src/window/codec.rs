@@ -7,6 +7,9 @@ use super::aggregate::AggState;
 pub(crate) const WINDOW_PREFIX: u8 = b'w';
 /// Key of the stream time (max event time seen).
 pub(crate) const STREAM_TIME_KEY: &[u8] = b"t";
+/// Key of the aggregations the stored states belong to (kinds and inputs, in
+/// order): a restore by a pipeline with other aggregations is refused.
+pub(crate) const SIGNATURE_KEY: &[u8] = b"s";
 
 /// Why stored window state could not be read.
 #[derive(Debug)]

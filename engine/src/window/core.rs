@@ -102,6 +102,10 @@ pub struct WindowCore {
     /// was stored then (a window opened and closed in between needs no change).
     changed: Map<(i64, Arc<str>), bool>,
     stream_time_changed: bool,
+    /// The aggregations, as stored under `SIGNATURE_KEY`, and whether the
+    /// store has it yet.
+    signature: Vec<u8>,
+    signature_stored: bool,
 }
 
 impl std::fmt::Debug for WindowCore {
@@ -131,7 +135,16 @@ impl WindowCore {
             dropped: Dropped::default(),
             changed: Map::default(),
             stream_time_changed: false,
+            signature: Vec::new(),
+            signature_stored: false,
         }
+    }
+
+    /// Names the aggregations (kinds and inputs, in order) so that a state
+    /// written by other aggregations is refused when restored.
+    pub(crate) fn with_signature(mut self, signature: String) -> Self {
+        self.signature = signature.into_bytes();
+        self
     }
 
     /// Sets the user-defined aggregators, one slot per aggregation.
@@ -142,53 +155,96 @@ impl WindowCore {
 
     /// Replaces the state with `entries` read from a state store (see
     /// [`WindowCore::take_changes`]).
+    #[cfg(test)]
     pub(crate) fn restore(&mut self, entries: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), String> {
+        self.begin_restore();
+        for (key, value) in entries {
+            self.restore_entry(&key, &value)?;
+        }
+        self.finish_restore();
+        Ok(())
+    }
+
+    /// Empties the state before entries are restored one by one.
+    pub(crate) fn begin_restore(&mut self) {
         self.state.clear();
         self.open = 0;
         self.changed.clear();
         self.stream_time = None;
         self.stream_time_changed = false;
-        let customs = self.customs.clone();
+        self.signature_stored = false;
+    }
+
+    /// Adds one stored entry (stream time, signature or a window).
+    pub(crate) fn restore_entry(&mut self, key: &[u8], value: &[u8]) -> Result<(), String> {
+        if key == codec::SIGNATURE_KEY {
+            return self.check_signature(value);
+        }
+        if key == codec::STREAM_TIME_KEY {
+            let bytes: [u8; 8] = value
+                .try_into()
+                .map_err(|_| "stream time is malformed".to_string())?;
+            self.stream_time = Some(i64::from_be_bytes(bytes));
+            return Ok(());
+        }
+        let window = codec::decode_window_key(key).map_err(|e| e.0)?;
+        let states = self.decode_restored(value)?;
+        if states.len() != self.kinds.len() {
+            return Err(format!(
+                "window {window:?} has {} aggregations stored, the pipeline has {}; \
+                 a changed pipeline needs a new state directory or consumer group",
+                states.len(),
+                self.kinds.len()
+            ));
+        }
+        let (start, key) = window;
+        if self
+            .state
+            .entry(start)
+            .or_default()
+            .insert(Arc::from(key), states)
+            .is_none()
+        {
+            self.open += 1;
+        }
+        Ok(())
+    }
+
+    /// Ends a restore: windows the restored watermark closed are dropped.
+    pub(crate) fn finish_restore(&mut self) {
+        self.drop_closed_windows();
+    }
+
+    fn decode_restored(&self, value: &[u8]) -> Result<Vec<AggState>, String> {
         let custom = |i: usize, bytes: &[u8]| -> Result<AggState, CorruptState> {
-            let agg = customs.get(i).and_then(Option::as_ref).ok_or_else(|| {
-                CorruptState(format!(
-                    "aggregation {i} is stored as user-defined but is not"
-                ))
-            })?;
+            let agg = self
+                .customs
+                .get(i)
+                .and_then(Option::as_ref)
+                .ok_or_else(|| {
+                    CorruptState(format!(
+                        "aggregation {i} is stored as user-defined but is not"
+                    ))
+                })?;
             agg.decode(bytes)
                 .map(AggState::Custom)
                 .map_err(|e| CorruptState(format!("aggregation {i}: {e}")))
         };
-        for (key, value) in entries {
-            if key == codec::STREAM_TIME_KEY {
-                let bytes: [u8; 8] = value
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| "stream time is malformed".to_string())?;
-                self.stream_time = Some(i64::from_be_bytes(bytes));
-                continue;
-            }
-            let window = codec::decode_window_key(&key).map_err(|e| e.0)?;
-            let states = codec::decode_states(&value, &custom).map_err(|e| e.0)?;
-            if states.len() != self.kinds.len() {
-                return Err(format!(
-                    "window {window:?} has {} aggregations stored, the pipeline has {};                      a changed pipeline needs a new state directory or consumer group",
-                    states.len(),
-                    self.kinds.len()
-                ));
-            }
-            let (start, key) = window;
-            if self
-                .state
-                .entry(start)
-                .or_default()
-                .insert(Arc::from(key), states)
-                .is_none()
-            {
-                self.open += 1;
-            }
+        codec::decode_states(value, &custom).map_err(|e| e.0)
+    }
+
+    /// Refuses a state written by other aggregations (reordered, replaced),
+    /// whose states would otherwise be read under the wrong names.
+    fn check_signature(&mut self, stored: &[u8]) -> Result<(), String> {
+        if stored != self.signature.as_slice() {
+            return Err(format!(
+                "it was written by the aggregations [{}], the pipeline has [{}]; \
+                 a changed pipeline needs a new state directory and consumer group",
+                String::from_utf8_lossy(stored),
+                String::from_utf8_lossy(&self.signature)
+            ));
         }
-        self.drop_closed_windows();
+        self.signature_stored = true;
         Ok(())
     }
 
@@ -226,6 +282,10 @@ impl WindowCore {
     /// The changes since the last call, as puts and deletes of `store`.
     pub(crate) fn take_changes(&mut self, store: &str) -> WriteBatch {
         let mut batch = WriteBatch::default();
+        if !self.signature_stored && !self.changed.is_empty() {
+            batch.put(store, codec::SIGNATURE_KEY, &self.signature);
+            self.signature_stored = true;
+        }
         for (window, stored) in self.changed.drain() {
             let key = || codec::window_key(window.0, &window.1);
             match self.state.get(&window.0).and_then(|w| w.get(&window.1)) {
@@ -458,5 +518,27 @@ mod tests {
             })
             .collect();
         assert_eq!(deleted, vec![codec::window_key(0, "closed")]);
+    }
+
+    /// A state written by other aggregations (here: in another order) is
+    /// refused on restore instead of being read under the wrong names.
+    #[test]
+    fn a_state_of_other_aggregations_is_refused() {
+        let mut first = core().with_signature("Count(), Sum(temp)".into());
+        let mut counted = AggState::new(AggKind::Count);
+        counted.update(5_000, 0, None);
+        first.restore(Vec::new()).unwrap_or_else(|e| panic!("{e}"));
+        let entries = vec![
+            (
+                codec::SIGNATURE_KEY.to_vec(),
+                b"Sum(temp), Count()".to_vec(),
+            ),
+            (codec::window_key(0, "k"), codec::encode_states(&[counted])),
+        ];
+        let error = first.restore(entries).expect_err("refused");
+        assert!(
+            error.contains("Sum(temp), Count()") && error.contains("Count(), Sum(temp)"),
+            "{error}"
+        );
     }
 }

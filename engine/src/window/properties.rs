@@ -266,6 +266,8 @@ fn ops_after(core: &mut WindowCore, ts: &[i64]) -> Vec<(bool, Option<i64>)> {
             flumen_state::BatchOp::Put { key, .. } => (true, key),
             flumen_state::BatchOp::Delete { key, .. } => (false, key),
         })
+        // The aggregations' signature is written once, beside the windows.
+        .filter(|(_, key)| key.as_slice() != codec::SIGNATURE_KEY)
         .map(|(put, key)| {
             let start = codec::decode_window_key(key).ok().map(|(start, _)| start);
             (put, start)
