@@ -43,6 +43,15 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// A publisher (an input such as a Cassandra table) failed.
+    #[error("{publisher}: {source}")]
+    Publisher {
+        /// The publisher, e.g. `cassandra source 'iot.readings'`.
+        publisher: String,
+        /// What went wrong.
+        #[source]
+        source: crate::BoxError,
+    },
     /// An operator failed on a batch.
     #[error("operator '{operator}' failed on topic '{topic}' partition {partition} (offsets {first_offset}..={last_offset}): {reason}")]
     Operator {
@@ -168,7 +177,11 @@ impl Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl From<flumen_kafka::KafkaError> for Error {
     fn from(error: flumen_kafka::KafkaError) -> Self {
-        Error::Kafka(Box::new(error))
+        match error {
+            // A write to a non-Kafka sink, tracked with the batch's deliveries.
+            flumen_kafka::KafkaError::SinkWrite { sink, reason } => Error::Sink { sink, reason },
+            error => Error::Kafka(Box::new(error)),
+        }
     }
 }
 

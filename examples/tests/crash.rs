@@ -280,7 +280,7 @@ async fn killed_every_few_seconds_while_input_arrives_the_table_is_complete() {
     while !writer.is_finished() {
         kills += 1;
         let empty = tempfile::tempdir().expect("state");
-        let state = if kills % 3 == 0 {
+        let state = if kills.is_multiple_of(3) {
             empty.path()
         } else {
             kept.path()

@@ -12,6 +12,7 @@ use flumen_kafka::{Admin, AutoOffsetReset, GroupConsumer, KafkaConfig, Producer}
 
 use crate::dataframe::{Outputs, StreamingDataFrame};
 use crate::plan::SinkSpec;
+use crate::publisher::{Input, Publisher};
 use crate::runtime::changelog::{self, Changelogs};
 use crate::runtime::pipeline::{PartitionPipeline, SourcePlan};
 use crate::runtime::repartition::{self, Stages};
@@ -261,6 +262,7 @@ impl ApplicationBuilder {
             group,
             settings: self,
             topics: Mutex::new(HashMap::new()),
+            publishers: Mutex::new(Vec::new()),
             outputs: Arc::new(Mutex::new(Vec::new())),
             stats: Arc::new(Stats::default()),
             stop: StopHandle::default(),
@@ -297,6 +299,7 @@ pub struct Application {
     group: String,
     settings: ApplicationBuilder,
     topics: Mutex<HashMap<String, Topic>>,
+    publishers: Mutex<Vec<Arc<dyn Publisher>>>,
     outputs: Outputs,
     stats: Arc<Stats>,
     stop: StopHandle,
@@ -308,29 +311,74 @@ impl Application {
         ApplicationBuilder::default()
     }
 
-    /// A frame of the records of `topic`. Fails when the topic's value format is
-    /// not usable (a JSON topic without schema, a bad timestamp field).
-    pub fn dataframe(&self, topic: Topic) -> Result<StreamingDataFrame> {
-        if topic.value_format.is_none() {
+    /// A frame of the records of `input`: a [`Topic`], or what a
+    /// [`Publisher`] (e.g. `flumen_cassandra::CassandraSource`) writes into
+    /// its topic, which the application then runs beside the pipeline. Fails
+    /// when the topic's value format is not usable (a JSON topic without
+    /// schema, a bad timestamp field) or the topic is already an input.
+    pub fn dataframe(&self, input: impl Into<Input>) -> Result<StreamingDataFrame> {
+        let (name, topic) = match input.into() {
+            Input::Topic(topic) => {
+                check_input_topic(&topic)?;
+                (topic.name.clone(), topic)
+            }
+            Input::Published(publisher) => {
+                let name = publisher.topic_name(&self.group);
+                lock(&self.publishers).push(publisher);
+                // Described (schema, format) when the application starts.
+                (name.clone(), Topic::json(name))
+            }
+        };
+        let mut topics = lock(&self.topics);
+        if topics.contains_key(&name) {
             return Err(Error::Config(format!(
-                "input topic '{}' is JSON without a schema: declare one with Topic::schema(...) \
-                 (or infer one with flumen::format::Format::json_inferred(samples))",
-                topic.name
+                "topic '{name}' is already an input of this application; branch the frame you have instead"
             )));
         }
-        decoder_of(&topic)?;
-        let mut topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
-        if topics.contains_key(&topic.name) {
-            return Err(Error::Config(format!(
-                "topic '{}' is already an input of this application; branch the frame you have instead",
-                topic.name
-            )));
+        topics.insert(name.clone(), topic);
+        Ok(StreamingDataFrame::new(&name, Arc::clone(&self.outputs)))
+    }
+
+    /// Describes the publishers' topics (creating them when missing).
+    async fn describe_publishers(&self) -> Result<()> {
+        let publishers: Vec<Arc<dyn Publisher>> = lock(&self.publishers).clone();
+        for publisher in publishers {
+            let topic = publisher
+                .describe(&self.kafka, &self.group)
+                .await
+                .map_err(|e| Error::Publisher {
+                    publisher: publisher.name(),
+                    source: e,
+                })?;
+            check_input_topic(&topic)?;
+            lock(&self.topics).insert(publisher.topic_name(&self.group), topic);
         }
-        topics.insert(topic.name.clone(), topic.clone());
-        Ok(StreamingDataFrame::new(
-            &topic.name,
-            Arc::clone(&self.outputs),
-        ))
+        Ok(())
+    }
+
+    /// Starts every publisher; they stop when `stop` is sent (or dropped).
+    fn start_publishers(
+        &self,
+        stop: &tokio::sync::watch::Sender<bool>,
+    ) -> tokio::task::JoinSet<Result<()>> {
+        let mut running = tokio::task::JoinSet::new();
+        for publisher in lock(&self.publishers).iter().cloned() {
+            let (kafka, group) = (self.kafka.clone(), self.group.clone());
+            let mut stopped = stop.subscribe();
+            running.spawn(async move {
+                let stop = Box::pin(async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                });
+                publisher
+                    .publish(&kafka, &group, stop)
+                    .await
+                    .map_err(|e| Error::Publisher {
+                        publisher: publisher.name(),
+                        source: e,
+                    })
+            });
+        }
+        running
     }
 
     /// A handle that stops [`Application::run`] from elsewhere.
@@ -404,6 +452,7 @@ impl Application {
     }
 
     async fn run_once(&self, until: impl Future<Output = ()>) -> Result<()> {
+        self.describe_publishers().await?;
         let worker = Arc::new(self.prepare().await?);
         let consumer = GroupConsumer::new(
             &with_extra(&self.kafka, &self.settings.consumer_extra),
@@ -429,6 +478,8 @@ impl Application {
         tracing::info!(group = %self.group, inputs = worker.sources.len(), "running");
         // If this future is dropped mid-run, the polling thread still winds down.
         let guard = StopOnDrop(Some(self.stop.clone()));
+        let (stop_publishers, _) = tokio::sync::watch::channel(false);
+        let mut publishers = self.start_publishers(&stop_publishers);
         let mut done_rx = done_rx;
         let died = || Err(Error::Runtime("polling thread died".into()));
         let result = tokio::select! {
@@ -437,9 +488,16 @@ impl Application {
                 self.stop.stop();
                 (&mut done_rx).await.unwrap_or_else(|_| died())
             }
+            error = first_failure(&mut publishers) => {
+                self.stop.stop();
+                let _ = (&mut done_rx).await;
+                Err(error)
+            }
         };
         guard.disarm();
-        result
+        let _ = stop_publishers.send(true);
+        let publishers = finish_publishers(publishers).await;
+        result.and(publishers)
     }
 
     /// Checks topics and the plan, connects the producer, builds the worker.
@@ -746,6 +804,53 @@ fn require_output(admin: &Admin, topic: &str, role: &str) -> Result<()> {
             "{role} topic '{topic}' does not exist; create it before starting the application"
         ))),
     }
+}
+
+/// The first publisher error; pending forever when none fails.
+async fn first_failure(publishers: &mut tokio::task::JoinSet<Result<()>>) -> Error {
+    while let Some(joined) = publishers.join_next().await {
+        match joined {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => return error,
+            Err(e) => return Error::Runtime(format!("a publisher task stopped: {e}")),
+        }
+    }
+    std::future::pending().await
+}
+
+/// Waits (up to [`PUBLISHER_STOP_TIMEOUT`]) for stopped publishers to finish
+/// what they have in flight.
+async fn finish_publishers(mut publishers: tokio::task::JoinSet<Result<()>>) -> Result<()> {
+    let finishing = async {
+        while let Some(joined) = publishers.join_next().await {
+            if let Ok(Err(error)) = joined {
+                return Err(error);
+            }
+        }
+        Ok(())
+    };
+    tokio::time::timeout(PUBLISHER_STOP_TIMEOUT, finishing)
+        .await
+        .unwrap_or(Ok(()))
+}
+
+/// How long a stopping application waits for its publishers.
+const PUBLISHER_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// An input topic's value format is usable.
+fn check_input_topic(topic: &Topic) -> Result<()> {
+    if topic.value_format.is_none() {
+        return Err(Error::Config(format!(
+            "input topic '{}' is JSON without a schema: declare one with Topic::schema(...) \
+             (or infer one with flumen::format::Format::json_inferred(samples))",
+            topic.name
+        )));
+    }
+    decoder_of(topic).map(drop)
 }
 
 pub(crate) fn decoder_of(topic: &Topic) -> Result<RecordDecoder> {

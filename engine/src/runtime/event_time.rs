@@ -38,6 +38,20 @@ impl EventTimeBound {
         let Some(times) = event_times(&decoded.batch) else {
             return Ok(decoded);
         };
+        // The usual case, one pass: nothing in the batch is beyond the bound.
+        let limit = self
+            .stream_time
+            .unwrap_or(now_ms)
+            .max(now_ms)
+            .saturating_add(ahead);
+        match arrow::compute::max(times.as_ref()) {
+            None => return Ok(decoded),
+            Some(max) if max <= limit => {
+                self.stream_time = Some(self.stream_time.map_or(max, |t| t.max(max)));
+                return Ok(decoded);
+            }
+            Some(_) => {}
+        }
         let mut keep = Vec::with_capacity(times.len());
         let mut rejected = Vec::new();
         for (row, ts) in times.iter().enumerate() {

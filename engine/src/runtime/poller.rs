@@ -2,7 +2,7 @@
 //! partition's open batch, which is cut by size or age and handed to the
 //! partition's task without ever blocking the thread.
 //!
-//! A task whose queue is full gets its batch *parked* and its partition
+//! A task whose queue stays full for 50 ms gets its batch *parked* and its partition
 //! paused in the consumer (as Kafka Streams pauses a partition whose buffer
 //! is full): the thread keeps polling, so the other partitions go on and the
 //! group membership (`max.poll.interval.ms`) is kept. A parked batch is handed
@@ -14,6 +14,10 @@ use std::time::{Duration, Instant};
 use flumen_kafka::rdkafka::message::BorrowedMessage;
 use flumen_kafka::rdkafka::Message;
 use flumen_kafka::{GroupConsumer, RawBatch, TopicPartition};
+
+/// How long a cut waits for room in a full partition queue before the
+/// partition is paused (the polling thread serves no one meanwhile).
+const FULL_QUEUE_WAIT: Duration = Duration::from_millis(50);
 
 /// Where micro-batches are cut.
 #[derive(Debug, Clone, Copy)]
@@ -28,6 +32,14 @@ pub(crate) trait Dispatch {
     /// Hands `raw` over without blocking; gives it back when the task's
     /// queue is full.
     fn try_dispatch(&self, tp: &TopicPartition, raw: RawBatch) -> Option<RawBatch>;
+    /// Hands `raw` over, waiting up to `wait` for room; gives it back when the
+    /// queue stayed full.
+    fn dispatch_within(
+        &self,
+        tp: &TopicPartition,
+        raw: RawBatch,
+        wait: Duration,
+    ) -> Option<RawBatch>;
     /// Hands `raw` over, waiting for room (only while shutting down).
     fn dispatch_blocking(&self, tp: &TopicPartition, raw: RawBatch);
 }
@@ -114,7 +126,10 @@ impl Batcher {
         let open = &mut self.open[index];
         let fresh = RawBatch::new(Arc::clone(open.raw.topic_arc()), open.tp.partition);
         let raw = std::mem::replace(&mut open.raw, fresh);
-        if let Some(raw) = to.try_dispatch(&open.tp, raw) {
+        // A queue that is full for a moment (the usual backpressure of a busy
+        // partition) is waited for briefly: pausing drops the partition's
+        // prefetched records, which are then fetched again.
+        if let Some(raw) = to.dispatch_within(&open.tp, raw, FULL_QUEUE_WAIT) {
             tracing::debug!(tp = %open.tp, "partition queue full: pausing the partition");
             if let Err(error) = consumer.pause(std::slice::from_ref(&open.tp)) {
                 tracing::warn!(%error, "pausing a partition failed; its records wait in memory");

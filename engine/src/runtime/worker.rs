@@ -649,6 +649,24 @@ impl Dispatch for Worker {
         }
     }
 
+    fn dispatch_within(
+        &self,
+        tp: &TopicPartition,
+        raw: RawBatch,
+        wait: Duration,
+    ) -> Option<RawBatch> {
+        let raw = self.try_dispatch(tp, raw)?;
+        let tx = lock(&self.tasks).get(tp).map(|t| t.tx.clone())?;
+        match self.runtime.block_on(tx.send_timeout(raw, wait)) {
+            Ok(()) => None,
+            Err(mpsc::error::SendTimeoutError::Timeout(raw)) => Some(raw),
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => {
+                tracing::debug!(%tp, "partition task has stopped; batch dropped (uncommitted)");
+                None
+            }
+        }
+    }
+
     fn dispatch_blocking(&self, tp: &TopicPartition, raw: RawBatch) {
         let tx = lock(&self.tasks).get(tp).map(|t| t.tx.clone());
         if let Some(tx) = tx {

@@ -72,18 +72,19 @@ impl Windows {
     /// start or end would not fit in an `i64` (event times within a window
     /// size of `i64::MIN` / `i64::MAX`) are left out.
     pub fn starts(&self, ts: i64) -> impl Iterator<Item = i64> {
-        let (size, step, ts) = (
-            i128::from(self.size_ms),
-            i128::from(self.step_ms),
-            i128::from(ts),
-        );
-        let last = ts - ts.rem_euclid(step);
-        // Windows s with s <= ts < s + size: s = last - k * step for k in 0..n.
-        let n = (last - ts + size + step - 1).div_euclid(step);
+        let (size, step) = (self.size_ms, self.step_ms);
+        let behind = ts.rem_euclid(step);
+        // Windows s with s <= ts < s + size: s = last - k * step for k in 0..n,
+        // n = ceil((size - behind) / step) (at most size / step + 1: no overflow).
+        let last = ts.checked_sub(behind);
+        let n = match last {
+            Some(_) => (size - behind).saturating_add(step - 1) / step,
+            None => 0,
+        };
+        let last = last.unwrap_or(i64::MIN);
         (0..n).rev().filter_map(move |k| {
-            let start = last - k * step;
-            let fits = i64::try_from(start + size).is_ok();
-            i64::try_from(start).ok().filter(|_| fits)
+            let start = last.checked_sub(k * step)?;
+            start.checked_add(size).map(|_| start)
         })
     }
 }

@@ -154,3 +154,66 @@ async fn a_broker_outage_mid_stream_loses_nothing() {
 async fn a_broker_outage_mid_stream_loses_nothing_in_exactly_once_mode() {
     outage(ProcessingGuarantee::ExactlyOnce).await;
 }
+
+/// A broker outage longer than the producer's `message.timeout.ms`: deliveries
+/// fail and the run stops with the error, committing nothing past what was
+/// delivered; a restart on the same state after the broker is back completes
+/// the windows, equal to an uninterrupted run's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_longer_than_the_delivery_timeout_stops_the_run_and_a_restart_completes_it() {
+    let stack = DevStack::start_behind_proxy().expect("dev stack");
+    let proxy = stack.proxy().expect("proxy");
+    let input = unique_name("in");
+    stack.create_topic(&input, PARTITIONS).await.expect("input");
+    stack.produce(&input, readings()).await.expect("input");
+    let output = output_topic(&stack).await;
+    let state = tempfile::tempdir().expect("state dir");
+    let group = unique_name("outage-long");
+    let app = || {
+        builder(&stack, &group)
+            .max_batch_records(50)
+            .producer_config("message.timeout.ms", "3000")
+    };
+    let running = start(frame(app(), state.path(), &input, &output));
+    let stats = running.stats.clone();
+    wait_until("some input to be read", || {
+        stats.records_in() >= EVENTS / 10
+    })
+    .await;
+    proxy.cut();
+    let error = running.finish().await.expect_err("deliveries time out");
+    eprintln!("the run stopped with: {error}");
+    proxy.restore();
+
+    let rerun = start(frame(app(), state.path(), &input, &output));
+    let reference_output = output_topic(&stack).await;
+    let reference_state = tempfile::tempdir().expect("state dir");
+    let reference = start(frame(
+        builder(&stack, &unique_name("ref")).max_batch_records(200),
+        reference_state.path(),
+        &input,
+        &reference_output,
+    ));
+    let reference_stats = reference.stats.clone();
+    wait_until("the reference run to read the input", || {
+        reference_stats.records_in() >= EVENTS
+    })
+    .await;
+    reference.stop().await.expect("reference run");
+    let (expected, _) = read(
+        &stack,
+        &reference_output,
+        ProcessingGuarantee::AtLeastOnce,
+        0,
+    )
+    .await;
+    let (actual, _) = read(
+        &stack,
+        &output,
+        ProcessingGuarantee::AtLeastOnce,
+        expected.len(),
+    )
+    .await;
+    rerun.stop().await.expect("the restarted run");
+    assert_same_windows(&actual, &expected);
+}
