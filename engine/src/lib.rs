@@ -42,6 +42,7 @@ mod dataframe;
 mod error;
 mod operators;
 mod plan;
+pub mod publisher;
 mod runtime;
 pub mod sink;
 mod topic;

@@ -30,6 +30,7 @@
 
 mod quix;
 mod raw_cassandra;
+mod source;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -73,12 +74,18 @@ struct Args {
     /// (the driver alone writing (e)'s rows), cassandra, quix ((c) in Quix
     /// Streams 3.28, installed once into a Python venv from PyPI),
     /// restore (not by default: its own workload of --restore-entries devices
-    /// with one open window each, restored onto an empty state directory).
+    /// with one open window each, restored onto an empty state directory),
+    /// source-raw and source (not by default: a table of --source-rows rows
+    /// scanned by the driver alone (s0) and published into Kafka by
+    /// CassandraSource's snapshot (s)).
     #[arg(
         long,
         default_value = "raw,stateless,tumbling,tumbling-eos,hopping,cassandra-raw,cassandra,quix"
     )]
     scenarios: String,
+    /// Rows of the table that source-raw (s0) and source (s) read.
+    #[arg(long, default_value_t = 1_000_000)]
+    source_rows: u64,
     /// Entries of the window store the restore scenario rebuilds from its changelog.
     #[arg(long, default_value_t = 1_000_000)]
     restore_entries: u64,
@@ -663,6 +670,25 @@ fn print_cassandra_ratio(results: &[Measured]) {
     }
 }
 
+/// `name`'s rows/s against `ceiling`'s, when both ran.
+fn print_ratio(results: &[Measured], name: &str, ceiling: &str, what: &str) {
+    let find = |prefix: &str| results.iter().find(|m| m.name.starts_with(prefix));
+    if let (Some(m), Some(c)) = (find(name), find(ceiling)) {
+        let ratio = m.output_rows_per_sec() / c.output_rows_per_sec().max(f64::MIN_POSITIVE);
+        println!(
+            "{}",
+            serde_json::json!({ "scenario": what, "rows_per_sec": m.output_rows_per_sec(),
+                "ceiling_rows_per_sec": c.output_rows_per_sec(), "ratio": ratio })
+        );
+        println!(
+            "{what}: {:.0} rows/s, {:.0}% of {:.0} rows/s",
+            m.output_rows_per_sec(),
+            100.0 * ratio,
+            c.output_rows_per_sec()
+        );
+    }
+}
+
 fn print_table(results: &[Measured], ceiling: Option<f64>) {
     println!(
         "\n{:<24} {:>10} {:>12} {:>8} {:>9} {:>9} {:>9} {:>9} {:>10} {:>8} {:>9}",
@@ -725,7 +751,8 @@ async fn main() -> Result<(), BoxError> {
     };
     let wanted: Vec<&str> = args.scenarios.split(',').map(str::trim).collect();
     let mut results = Vec::new();
-    let topic = if wanted.iter().any(|s| *s != "restore") {
+    let own_input = |s: &&str| *s != "restore" && !s.starts_with("source");
+    let topic = if wanted.iter().any(own_input) {
         let (topic, produced) = input_topic(&stack, &args).await?;
         results.extend(produced);
         topic
@@ -740,7 +767,10 @@ async fn main() -> Result<(), BoxError> {
         .or_else(|| flumen_examples::env("FLUMEN_CASSANDRA_NODES"))
     {
         Some(nodes) => nodes,
-        None if wanted.iter().any(|s| s.starts_with("cassandra")) => {
+        None if wanted
+            .iter()
+            .any(|s| s.starts_with("cassandra") || s.starts_with("source")) =>
+        {
             let cassandra = flumen_examples::start_cassandra()?;
             let node = cassandra.nodes().to_string();
             _server = Some(cassandra);
@@ -758,6 +788,14 @@ async fn main() -> Result<(), BoxError> {
                 .await
                 .map_err(|e| e.to_string())?,
         );
+    }
+    let mut source_session = None;
+    if wanted.iter().any(|s| s.starts_with("source")) {
+        let session = flumen_examples::cassandra::prepare_table(&cassandra, "bench", "device_temp")
+            .await
+            .map_err(|e| e.to_string())?;
+        source::prepare(&session, args.source_rows).await?;
+        source_session = Some(session);
     }
     let workload = SensorWorkload {
         events: args.events,
@@ -777,6 +815,8 @@ async fn main() -> Result<(), BoxError> {
         "cassandra",
         "quix",
         "restore",
+        "source-raw",
+        "source",
     ] {
         if !wanted.contains(&name) {
             continue;
@@ -803,6 +843,11 @@ async fn main() -> Result<(), BoxError> {
             },
             "cassandra" => pipeline(Pipeline::Cassandra).await?,
             "quix" => quix::quix_tumbling(&stack, &topic, args.events, args.partitions).await?,
+            "source-raw" => match &source_session {
+                Some(session) => source::raw_scan(session).await?,
+                None => continue,
+            },
+            "source" => source::snapshot(&stack, &cassandra, args.source_rows).await?,
             _ => restore(&stack, &args).await?,
         };
         // (q) reports its own process's peak.
@@ -826,5 +871,11 @@ async fn main() -> Result<(), BoxError> {
         .map(Measured::records_per_sec);
     print_table(&results, ceiling);
     print_cassandra_ratio(&results);
+    print_ratio(
+        &results,
+        "s ",
+        "s0 ",
+        "source snapshot vs the driver's scan",
+    );
     Ok(())
 }

@@ -50,4 +50,22 @@ pub enum CassandraError {
         /// Why.
         reason: String,
     },
+    /// The source's progress topic cannot be read or holds a record flumen
+    /// did not write.
+    #[error("source progress topic '{topic}': {reason}")]
+    Progress {
+        /// The topic.
+        topic: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Publishing the source's records to Kafka failed.
+    #[error("table {table}: publishing to Kafka: {source}")]
+    Publish {
+        /// `keyspace.table`.
+        table: String,
+        /// What the Kafka client said.
+        #[source]
+        source: flumen_kafka::KafkaError,
+    },
 }

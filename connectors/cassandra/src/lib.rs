@@ -45,15 +45,19 @@
 //! # }
 //! ```
 
+mod connection;
 mod convert;
 mod error;
+mod retry;
 mod schema;
 mod sink;
+mod source;
 mod timestamp;
 mod tls;
 mod writer;
 
 pub use error::CassandraError;
 pub use sink::{CassandraSink, Consistency, Ttl};
+pub use source::{Capture, CassandraSource, SourceStats};
 pub use timestamp::WriteTimestamp;
 pub use tls::Tls;

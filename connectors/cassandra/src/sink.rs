@@ -8,14 +8,10 @@ use flumen::sink::{Sink, SinkWriter};
 use flumen::BoxError;
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use scylla::client::execution_profile::ExecutionProfile;
-use scylla::client::session::Session;
-use scylla::client::session_builder::SessionBuilder;
-use scylla::policies::load_balancing::DefaultPolicy;
-use scylla::policies::retry::FallthroughRetryPolicy;
 
 pub use scylla::statement::Consistency;
 
+use crate::connection::Connection;
 use crate::error::CassandraError;
 use crate::schema::{check_columns, create_table_cql, read_columns, Mapping};
 use crate::timestamp::WriteTimestamp;
@@ -39,18 +35,13 @@ pub enum Ttl {
 pub struct CassandraSink {
     keyspace: String,
     table: String,
-    nodes: Vec<String>,
-    datacenter: Option<String>,
-    credentials: Option<(String, String)>,
-    consistency: Consistency,
+    connection: Connection,
     renames: Vec<(String, String)>,
     ttl: Ttl,
     create: Option<(Vec<String>, Vec<String>)>,
     max_in_flight: usize,
     retries: usize,
     write_nulls: bool,
-    request_timeout: Duration,
-    tls: Option<Tls>,
     dead_letter_topic: Option<String>,
     max_batch_bytes: Option<usize>,
     write_timestamp: WriteTimestamp,
@@ -60,19 +51,13 @@ impl std::fmt::Debug for CassandraSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CassandraSink")
             .field("table", &self.qualified())
-            .field("nodes", &self.nodes)
-            .field("datacenter", &self.datacenter)
-            .field("user", &self.credentials.as_ref().map(|(user, _)| user))
-            .field("password", &self.credentials.as_ref().map(|_| "***"))
-            .field("consistency", &self.consistency)
+            .field("connection", &self.connection)
             .field("renames", &self.renames)
             .field("ttl", &self.ttl)
             .field("create", &self.create)
             .field("max_in_flight", &self.max_in_flight)
             .field("retries", &self.retries)
             .field("write_nulls", &self.write_nulls)
-            .field("request_timeout", &self.request_timeout)
-            .field("tls", &self.tls)
             .field("dead_letter_topic", &self.dead_letter_topic)
             .field("max_batch_bytes", &self.max_batch_bytes)
             .field("write_timestamp", &self.write_timestamp)
@@ -90,18 +75,13 @@ impl CassandraSink {
         CassandraSink {
             keyspace,
             table,
-            nodes: vec!["127.0.0.1:9042".into()],
-            datacenter: None,
-            credentials: None,
-            consistency: Consistency::LocalQuorum,
+            connection: Connection::new(Duration::from_secs(12)),
             renames: Vec::new(),
             ttl: Ttl::None,
             create: None,
             max_in_flight: 256,
             retries: 8,
             write_nulls: false,
-            request_timeout: Duration::from_secs(12),
-            tls: None,
             dead_letter_topic: None,
             max_batch_bytes: None,
             write_timestamp: WriteTimestamp::Now,
@@ -110,30 +90,25 @@ impl CassandraSink {
 
     /// Contact points, `host:port[,host:port...]`.
     pub fn nodes(mut self, nodes: impl AsRef<str>) -> Self {
-        self.nodes = nodes
-            .as_ref()
-            .split(',')
-            .map(|n| n.trim().to_string())
-            .filter(|n| !n.is_empty())
-            .collect();
+        self.connection.set_nodes(nodes.as_ref());
         self
     }
 
     /// Prefers the nodes of this data center (and `LOCAL_*` consistency refers to it).
     pub fn local_datacenter(mut self, datacenter: impl Into<String>) -> Self {
-        self.datacenter = Some(datacenter.into());
+        self.connection.datacenter = Some(datacenter.into());
         self
     }
 
     /// Username and password (PasswordAuthenticator).
     pub fn credentials(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
-        self.credentials = Some((user.into(), password.into()));
+        self.connection.credentials = Some((user.into(), password.into()));
         self
     }
 
     /// Write consistency (default `LOCAL_QUORUM`).
     pub fn consistency(mut self, consistency: Consistency) -> Self {
-        self.consistency = consistency;
+        self.connection.consistency = consistency;
         self
     }
 
@@ -219,45 +194,18 @@ impl CassandraSink {
 
     /// Client-side timeout of one write attempt (default 12 s).
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout = timeout;
+        self.connection.request_timeout = timeout;
         self
     }
 
     /// Encrypts the connections (off by default).
     pub fn tls(mut self, tls: Tls) -> Self {
-        self.tls = Some(tls);
+        self.connection.tls = Some(tls);
         self
     }
 
     fn qualified(&self) -> String {
         format!("{}.{}", self.keyspace, self.table)
-    }
-
-    async fn connect(&self) -> Result<Session, CassandraError> {
-        let mut policy = DefaultPolicy::builder();
-        if let Some(dc) = &self.datacenter {
-            policy = policy.prefer_datacenter(dc.clone());
-        }
-        let profile = ExecutionProfile::builder()
-            .consistency(self.consistency)
-            .request_timeout(Some(self.request_timeout))
-            .load_balancing_policy(policy.build())
-            // flumen retries itself, with backoff, and knows the writes are idempotent.
-            .retry_policy(Arc::new(FallthroughRetryPolicy::new()))
-            .build();
-        let mut builder = SessionBuilder::new()
-            .known_nodes(&self.nodes)
-            .default_execution_profile_handle(profile.into_handle());
-        if let Some((user, password)) = &self.credentials {
-            builder = builder.user(user, password);
-        }
-        if let Some(tls) = &self.tls {
-            builder = builder.tls_context(Some(tls.context()?));
-        }
-        builder.build().await.map_err(|e| CassandraError::Connect {
-            nodes: self.nodes.join(","),
-            reason: e.to_string(),
-        })
     }
 
     async fn open_writer(&self, schema: SchemaRef) -> Result<CassandraWriter, CassandraError> {
@@ -269,7 +217,7 @@ impl CassandraSink {
         }
         let table = self.qualified();
         let mapping = Mapping::new(&schema, &self.renames, &self.ttl, &table)?;
-        let session = self.connect().await?;
+        let session = self.connection.connect().await?;
         if let Some((pk, ck)) = &self.create {
             let ddl = create_table_cql(&self.keyspace, &self.table, &mapping, pk, ck)?;
             session
@@ -289,7 +237,7 @@ impl CassandraSink {
             retries: self.retries,
             write_nulls: self.write_nulls,
             ttl: self.ttl.clone(),
-            consistency: self.consistency,
+            consistency: self.connection.consistency,
             max_batch_bytes: self.max_batch_bytes,
             write_timestamp: self.write_timestamp,
         };

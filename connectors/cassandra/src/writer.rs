@@ -3,18 +3,17 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Int64Type};
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 use flumen::sink::{row_as_json, Acks, SinkWriter, SourcePosition, WriteTicket};
 use flumen::BoxError;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use scylla::client::session::Session;
-use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::Consistency;
@@ -67,11 +66,7 @@ impl Upsert {
     /// Writes one request, retrying what can pass; settles nothing.
     async fn write(&self, request: &Request) -> Result<(), String> {
         let started = Instant::now();
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(50))
-            .with_max_delay(Duration::from_secs(5))
-            .with_max_times(self.retries)
-            .with_jitter();
+        let backoff = crate::retry::backoff(self.retries);
         let batch = (request.values.len() > 1).then(|| {
             let mut batch = Batch::new(BatchType::Unlogged);
             for _ in &request.values {
@@ -92,7 +87,7 @@ impl Upsert {
             }
         })
         .retry(backoff)
-        .when(retryable)
+        .when(crate::retry::retryable)
         .notify(|error, after| {
             self.retried.increment(1);
             tracing::warn!(table = %self.table, %error, ?after, "retrying a write");
@@ -357,29 +352,6 @@ async fn settle(
                 Err(e) => ticket.done(Err(format!("{reason} (and the row cannot be shown: {e})"))),
             },
         }
-    }
-}
-
-/// Whether a failed write may succeed when tried again.
-fn retryable(error: &ExecutionError) -> bool {
-    match error {
-        ExecutionError::LastAttemptError(RequestAttemptError::DbError(db, _)) => matches!(
-            db,
-            DbError::Overloaded
-                | DbError::WriteTimeout { .. }
-                | DbError::ReadTimeout { .. }
-                | DbError::Unavailable { .. }
-                | DbError::IsBootstrapping
-                | DbError::ServerError
-        ),
-        ExecutionError::LastAttemptError(
-            RequestAttemptError::BrokenConnectionError(_)
-            | RequestAttemptError::UnableToAllocStreamId,
-        ) => true,
-        ExecutionError::ConnectionPoolError(_)
-        | ExecutionError::RequestTimeout(_)
-        | ExecutionError::EmptyPlan => true,
-        _ => false,
     }
 }
 

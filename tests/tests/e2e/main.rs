@@ -12,6 +12,7 @@ mod common;
 mod bad_input;
 mod cassandra_options;
 mod cassandra_sink;
+mod cassandra_source;
 mod cql_server;
 mod exactly_once;
 mod faults;

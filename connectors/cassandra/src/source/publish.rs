@@ -1,0 +1,196 @@
+//! Publishing pages to Kafka with the progress they reach: with exactly-once,
+//! one transaction carries a group of pages and the range positions after
+//! them; with at-least-once, the positions are written once the pages are
+//! acknowledged.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flumen_kafka::{headers_with, DeliveryBatch, KafkaConfig, OutRecord, Producer};
+use tokio::sync::mpsc;
+
+use super::progress::{range_key, Pass, RangeProgress, PASS_KEY};
+use super::scan::Page;
+use super::stats::SourceStats;
+use crate::error::CassandraError;
+
+/// Most records in one transaction (pages are grouped up to this).
+const MAX_RECORDS_PER_COMMIT: usize = 50_000;
+
+/// How long a transaction may take to commit or abort.
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where and how records go.
+pub(crate) struct Publisher {
+    pub(crate) producer: Arc<Producer>,
+    pub(crate) exactly_once: bool,
+    pub(crate) topic: String,
+    pub(crate) progress_topic: String,
+    pub(crate) table: String,
+    pub(crate) stats: Arc<SourceStats>,
+}
+
+impl Publisher {
+    /// A transactional producer (exactly-once) or an idempotent one.
+    pub(crate) async fn open(
+        config: &KafkaConfig,
+        transactional_id: Option<String>,
+        table: &str,
+    ) -> Result<Producer, CassandraError> {
+        let config = config.clone();
+        let opened = tokio::task::spawn_blocking(move || match transactional_id {
+            Some(id) => Producer::transactional(&config, &id, TRANSACTION_TIMEOUT),
+            None => Producer::new(&config),
+        })
+        .await;
+        let failed = |source| CassandraError::Publish {
+            table: table.to_string(),
+            source,
+        };
+        match opened {
+            Ok(result) => result.map_err(failed),
+            Err(e) => Err(CassandraError::Config(format!("opening the producer: {e}"))),
+        }
+    }
+
+    fn failed(&self, source: flumen_kafka::KafkaError) -> CassandraError {
+        CassandraError::Publish {
+            table: self.table.clone(),
+            source,
+        }
+    }
+
+    /// Publishes pages as they come until the channel closes.
+    pub(crate) async fn pages(
+        &self,
+        pass: &Pass,
+        pages: &mut mpsc::Receiver<Page>,
+    ) -> Result<(), CassandraError> {
+        while let Some(first) = pages.recv().await {
+            let mut group = vec![first];
+            let mut records: usize = group[0].records.len();
+            while records < MAX_RECORDS_PER_COMMIT {
+                match pages.try_recv() {
+                    Ok(page) => {
+                        records += page.records.len();
+                        group.push(page);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit(pass, group).await?;
+        }
+        Ok(())
+    }
+
+    /// Publishes a group of pages and the positions they reach, atomically
+    /// with exactly-once.
+    async fn commit(&self, pass: &Pass, group: Vec<Page>) -> Result<(), CassandraError> {
+        let mut positions: BTreeMap<usize, RangeProgress> = BTreeMap::new();
+        let headers = headers_with(
+            None,
+            &[
+                ("flumen.source.table", &self.table),
+                ("flumen.source.mode", pass.kind.as_str()),
+            ],
+        );
+        self.begin()?;
+        let rows = DeliveryBatch::new();
+        let mut count = 0u64;
+        for page in group {
+            for record in &page.records {
+                let out = OutRecord {
+                    topic: &self.topic,
+                    key: Some(&record.key),
+                    value: Some(&record.value),
+                    timestamp_ms: Some(record.timestamp_ms),
+                    partition: None,
+                };
+                self.producer
+                    .send(out, Some(headers.clone()), &rows)
+                    .await
+                    .map_err(|e| self.failed(e))?;
+                count += 1;
+            }
+            positions.insert(page.range, page.progress);
+        }
+        if !self.exactly_once {
+            rows.wait().await.map_err(|e| self.failed(e))?;
+        }
+        let done = positions.values().filter(|p| p.done).count();
+        let marks: Vec<(String, Vec<u8>)> = positions
+            .iter()
+            .map(|(range, p)| (range_key(*range), serde_json::to_vec(p).unwrap_or_default()))
+            .collect();
+        self.write_progress(&marks).await?;
+        self.end().await?;
+        self.stats.published(count, done);
+        Ok(())
+    }
+
+    /// Records the start of `pass` (in a transaction of its own with exactly-once).
+    pub(crate) async fn start_pass(&self, pass: &Pass) -> Result<(), CassandraError> {
+        let value = serde_json::to_vec(pass).unwrap_or_default();
+        self.begin()?;
+        self.write_progress(&[(PASS_KEY.to_string(), value)])
+            .await?;
+        self.end().await
+    }
+
+    async fn write_progress(&self, marks: &[(String, Vec<u8>)]) -> Result<(), CassandraError> {
+        let batch = DeliveryBatch::new();
+        for (key, value) in marks {
+            let out = OutRecord {
+                topic: &self.progress_topic,
+                key: Some(key.as_bytes()),
+                value: Some(value),
+                timestamp_ms: None,
+                partition: Some(0),
+            };
+            self.producer
+                .send(out, None, &batch)
+                .await
+                .map_err(|e| self.failed(e))?;
+        }
+        if self.exactly_once {
+            Ok(())
+        } else {
+            batch.wait().await.map_err(|e| self.failed(e))
+        }
+    }
+
+    fn begin(&self) -> Result<(), CassandraError> {
+        if self.exactly_once {
+            self.producer
+                .begin_transaction()
+                .map_err(|e| self.failed(e))?;
+        }
+        Ok(())
+    }
+
+    /// Commits the transaction (exactly-once); on failure aborts it, so
+    /// nothing of it is ever visible, and returns the error.
+    async fn end(&self) -> Result<(), CassandraError> {
+        if !self.exactly_once {
+            return Ok(());
+        }
+        let producer = Arc::clone(&self.producer);
+        let committed = tokio::task::spawn_blocking(move || {
+            producer
+                .commit_transaction(TRANSACTION_TIMEOUT)
+                .inspect_err(|_| {
+                    if let Err(error) = producer.abort_transaction(TRANSACTION_TIMEOUT) {
+                        tracing::warn!(%error, "aborting the source's transaction failed");
+                    }
+                })
+        })
+        .await;
+        match committed {
+            Ok(result) => result.map_err(|e| self.failed(e)),
+            Err(e) => Err(CassandraError::Config(format!(
+                "committing the transaction: {e}"
+            ))),
+        }
+    }
+}

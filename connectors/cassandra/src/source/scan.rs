@@ -1,0 +1,259 @@
+//! Scanning one pass: each token range page by page (continuing from its
+//! recorded paging state), a bounded number of ranges at once, each page
+//! turned into records and handed to the publisher through a bounded channel
+//! (a slow Kafka slows the scan, nothing piles up).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backon::Retryable;
+use scylla::client::session::Session;
+use scylla::response::query_result::QueryResult;
+use scylla::response::{PagingState, PagingStateResponse};
+use scylla::statement::prepared::PreparedStatement;
+use scylla::value::{CqlTimestamp, CqlValue, Row};
+use serde_json::{Map, Value};
+use tokio::sync::{mpsc, Mutex, Semaphore};
+use tokio::task::JoinSet;
+
+use super::json::{key_string, to_json};
+use super::progress::{Pass, PassKind, Progress, RangeProgress};
+use super::ranges::{split_ring, TokenRange};
+use super::table::Table;
+use crate::error::CassandraError;
+
+/// One row, ready to publish.
+#[derive(Debug, Clone)]
+pub(crate) struct Record {
+    pub(crate) key: Vec<u8>,
+    pub(crate) value: Vec<u8>,
+    /// The row's latest write time (ms), or the scan's time without one.
+    pub(crate) timestamp_ms: i64,
+}
+
+/// One page of one range, and the range's position after it.
+#[derive(Debug)]
+pub(crate) struct Page {
+    pub(crate) range: usize,
+    pub(crate) records: Vec<Record>,
+    pub(crate) progress: RangeProgress,
+}
+
+/// What every range of a pass shares.
+pub(crate) struct Scan {
+    pub(crate) session: Arc<Session>,
+    pub(crate) statement: PreparedStatement,
+    pub(crate) table: Arc<Table>,
+    pub(crate) pass: Pass,
+    pub(crate) retries: usize,
+    pub(crate) limiter: Option<Arc<RateLimiter>>,
+}
+
+impl Scan {
+    /// Scans every range of the pass not yet done in `progress`, at most
+    /// `concurrency` at once; pages go to `pages`. Returns when every range is
+    /// done (or the receiver is gone).
+    pub(crate) async fn run(
+        self: Arc<Self>,
+        progress: &Progress,
+        concurrency: usize,
+        pages: mpsc::Sender<Page>,
+    ) -> Result<(), CassandraError> {
+        let permits = Arc::new(Semaphore::new(concurrency.max(1)));
+        let mut tasks = JoinSet::new();
+        for (index, range) in split_ring(self.pass.splits).into_iter().enumerate() {
+            let start = progress.range(index).cloned();
+            if start.as_ref().is_some_and(|r| r.done) {
+                continue;
+            }
+            let (scan, pages, permits) = (Arc::clone(&self), pages.clone(), Arc::clone(&permits));
+            tasks.spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                scan.range(index, range, start, pages).await
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            joined.map_err(|e| self.failed(format!("a range scan stopped: {e}")))??;
+        }
+        Ok(())
+    }
+
+    fn failed(&self, reason: String) -> CassandraError {
+        CassandraError::Request {
+            table: self.table.qualified(),
+            operation: format!(
+                "scanning ({} pass {})",
+                self.pass.kind.as_str(),
+                self.pass.number
+            ),
+            reason,
+        }
+    }
+
+    /// Scans range `index` from `start` to its end.
+    async fn range(
+        &self,
+        index: usize,
+        range: TokenRange,
+        start: Option<RangeProgress>,
+        pages: mpsc::Sender<Page>,
+    ) -> Result<(), CassandraError> {
+        let mut rows = start.as_ref().map_or(0, |r| r.rows);
+        let mut state = start
+            .and_then(|r| r.paging_bytes())
+            .map_or_else(PagingState::start, PagingState::new_from_raw_bytes);
+        loop {
+            let (result, next) = self.page(range, state).await?;
+            let records = self.records(result)?;
+            if let Some(limiter) = &self.limiter {
+                limiter.take(records.len()).await;
+            }
+            let next = match next {
+                PagingStateResponse::HasMorePages { state } => {
+                    state.as_bytes_slice().map(|b| b.to_vec())
+                }
+                PagingStateResponse::NoMorePages => None,
+            };
+            rows += records.len() as u64;
+            let progress = RangeProgress::after_page(self.pass.number, rows, next.as_deref());
+            let page = Page {
+                range: index,
+                records,
+                progress,
+            };
+            if pages.send(page).await.is_err() {
+                return Ok(());
+            }
+            match next {
+                Some(bytes) => state = PagingState::new_from_raw_bytes(bytes),
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// One page, retried with backoff on timeouts and unavailable nodes.
+    async fn page(
+        &self,
+        range: TokenRange,
+        state: PagingState,
+    ) -> Result<(QueryResult, PagingStateResponse), CassandraError> {
+        let (low, high) = (
+            CqlTimestamp(self.pass.low_us / 1000),
+            CqlTimestamp(self.pass.high_us / 1000),
+        );
+        let attempt = || async {
+            let state = state.clone();
+            match self.pass.kind {
+                PassKind::Incremental => {
+                    let values = (range.start, range.end, low, high);
+                    self.session
+                        .execute_single_page(&self.statement, values, state)
+                        .await
+                }
+                _ => {
+                    let values = (range.start, range.end);
+                    self.session
+                        .execute_single_page(&self.statement, values, state)
+                        .await
+                }
+            }
+        };
+        attempt
+            .retry(crate::retry::backoff(self.retries))
+            .when(crate::retry::retryable)
+            .notify(|error, after| {
+                metrics::counter!("flumen_source_retries_total", "table" => self.table.qualified())
+                    .increment(1);
+                tracing::warn!(table = %self.table.qualified(), %error, ?after, "retrying a page");
+            })
+            .await
+            .map_err(|e| self.failed(format!("token range ({}, {}]: {e}", range.start, range.end)))
+    }
+
+    /// The rows of a page as records; in a write-time pass only rows whose
+    /// latest write time is within the pass's bounds.
+    fn records(&self, result: QueryResult) -> Result<Vec<Record>, CassandraError> {
+        let rows = result
+            .into_rows_result()
+            .map_err(|e| self.failed(e.to_string()))?;
+        let now_ms = now_us() / 1000;
+        let mut records = Vec::with_capacity(rows.rows_num());
+        for row in rows.rows::<Row>().map_err(|e| self.failed(e.to_string()))? {
+            let row = row.map_err(|e| self.failed(e.to_string()))?;
+            let written_us = self.latest_writetime(&row.columns);
+            if self.pass.kind == PassKind::Writetime {
+                match written_us {
+                    Some(t) if t > self.pass.low_us && t <= self.pass.high_us => {}
+                    _ => continue,
+                }
+            }
+            records.push(self.record(&row.columns, written_us.map_or(now_ms, |t| t / 1000)));
+        }
+        Ok(records)
+    }
+
+    /// The latest `WRITETIME` among the selected ones (they follow the columns).
+    fn latest_writetime(&self, values: &[Option<CqlValue>]) -> Option<i64> {
+        values[self.table.columns.len()..]
+            .iter()
+            .filter_map(|v| match v {
+                Some(CqlValue::BigInt(t)) => Some(*t),
+                _ => None,
+            })
+            .max()
+    }
+
+    fn record(&self, values: &[Option<CqlValue>], timestamp_ms: i64) -> Record {
+        let mut object = Map::with_capacity(self.table.columns.len());
+        let mut key = Vec::new();
+        for (column, value) in self.table.columns.iter().zip(values) {
+            if column.kind == "partition_key" {
+                key.push(value.as_ref());
+            }
+            object.insert(column.name.clone(), to_json(value.as_ref()));
+        }
+        let key = match key.as_slice() {
+            [Some(single)] => key_string(single),
+            several => Value::Array(several.iter().map(|v| to_json(*v)).collect()).to_string(),
+        };
+        Record {
+            key: key.into_bytes(),
+            value: Value::Object(object).to_string().into_bytes(),
+            timestamp_ms,
+        }
+    }
+}
+
+/// Microseconds since the epoch, now.
+pub(crate) fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// At most `rows_per_second` rows, shared by every range of a source.
+#[derive(Debug)]
+pub(crate) struct RateLimiter {
+    rows_per_second: f64,
+    next: Mutex<Instant>,
+}
+
+impl RateLimiter {
+    pub(crate) fn new(rows_per_second: u32) -> Self {
+        RateLimiter {
+            rows_per_second: f64::from(rows_per_second.max(1)),
+            next: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Waits until `rows` more rows fit under the rate.
+    pub(crate) async fn take(&self, rows: usize) {
+        let wait_until = {
+            let mut next = self.next.lock().await;
+            let start = (*next).max(Instant::now());
+            *next = start + Duration::from_secs_f64(rows as f64 / self.rows_per_second);
+            start
+        };
+        tokio::time::sleep_until(wait_until.into()).await;
+    }
+}

@@ -1,0 +1,171 @@
+//! (s0) and (s): publishing a Cassandra table into Kafka. (s0) is the read
+//! ceiling, the `scylla` driver alone scanning the whole table by token
+//! ranges with the same splits, concurrency and page size as the source;
+//! (s) is `CassandraSource`'s snapshot of the same table into a Kafka topic
+//! (exactly-once: pages and positions in transactions), ending when the
+//! snapshot is committed. Both count rows; (s) is checked to publish every
+//! row once.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::StreamExt;
+use scylla::client::session::Session;
+use scylla::response::{PagingState, PagingStateResponse};
+
+use crate::{process, BoxError, Measured};
+use flumen_cassandra::CassandraSource;
+use flumen_testkit::{unique_name, DevStack};
+
+const SPLITS: u32 = 64;
+const CONCURRENCY: usize = 8;
+const PAGE_SIZE: i32 = 5_000;
+const KEYSPACE: &str = "bench";
+const TABLE: &str = "source_readings";
+
+/// Creates `bench.source_readings` with `rows` rows (kept when it already
+/// holds them: filling it takes a minute per million rows).
+pub async fn prepare(session: &Session, rows: u64) -> Result<(), BoxError> {
+    session
+        .query_unpaged(
+            format!(
+                "CREATE TABLE IF NOT EXISTS {KEYSPACE}.{TABLE} (device text, ts bigint, \
+                 temp double, PRIMARY KEY (device, ts))"
+            ),
+            &[],
+        )
+        .await?;
+    if scan(session).await?.0 == rows {
+        return Ok(());
+    }
+    session
+        .query_unpaged(format!("TRUNCATE {KEYSPACE}.{TABLE}"), &[])
+        .await?;
+    let insert = session
+        .prepare(format!(
+            "INSERT INTO {KEYSPACE}.{TABLE} (device, ts, temp) VALUES (?, ?, ?)"
+        ))
+        .await?;
+    let started = Instant::now();
+    let writes = (0..rows as i64).map(|n| {
+        let (insert, session) = (&insert, session);
+        async move {
+            let values = (
+                format!("dev-{}", n % 10_000),
+                n,
+                20.0 + (n % 100) as f64 / 10.0,
+            );
+            session.execute_unpaged(insert, values).await.map(drop)
+        }
+    });
+    let mut results = futures::stream::iter(writes).buffer_unordered(256);
+    while let Some(result) = results.next().await {
+        result?;
+    }
+    eprintln!(
+        "filled {KEYSPACE}.{TABLE} with {rows} rows in {:.1?}",
+        started.elapsed()
+    );
+    Ok(())
+}
+
+/// Scans the table by token ranges as the source does; returns rows and seconds.
+async fn scan(session: &Session) -> Result<(u64, f64), BoxError> {
+    let mut statement = session
+        .prepare(format!(
+            "SELECT device, ts, temp, WRITETIME(temp) FROM {KEYSPACE}.{TABLE} \
+             WHERE token(device) > ? AND token(device) <= ?"
+        ))
+        .await?;
+    statement.set_page_size(PAGE_SIZE);
+    let statement = Arc::new(statement);
+    let started = Instant::now();
+    let ranges = split(SPLITS);
+    let scans = ranges.into_iter().map(|(start, end)| {
+        let statement = Arc::clone(&statement);
+        async move {
+            let mut rows = 0u64;
+            let mut state = PagingState::start();
+            loop {
+                let (result, next) = session
+                    .execute_single_page(&statement, (start, end), state)
+                    .await?;
+                let result = result.into_rows_result()?;
+                for row in result.rows::<(String, i64, f64, i64)>()? {
+                    row?;
+                    rows += 1;
+                }
+                match next {
+                    PagingStateResponse::HasMorePages { state: s } => state = s,
+                    PagingStateResponse::NoMorePages => return Ok::<u64, BoxError>(rows),
+                }
+            }
+        }
+    });
+    let mut total = 0;
+    let mut scans = futures::stream::iter(scans).buffer_unordered(CONCURRENCY);
+    while let Some(rows) = scans.next().await {
+        total += rows?;
+    }
+    Ok((total, started.elapsed().as_secs_f64()))
+}
+
+/// The Murmur3 ring in `splits` equal ranges.
+fn split(splits: u32) -> Vec<(i64, i64)> {
+    let (min, width) = (
+        i128::from(i64::MIN),
+        i128::from(i64::MAX) - i128::from(i64::MIN),
+    );
+    let bound = |k: i128| i64::try_from(min + width * k / i128::from(splits)).unwrap_or(i64::MAX);
+    (0..i128::from(splits))
+        .map(|k| (bound(k), bound(k + 1)))
+        .collect()
+}
+
+/// (s0): the driver alone.
+pub async fn raw_scan(session: &Session) -> Result<Measured, BoxError> {
+    let cpu = process::cpu_seconds();
+    let (rows, seconds) = scan(session).await?;
+    Ok(Measured {
+        name: "s0 cassandra scan (raw)",
+        records: rows,
+        output_rows: rows,
+        seconds,
+        cpu_seconds: process::cpu_seconds() - cpu,
+        writes_only: true,
+        ..Default::default()
+    })
+}
+
+/// (s): the source's snapshot into Kafka.
+pub async fn snapshot(stack: &DevStack, nodes: &str, rows: u64) -> Result<Measured, BoxError> {
+    let source = CassandraSource::table(&format!("{KEYSPACE}.{TABLE}"))
+        .nodes(nodes)
+        .splits(SPLITS)
+        .concurrency(CONCURRENCY)
+        .page_size(PAGE_SIZE)
+        .replication_factor(1);
+    let stats = source.stats();
+    let cpu = process::cpu_seconds();
+    let started = Instant::now();
+    source
+        .publish(
+            stack.brokers(),
+            &unique_name("bench-source"),
+            std::future::pending(),
+        )
+        .await?;
+    let seconds = started.elapsed().as_secs_f64();
+    if stats.rows() != rows {
+        return Err(format!("the snapshot published {} rows of {rows}", stats.rows()).into());
+    }
+    Ok(Measured {
+        name: "s cassandra source",
+        records: stats.rows(),
+        output_rows: stats.rows(),
+        seconds,
+        cpu_seconds: process::cpu_seconds() - cpu,
+        writes_only: true,
+        ..Default::default()
+    })
+}
