@@ -66,6 +66,16 @@ pub enum CassandraError {
         table: String,
         /// What the Kafka client said.
         #[source]
-        source: flumen_kafka::KafkaError,
+        source: Box<flumen_kafka::KafkaError>,
     },
+}
+
+impl CassandraError {
+    /// A failure publishing `table`'s records (or its progress) to Kafka.
+    pub(crate) fn publish(table: impl Into<String>, source: flumen_kafka::KafkaError) -> Self {
+        CassandraError::Publish {
+            table: table.into(),
+            source: Box::new(source),
+        }
+    }
 }

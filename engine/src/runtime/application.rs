@@ -362,7 +362,8 @@ impl Application {
         stop: &tokio::sync::watch::Sender<bool>,
     ) -> tokio::task::JoinSet<Result<()>> {
         let mut running = tokio::task::JoinSet::new();
-        for publisher in lock(&self.publishers).iter().cloned() {
+        let publishers: Vec<Arc<dyn Publisher>> = lock(&self.publishers).clone();
+        for publisher in publishers {
             let (kafka, group) = (self.kafka.clone(), self.group.clone());
             let mut stopped = stop.subscribe();
             running.spawn(async move {

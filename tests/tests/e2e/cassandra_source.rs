@@ -237,3 +237,173 @@ async fn a_pipeline_reads_a_table_through_its_source() {
         .collect();
     assert_eq!(seen, (1_000..1_100).collect());
 }
+
+/// Two instances of one application run the source: one publishes (the
+/// leader of the publishers' group); when it stops, the other takes over
+/// from the recorded progress. Every row once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_instances_one_publishes_and_the_other_takes_over() {
+    let stack = DevStack::start().expect("dev stack");
+    let cassandra = DevCassandra::start().expect("cassandra");
+    let (_session, table) = readings_table(&cassandra, 6_000).await;
+    let group = unique_name("src");
+    let slow = || {
+        source(&cassandra, &table)
+            .page_size(50)
+            .max_rows_per_second(2_000)
+    };
+    let (first, second) = (slow(), slow());
+    let (first_stats, second_stats, topic) =
+        (first.stats(), second.stats(), first.topic_for(&group));
+    let (stop_first, first) = publish(first, &stack, &group);
+    let (_stop_second, second) = publish(second, &stack, &group);
+    wait_until("a leader publishing", || {
+        first_stats.rows() + second_stats.rows() >= 1_000
+    })
+    .await;
+    let (leader_stop, leader, follower, follower_stats) = if first_stats.rows() > 0 {
+        assert_eq!(second_stats.rows(), 0, "one leader at a time");
+        (stop_first, first, second, second_stats)
+    } else {
+        (_stop_second, second, first, first_stats)
+    };
+    leader_stop.send(()).ok();
+    leader
+        .await
+        .expect("task")
+        .expect("the leader stops cleanly");
+    tokio::time::timeout(DEADLINE, follower)
+        .await
+        .expect("the follower finishes the snapshot")
+        .expect("task")
+        .expect("publish");
+    assert!(
+        follower_stats.rows() > 0 && follower_stats.rows() < 6_000,
+        "took over mid-snapshot"
+    );
+    let rows = rows_once(&stack.read_committed(&topic, DEADLINE).await.expect("read"));
+    assert_eq!(rows.len(), 6_000, "every row exactly once");
+}
+
+/// A row with a column of each CQL type arrives as the JSON the `json`
+/// module's table promises.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_cql_type_arrives_as_documented_json() {
+    let stack = DevStack::start().expect("dev stack");
+    let cassandra = DevCassandra::start().expect("cassandra");
+    let session = cassandra.session().await.expect("session");
+    let ks = cassandra
+        .create_keyspace(&session, "types")
+        .await
+        .expect("keyspace");
+    let ddl = [
+        format!("CREATE TYPE {ks}.address (city text, zip int)"),
+        format!(
+            "CREATE TABLE {ks}.t (k text PRIMARY KEY, a ascii, i int, bi bigint, si smallint, \
+             ti tinyint, vi varint, de decimal, f float, d double, b boolean, ts timestamp, \
+             dt date, tm time, u uuid, tu timeuuid, ip inet, bl blob, l list<int>, s set<text>, \
+             m map<text, int>, tp tuple<int, text>, ad frozen<address>, du duration)"
+        ),
+        format!(
+            "INSERT INTO {ks}.t (k, a, i, bi, si, ti, vi, de, f, d, b, ts, dt, tm, u, tu, ip, bl, \
+             l, s, m, tp, ad, du) VALUES ('row', 'abc', -7, 9007199254740993, 300, -5, \
+             123456789012345678901234567890, -12.50, 1.5, 2.25, true, 1700000000123, \
+             '2024-01-01', '01:02:03.000000004', 123e4567-e89b-12d3-a456-426614174000, \
+             50554d6e-29bb-11e5-b345-feff819cdc9f, '10.0.0.1', 0x00ff, [1, 2], {{'x', 'y'}}, \
+             {{'one': 1}}, (1, 'two'), {{city: 'Oslo', zip: 150}}, 1mo2d3ns)"
+        ),
+    ];
+    for statement in ddl {
+        session.query_unpaged(statement, &[]).await.expect("cql");
+    }
+    let group = unique_name("src");
+    let source = source(&cassandra, &format!("{ks}.t"));
+    let topic = source.topic_for(&group);
+    let (_stop, task) = publish(source, &stack, &group);
+    task.await.expect("task").expect("publish");
+    let records = stack.read_committed(&topic, DEADLINE).await.expect("read");
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].key_str().as_deref(), Some("row"));
+    let expected = serde_json::json!({
+        "k": "row", "a": "abc", "i": -7, "bi": 9_007_199_254_740_993_i64, "si": 300, "ti": -5,
+        "vi": "123456789012345678901234567890", "de": "-12.50", "f": 1.5, "d": 2.25, "b": true,
+        "ts": 1_700_000_000_123_i64, "dt": "2024-01-01", "tm": 3_723_000_000_004_i64,
+        "u": "123e4567-e89b-12d3-a456-426614174000",
+        "tu": "50554d6e-29bb-11e5-b345-feff819cdc9f", "ip": "10.0.0.1", "bl": "AP8=",
+        "l": [1, 2], "s": ["x", "y"], "m": {"one": 1}, "tp": [1, "two"],
+        "ad": {"city": "Oslo", "zip": 150}, "du": "1mo2d3ns"
+    });
+    assert_eq!(records[0].json(), expected);
+}
+
+/// `Capture::Incremental` on a `timestamp` column set by every write: rows
+/// whose column moves into a pass's slice arrive; the snapshot is skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_capture_follows_a_time_column() {
+    let stack = DevStack::start().expect("dev stack");
+    let cassandra = DevCassandra::start().expect("cassandra");
+    let session = cassandra.session().await.expect("session");
+    let ks = cassandra
+        .create_keyspace(&session, "incr")
+        .await
+        .expect("keyspace");
+    let table = format!("{ks}.orders");
+    session
+        .query_unpaged(
+            format!("CREATE TABLE {table} (id int PRIMARY KEY, status text, updated timestamp)"),
+            &[],
+        )
+        .await
+        .expect("table");
+    let upsert = session
+        .prepare(format!(
+            "INSERT INTO {table} (id, status, updated) VALUES (?, ?, toTimestamp(now()))"
+        ))
+        .await
+        .expect("prepare");
+    session
+        .execute_unpaged(&upsert, (0, "before the source"))
+        .await
+        .expect("insert");
+    let group = unique_name("src");
+    let source = source(&cassandra, &table)
+        .snapshot(false)
+        .capture(Capture::Incremental {
+            column: "updated".into(),
+        })
+        .poll_interval(Duration::from_millis(300))
+        .safety_lag(Duration::from_millis(100));
+    let (stats, topic) = (source.stats(), source.topic_for(&group));
+    let (stop, task) = publish(source, &stack, &group);
+    wait_until("the first capture pass", || stats.passes_done() >= 1).await;
+    for id in 1..=20 {
+        session
+            .execute_unpaged(&upsert, (id, "new"))
+            .await
+            .expect("insert");
+    }
+    session
+        .execute_unpaged(&upsert, (1, "shipped"))
+        .await
+        .expect("update");
+    let passes = stats.passes_done();
+    wait_until("two more passes", || stats.passes_done() >= passes + 2).await;
+    stop.send(()).ok();
+    task.await.expect("task").expect("publish");
+    let records = stack.read_committed(&topic, DEADLINE).await.expect("read");
+    let mut latest = BTreeMap::new();
+    for r in &records {
+        let json = r.json();
+        assert_eq!(r.header("flumen.source.mode"), Some("incremental"));
+        latest.insert(
+            json["id"].as_i64().expect("id"),
+            json["status"].as_str().expect("status").to_string(),
+        );
+    }
+    assert_eq!(
+        latest.len(),
+        20,
+        "ids 1..=20, not the row written before the source: {latest:?}"
+    );
+    assert_eq!(latest.get(&1).map(String::as_str), Some("shipped"));
+}

@@ -36,6 +36,7 @@
 //! arrays for lists, sets, vectors and tuples; objects for maps and UDTs).
 
 mod json;
+mod leader;
 mod progress;
 mod publish;
 mod ranges;
@@ -337,8 +338,51 @@ impl CassandraSource {
         for (key, value) in &self.kafka_extra {
             config.insert(key, value);
         }
-        let run = Run::open(self, &config, group).await?;
-        run.run(until).await
+        self.publish_with(&config, group, until).await
+    }
+
+    /// Publishes while this instance leads the publishers of `group` (see
+    /// the `leader` module): waits to lead, publishes until stopped, done or
+    /// no longer the leader, then waits to lead again.
+    async fn publish_with(
+        &self,
+        config: &KafkaConfig,
+        group: &str,
+        stop: impl Future<Output = ()>,
+    ) -> Result<(), CassandraError> {
+        let mut stop = std::pin::pin!(stop);
+        let topic = self.topic_for(group);
+        create_topics(self, config, &topic, &self.progress_topic(group)).await?;
+        let publishers = format!("{topic}-publisher");
+        let mut leadership =
+            leader::Leadership::join(config, &publishers, &self.progress_topic(group))?;
+        loop {
+            tokio::select! {
+                () = leadership.acquired() => {}
+                () = &mut stop => return Ok(()),
+            }
+            tracing::info!(table = %self.qualified(), %topic, "leading the publishers: publishing");
+            let run = Run::open(self, config, group).await?;
+            let mut lost = false;
+            let until = async {
+                tokio::select! {
+                    () = &mut stop => {}
+                    () = leadership.lost() => lost = true,
+                }
+            };
+            let result = run.run(until).await;
+            // A new leader fences this one's producer: its last commit fails.
+            let lost = lost || !leadership.is_leader();
+            match result {
+                Err(error) if lost => {
+                    tracing::info!(table = %self.qualified(), %error, "no longer leading the publishers");
+                }
+                Ok(()) if lost => {
+                    tracing::info!(table = %self.qualified(), "no longer leading the publishers");
+                }
+                result => return result,
+            }
+        }
     }
 }
 
@@ -369,7 +413,6 @@ impl<'a> Run<'a> {
         check_capture(&source.capture, &table)?;
         let topic = source.topic_for(group);
         let progress_topic = source.progress_topic(group);
-        create_topics(source, config, &topic, &progress_topic).await?;
         let transactional_id = source.exactly_once.then(|| format!("{topic}-publisher"));
         let producer = Publisher::open(config, transactional_id, &table.qualified()).await?;
         let publisher = Publisher {
@@ -625,10 +668,7 @@ async fn create_topics(
     topic: &str,
     progress_topic: &str,
 ) -> Result<(), CassandraError> {
-    let failed = |error| CassandraError::Publish {
-        table: source.qualified(),
-        source: error,
-    };
+    let failed = |error| CassandraError::publish(source.qualified(), error);
     let admin = Admin::new(config).map_err(failed)?;
     let data = TopicSpec::new(topic, source.partitions).replication(source.replication);
     admin.create_topic(&data).await.map_err(failed)?;
@@ -682,11 +722,7 @@ impl flumen::publisher::Publisher for CassandraSource {
         group: &'a str,
         stop: BoxFuture<'static, ()>,
     ) -> BoxFuture<'a, Result<(), flumen::BoxError>> {
-        async move {
-            let run = Run::open(self, kafka, group).await?;
-            Ok(run.run(stop).await?)
-        }
-        .boxed()
+        async move { Ok(self.publish_with(kafka, group, stop).await?) }.boxed()
     }
 }
 

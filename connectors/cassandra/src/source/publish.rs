@@ -44,10 +44,7 @@ impl Publisher {
             None => Producer::new(&config),
         })
         .await;
-        let failed = |source| CassandraError::Publish {
-            table: table.to_string(),
-            source,
-        };
+        let failed = |source| CassandraError::publish(table.to_string(), source);
         match opened {
             Ok(result) => result.map_err(failed),
             Err(e) => Err(CassandraError::Config(format!("opening the producer: {e}"))),
@@ -55,10 +52,7 @@ impl Publisher {
     }
 
     fn failed(&self, source: flumen_kafka::KafkaError) -> CassandraError {
-        CassandraError::Publish {
-            table: self.table.clone(),
-            source,
-        }
+        CassandraError::publish(self.table.clone(), source)
     }
 
     /// Publishes pages as they come until the channel closes.
