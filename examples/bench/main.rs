@@ -498,31 +498,9 @@ async fn restore(stack: &DevStack, args: &Args) -> Result<Measured, BoxError> {
     let second = app(empty.path())?;
     let stats = second.stats();
     let stop = second.stop_handle();
-    let running = tokio::spawn(async move { second.run().await });
+    let mut running = tokio::spawn(async move { second.run().await });
     let cpu = process::cpu_seconds();
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let mut first_seen: Option<(Instant, u64)> = None;
-    while stats.restored_changes() < entries {
-        if Instant::now() > deadline || running.is_finished() {
-            stop.stop();
-            let ended = match running.await {
-                Ok(Ok(())) => "a clean stop".to_string(),
-                Ok(Err(e)) => e.to_string(),
-                Err(e) => e.to_string(),
-            };
-            return Err(format!(
-                "restored {} of {entries} changes; the run ended with: {ended}",
-                stats.restored_changes()
-            )
-            .into());
-        }
-        let restored = stats.restored_changes();
-        if restored > 0 && first_seen.is_none() {
-            first_seen = Some((Instant::now(), restored));
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let (since, already) = first_seen.unwrap_or((Instant::now(), 0));
+    let (since, already) = wait_for_restore(&stats, &mut running, &stop, entries).await?;
     let seconds = since.elapsed().as_secs_f64();
     let cpu_seconds = process::cpu_seconds() - cpu;
     // One reading per partition 20 s later closes every window.
@@ -553,6 +531,39 @@ async fn restore(stack: &DevStack, args: &Args) -> Result<Measured, BoxError> {
         cpu_seconds,
         ..Default::default()
     })
+}
+
+/// Waits until `entries` changes are restored; returns when the first was
+/// seen and how many were restored by then.
+async fn wait_for_restore(
+    stats: &Stats,
+    running: &mut tokio::task::JoinHandle<flumen::Result<()>>,
+    stop: &flumen::StopHandle,
+    entries: u64,
+) -> Result<(Instant, u64), BoxError> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut first_seen: Option<(Instant, u64)> = None;
+    while stats.restored_changes() < entries {
+        if Instant::now() > deadline || running.is_finished() {
+            stop.stop();
+            let ended = match running.await {
+                Ok(Ok(())) => "a clean stop".to_string(),
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => e.to_string(),
+            };
+            return Err(format!(
+                "restored {} of {entries} changes; the run ended with: {ended}",
+                stats.restored_changes()
+            )
+            .into());
+        }
+        let restored = stats.restored_changes();
+        if restored > 0 && first_seen.is_none() {
+            first_seen = Some((Instant::now(), restored));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(first_seen.unwrap_or((Instant::now(), 0)))
 }
 
 /// Which flumen pipeline a scenario runs.
@@ -759,97 +770,25 @@ async fn main() -> Result<(), BoxError> {
     } else {
         String::new()
     };
-
-    let mut _server = None;
-    let cassandra = match args
-        .cassandra
-        .clone()
-        .or_else(|| flumen_examples::env("FLUMEN_CASSANDRA_NODES"))
-    {
-        Some(nodes) => nodes,
-        None if wanted
-            .iter()
-            .any(|s| s.starts_with("cassandra") || s.starts_with("source")) =>
-        {
-            let cassandra = flumen_examples::start_cassandra()?;
-            let node = cassandra.nodes().to_string();
-            _server = Some(cassandra);
-            node
-        }
-        None => String::new(),
+    let (cassandra, _server) = cassandra_nodes(&args, &wanted)?;
+    let scenarios = Scenarios {
+        sessions: Sessions::prepare(&cassandra, &wanted, args.source_rows).await?,
+        stack: &stack,
+        topic: &topic,
+        args: &args,
+        cassandra: &cassandra,
     };
-    let mut raw_session = None;
-    if wanted.iter().any(|s| s.starts_with("cassandra")) {
-        flumen_examples::cassandra::prepare_table(&cassandra, "bench", "device_temp")
-            .await
-            .map_err(|e| e.to_string())?;
-        raw_session = Some(
-            flumen_examples::cassandra::prepare_table(&cassandra, "bench", "device_temp_raw")
-                .await
-                .map_err(|e| e.to_string())?,
-        );
-    }
-    let mut source_session = None;
-    if wanted.iter().any(|s| s.starts_with("source")) {
-        let session = flumen_examples::cassandra::prepare_table(&cassandra, "bench", "device_temp")
-            .await
-            .map_err(|e| e.to_string())?;
-        source::prepare(&session, args.source_rows).await?;
-        source_session = Some(session);
-    }
-    let workload = SensorWorkload {
-        events: args.events,
-        devices: args.devices,
-        step_ms: args.step_ms,
-        ..Default::default()
-    };
-
     let mut input_bytes = 0;
-    for name in [
-        "raw",
-        "stateless",
-        "tumbling",
-        "tumbling-eos",
-        "hopping",
-        "cassandra-raw",
-        "cassandra",
-        "quix",
-        "restore",
-        "source-raw",
-        "source",
-    ] {
-        if !wanted.contains(&name) {
-            continue;
-        }
+    for name in SCENARIOS.into_iter().filter(|n| wanted.contains(n)) {
         eprintln!("running {name}...");
         process::reset_peak_rss();
         percentiles(&snapshotter, []);
-        let pipeline = |p| run_pipeline(&stack, &topic, &args, p, &cassandra);
-        let mut measured = match name {
-            "raw" => {
-                let m = raw_consume(&stack, &topic, &args)?;
-                input_bytes = m.input_bytes;
-                m
-            }
-            "stateless" => pipeline(Pipeline::Stateless).await?,
-            "tumbling" => pipeline(Pipeline::Tumbling).await?,
-            "tumbling-eos" => pipeline(Pipeline::TumblingExactlyOnce).await?,
-            "hopping" => pipeline(Pipeline::Hopping).await?,
-            "cassandra-raw" => match &raw_session {
-                Some(session) => {
-                    raw_cassandra::raw_cassandra_write(session, "bench", &workload).await?
-                }
-                None => continue,
-            },
-            "cassandra" => pipeline(Pipeline::Cassandra).await?,
-            "quix" => quix::quix_tumbling(&stack, &topic, args.events, args.partitions).await?,
-            "source-raw" => match &source_session {
-                Some(session) => source::raw_scan(session).await?,
-                None => continue,
-            },
-            "source" => source::snapshot(&stack, &cassandra, args.source_rows).await?,
-            _ => restore(&stack, &args).await?,
+        let Some(mut measured) = scenarios.run(name).await? else {
+            continue;
         };
+        if name == "raw" {
+            input_bytes = measured.input_bytes;
+        }
         // (q) reports its own process's peak.
         measured.peak_rss_bytes = measured.peak_rss_bytes.max(process::peak_rss());
         let [batch, ack] =
@@ -858,6 +797,127 @@ async fn main() -> Result<(), BoxError> {
         (measured.ack_p50_ms, measured.ack_p99_ms) = ack;
         results.push(measured);
     }
+    print_results(&mut results, input_bytes);
+    Ok(())
+}
+
+/// The scenarios in the order they run.
+const SCENARIOS: [&str; 11] = [
+    "raw",
+    "stateless",
+    "tumbling",
+    "tumbling-eos",
+    "hopping",
+    "cassandra-raw",
+    "cassandra",
+    "quix",
+    "restore",
+    "source-raw",
+    "source",
+];
+
+/// The Cassandra contact points, starting a local Cassandra (kept alive by
+/// the returned server) when a wanted scenario needs one and none is named.
+fn cassandra_nodes(
+    args: &Args,
+    wanted: &[&str],
+) -> Result<(String, Option<flumen_testkit::DevCassandra>), BoxError> {
+    let named = args
+        .cassandra
+        .clone()
+        .or_else(|| flumen_examples::env("FLUMEN_CASSANDRA_NODES"));
+    let needed = wanted
+        .iter()
+        .any(|s| s.starts_with("cassandra") || s.starts_with("source"));
+    Ok(match named {
+        Some(nodes) => (nodes, None),
+        None if needed => {
+            let cassandra = flumen_examples::start_cassandra()?;
+            (cassandra.nodes().to_string(), Some(cassandra))
+        }
+        None => (String::new(), None),
+    })
+}
+
+/// The sessions of the scenarios that use the driver directly.
+struct Sessions {
+    /// (e0): the raw write ceiling.
+    raw_write: Option<scylla::client::session::Session>,
+    /// (s0): the raw scan ceiling.
+    raw_scan: Option<scylla::client::session::Session>,
+}
+
+impl Sessions {
+    /// Creates the scenarios' tables (and the source's rows).
+    async fn prepare(nodes: &str, wanted: &[&str], source_rows: u64) -> Result<Self, BoxError> {
+        let table = |name: &'static str| async move {
+            flumen_examples::cassandra::prepare_table(nodes, "bench", name)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        let mut sessions = Sessions {
+            raw_write: None,
+            raw_scan: None,
+        };
+        if wanted.iter().any(|s| s.starts_with("cassandra")) {
+            table("device_temp").await?;
+            sessions.raw_write = Some(table("device_temp_raw").await?);
+        }
+        if wanted.iter().any(|s| s.starts_with("source")) {
+            let session = table("device_temp").await?;
+            source::prepare(&session, source_rows).await?;
+            sessions.raw_scan = Some(session);
+        }
+        Ok(sessions)
+    }
+}
+
+/// What every scenario runs against.
+struct Scenarios<'a> {
+    sessions: Sessions,
+    stack: &'a DevStack,
+    topic: &'a str,
+    args: &'a Args,
+    cassandra: &'a str,
+}
+
+impl Scenarios<'_> {
+    /// Runs scenario `name` (`None`: it cannot run here).
+    async fn run(&self, name: &str) -> Result<Option<Measured>, BoxError> {
+        let (stack, args) = (self.stack, self.args);
+        let pipeline = |p| run_pipeline(stack, self.topic, args, p, self.cassandra);
+        Ok(Some(match name {
+            "raw" => raw_consume(stack, self.topic, args)?,
+            "stateless" => pipeline(Pipeline::Stateless).await?,
+            "tumbling" => pipeline(Pipeline::Tumbling).await?,
+            "tumbling-eos" => pipeline(Pipeline::TumblingExactlyOnce).await?,
+            "hopping" => pipeline(Pipeline::Hopping).await?,
+            "cassandra-raw" => match &self.sessions.raw_write {
+                Some(session) => {
+                    let workload = SensorWorkload {
+                        events: args.events,
+                        devices: args.devices,
+                        step_ms: args.step_ms,
+                        ..Default::default()
+                    };
+                    raw_cassandra::raw_cassandra_write(session, "bench", &workload).await?
+                }
+                None => return Ok(None),
+            },
+            "cassandra" => pipeline(Pipeline::Cassandra).await?,
+            "quix" => quix::quix_tumbling(stack, self.topic, args.events, args.partitions).await?,
+            "source-raw" => match &self.sessions.raw_scan {
+                Some(session) => source::raw_scan(session).await?,
+                None => return Ok(None),
+            },
+            "source" => source::snapshot(stack, self.cassandra, args.source_rows).await?,
+            _ => restore(stack, args).await?,
+        }))
+    }
+}
+
+/// Fills in the input bytes and prints the table and the ratios.
+fn print_results(results: &mut [Measured], input_bytes: u64) {
     // Every scenario read the same input as (a).
     for m in results
         .iter_mut()
@@ -869,13 +929,7 @@ async fn main() -> Result<(), BoxError> {
         .iter()
         .find(|m| m.name.starts_with("a "))
         .map(Measured::records_per_sec);
-    print_table(&results, ceiling);
-    print_cassandra_ratio(&results);
-    print_ratio(
-        &results,
-        "s ",
-        "s0 ",
-        "source snapshot vs the driver's scan",
-    );
-    Ok(())
+    print_table(results, ceiling);
+    print_cassandra_ratio(results);
+    print_ratio(results, "s ", "s0 ", "source snapshot vs the driver's scan");
 }

@@ -14,6 +14,45 @@ use scylla::statement::Consistency;
 use crate::error::CassandraError;
 use crate::tls::Tls;
 
+/// The builder methods a sink and a source share, for a type with a
+/// `connection: Connection` field: contact points, data center, credentials,
+/// TLS and the client-side request timeout.
+macro_rules! connection_builder_methods {
+    () => {
+        /// Contact points, `host:port[,host:port...]`.
+        pub fn nodes(mut self, nodes: impl AsRef<str>) -> Self {
+            self.connection.set_nodes(nodes.as_ref());
+            self
+        }
+
+        /// Prefers the nodes of this data center (and `LOCAL_*` consistency refers to it).
+        pub fn local_datacenter(mut self, datacenter: impl Into<String>) -> Self {
+            self.connection.datacenter = Some(datacenter.into());
+            self
+        }
+
+        /// Username and password (PasswordAuthenticator).
+        pub fn credentials(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+            self.connection.credentials = Some((user.into(), password.into()));
+            self
+        }
+
+        /// Encrypts the connections (off by default).
+        pub fn tls(mut self, tls: $crate::tls::Tls) -> Self {
+            self.connection.tls = Some(tls);
+            self
+        }
+
+        /// Client-side timeout of one request: a write attempt of the sink, a
+        /// page of the source (default 12 s).
+        pub fn request_timeout(mut self, timeout: std::time::Duration) -> Self {
+            self.connection.request_timeout = timeout;
+            self
+        }
+    };
+}
+pub(crate) use connection_builder_methods;
+
 /// Connection settings. `Debug` shows the user but never the password.
 #[derive(Clone)]
 pub(crate) struct Connection {

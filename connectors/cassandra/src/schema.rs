@@ -7,6 +7,12 @@ use scylla::client::session::Session;
 use crate::error::CassandraError;
 use crate::sink::Ttl;
 
+/// The argument of a parameterized CQL type (lowercase): `int` of
+/// `list<int>` for `list`, `None` when `cql` is not a `name<...>`.
+pub(crate) fn type_argument<'a>(cql: &'a str, name: &str) -> Option<&'a str> {
+    cql.strip_prefix(name)?.strip_prefix('<')?.strip_suffix('>')
+}
+
 /// A CQL type flumen writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum CqlType {
@@ -29,20 +35,14 @@ impl CqlType {
     /// Parses `system_schema.columns.type` (`text`, `frozen<list<double>>`, ...).
     pub(crate) fn parse(text: &str) -> Option<CqlType> {
         let t = text.trim().to_ascii_lowercase();
-        let inner = |name: &str| {
-            t.strip_prefix(name)
-                .and_then(|r| r.strip_prefix('<'))
-                .and_then(|r| r.strip_suffix('>'))
-                .map(str::to_string)
-        };
-        if let Some(i) = inner("frozen") {
-            return CqlType::parse(&i);
+        if let Some(i) = type_argument(&t, "frozen") {
+            return CqlType::parse(i);
         }
-        if let Some(i) = inner("list") {
-            return CqlType::parse(&i).map(|e| CqlType::List(Box::new(e)));
+        if let Some(i) = type_argument(&t, "list") {
+            return CqlType::parse(i).map(|e| CqlType::List(Box::new(e)));
         }
-        if let Some(i) = inner("set") {
-            return CqlType::parse(&i).map(|e| CqlType::Set(Box::new(e)));
+        if let Some(i) = type_argument(&t, "set") {
+            return CqlType::parse(i).map(|e| CqlType::Set(Box::new(e)));
         }
         Some(match t.as_str() {
             "text" | "varchar" => CqlType::Text,

@@ -15,7 +15,6 @@ use crate::connection::Connection;
 use crate::error::CassandraError;
 use crate::schema::{check_columns, create_table_cql, read_columns, Mapping};
 use crate::timestamp::WriteTimestamp;
-use crate::tls::Tls;
 use crate::writer::{CassandraWriter, WriterSettings};
 
 /// How long written rows live.
@@ -66,6 +65,8 @@ impl std::fmt::Debug for CassandraSink {
 }
 
 impl CassandraSink {
+    crate::connection::connection_builder_methods!();
+
     /// A sink into `keyspace.table`, on `127.0.0.1:9042` unless [`nodes`](Self::nodes) says otherwise.
     pub fn new(table: &str) -> Self {
         let (keyspace, table) = match table.split_once('.') {
@@ -86,24 +87,6 @@ impl CassandraSink {
             max_batch_bytes: None,
             write_timestamp: WriteTimestamp::Now,
         }
-    }
-
-    /// Contact points, `host:port[,host:port...]`.
-    pub fn nodes(mut self, nodes: impl AsRef<str>) -> Self {
-        self.connection.set_nodes(nodes.as_ref());
-        self
-    }
-
-    /// Prefers the nodes of this data center (and `LOCAL_*` consistency refers to it).
-    pub fn local_datacenter(mut self, datacenter: impl Into<String>) -> Self {
-        self.connection.datacenter = Some(datacenter.into());
-        self
-    }
-
-    /// Username and password (PasswordAuthenticator).
-    pub fn credentials(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
-        self.connection.credentials = Some((user.into(), password.into()));
-        self
     }
 
     /// Write consistency (default `LOCAL_QUORUM`).
@@ -192,18 +175,6 @@ impl CassandraSink {
         self
     }
 
-    /// Client-side timeout of one write attempt (default 12 s).
-    pub fn request_timeout(mut self, timeout: Duration) -> Self {
-        self.connection.request_timeout = timeout;
-        self
-    }
-
-    /// Encrypts the connections (off by default).
-    pub fn tls(mut self, tls: Tls) -> Self {
-        self.connection.tls = Some(tls);
-        self
-    }
-
     fn qualified(&self) -> String {
         format!("{}.{}", self.keyspace, self.table)
     }
@@ -266,6 +237,7 @@ impl Sink for CassandraSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tls::Tls;
 
     /// Defect 10 of #16: neither the password nor in-memory key bytes show
     /// in `Debug`.

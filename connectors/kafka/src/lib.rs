@@ -42,7 +42,7 @@ pub use consumer::{
 pub use error::{KafkaError, Result};
 pub use producer::{DeliveryBatch, DeliveryContext, DeliveryTicket, OutRecord, Producer};
 pub use reader::{read_partition, PartitionRecord};
-pub use record::{headers_with, RawBatch};
+pub use record::{headers_with, RawBatch, HEARTBEAT_HEADER};
 
 /// Re-export of the librdkafka binding, for callers that need its types.
 pub use rdkafka;

@@ -131,6 +131,13 @@ impl RawBatch {
         self.headers[i].as_ref()
     }
 
+    /// Whether record `i` is a heartbeat (has a [`HEARTBEAT_HEADER`] header).
+    pub fn is_heartbeat(&self, i: usize) -> bool {
+        use rdkafka::message::Headers;
+        self.headers(i)
+            .is_some_and(|h| h.iter().any(|header| header.key == HEARTBEAT_HEADER))
+    }
+
     /// Offset of the last record (`None` when empty).
     pub fn last_offset(&self) -> Option<i64> {
         self.offsets.last().copied()
@@ -141,6 +148,12 @@ impl RawBatch {
         self.offsets.first().copied()
     }
 }
+
+/// The header that marks a record as a heartbeat: not a row, only a promise
+/// from its producer that the partition's later records have message
+/// timestamps at or after the heartbeat's. flumen moves the partition's event
+/// time to it, so windows close while the input is quiet.
+pub const HEARTBEAT_HEADER: &str = "flumen-heartbeat";
 
 /// Copies the headers of `source` and appends `extra` (name, value) pairs.
 pub fn headers_with(source: Option<&OwnedHeaders>, extra: &[(&str, &str)]) -> OwnedHeaders {

@@ -191,8 +191,13 @@ impl Operator {
         })
     }
 
-    /// Applies the operation to `batch`, compiling it first when the schema is new.
-    pub(crate) fn apply(&mut self, batch: RecordBatch) -> Result<RecordBatch, OpError> {
+    /// Applies the operation to `batch`, compiling it first when the schema is
+    /// new. A `heartbeat` (event time without a record) moves windows on.
+    pub(crate) fn apply(
+        &mut self,
+        batch: RecordBatch,
+        heartbeat: Option<i64>,
+    ) -> Result<RecordBatch, OpError> {
         let schema = batch.schema();
         let fresh = match &self.compiled {
             Some((s, _)) => !Arc::ptr_eq(s, &schema) && s != &schema,
@@ -230,7 +235,7 @@ impl Operator {
             (Compiled::Map, _) => Err(eval("map without a function".into())),
             (Compiled::Window(w), _) => match self.windows.as_mut() {
                 Some(core) => {
-                    let (out, late) = w.apply(core, &batch)?;
+                    let (out, late) = w.apply(core, &batch, heartbeat)?;
                     self.late = late;
                     Ok(out)
                 }
@@ -295,7 +300,7 @@ mod tests {
     }
 
     fn run(op: Op) -> Result<RecordBatch, OpError> {
-        Operator::new(op, Arc::new(SessionContext::new())).apply(batch())
+        Operator::new(op, Arc::new(SessionContext::new())).apply(batch(), None)
     }
 
     #[test]

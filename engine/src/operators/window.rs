@@ -136,10 +136,12 @@ pub(crate) fn compile_window(
 impl CompiledWindow {
     /// Feeds `batch` into `core`; returns the emitted windows as a batch and
     /// the source offsets of late records with the watermark each met.
+    /// A `heartbeat` moves the event time on after the batch's records.
     pub(crate) fn apply(
         &self,
         core: &mut WindowCore,
         batch: &RecordBatch,
+        heartbeat: Option<i64>,
     ) -> Result<(RecordBatch, Vec<(i64, i64)>), OpError> {
         let eval = |e: String| OpError::Eval(e);
         let keys: ArrayRef = match (&self.key, self.key_index) {
@@ -204,12 +206,16 @@ impl CompiledWindow {
                 raw: &raw,
             })
             .map_err(eval)?;
+        let mut rows = processed.rows;
+        if let Some(time) = heartbeat {
+            rows.extend(core.advance_to(time));
+        }
         let late = processed
             .late
             .iter()
             .map(|&(row, watermark)| (offsets.value(row as usize), watermark))
             .collect();
-        Ok((self.to_batch(&processed.rows)?, late))
+        Ok((self.to_batch(&rows)?, late))
     }
 
     fn to_batch(&self, rows: &[WindowRow]) -> Result<RecordBatch, OpError> {
@@ -335,12 +341,15 @@ mod tests {
         };
         let mut op = Operator::new(Op::Window(Arc::new(spec)), Arc::new(SessionContext::new()));
         let out = op
-            .apply(batch(&[("a", 1, 1.0), ("b", 2, 2.0), ("a", 9, 3.0)], 0))
+            .apply(
+                batch(&[("a", 1, 1.0), ("b", 2, 2.0), ("a", 9, 3.0)], 0),
+                None,
+            )
             .ok()
             .unwrap();
         assert_eq!(out.num_rows(), 0, "nothing closed yet");
         let out = op
-            .apply(batch(&[("a", 10, 5.0), ("b", 25, 1.0)], 3))
+            .apply(batch(&[("a", 10, 5.0), ("b", 25, 1.0)], 3), None)
             .ok()
             .unwrap();
         let names: Vec<_> = out
@@ -429,7 +438,7 @@ mod tests {
         let ctx = Arc::new(SessionContext::new());
         let mut op = Operator::new(Op::Window(Arc::new(spec.clone())), Arc::clone(&ctx));
         let first = batch(&[("a", 1, 1.0), ("b", 2, 2.0), ("a", 3, 3.0)], 0);
-        assert_eq!(op.apply(first).ok().unwrap().num_rows(), 0);
+        assert_eq!(op.apply(first, None).ok().unwrap().num_rows(), 0);
         // Persist, then continue in a fresh operator restored from the store.
         let store = flumen_state::MemoryStore::default();
         let changes = op.window_state().unwrap().take_changes("w");
@@ -438,7 +447,7 @@ mod tests {
         let entries = flumen_state::StateStore::prefix(&store, "w", b"").unwrap();
         op.window_state().unwrap().restore(entries).unwrap();
         let out = op
-            .apply(batch(&[("a", 5, 1.0), ("b", 30, 1.0)], 3))
+            .apply(batch(&[("a", 5, 1.0), ("b", 30, 1.0)], 3), None)
             .ok()
             .unwrap();
         assert_eq!(out.schema().field(4).data_type(), &DataType::Int64);

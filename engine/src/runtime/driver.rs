@@ -215,6 +215,38 @@ mod tests {
         assert_eq!(app.stats().records_in(), 5);
     }
 
+    /// A record with the heartbeat header is no row: it moves the partition's
+    /// event time to its message timestamp, so a quiet input's windows close.
+    #[tokio::test]
+    async fn a_heartbeat_closes_windows_without_a_record() {
+        let app = app();
+        readings(&app, BadInputPolicy::Fail)
+            .tumbling_window(Duration::from_secs(10))
+            .agg([count()])
+            .final_()
+            .to_topic(Topic::json("counts"));
+        let mut driver = TestDriver::new(&app).await.unwrap();
+        driver
+            .process(batch(0, 0, &[("a", 1_000, 1.0), ("a", 9_000, 2.0)]))
+            .await
+            .unwrap();
+        let heartbeat = |offset, at_ms| {
+            let mut raw = RawBatch::new(Arc::from("readings"), 0);
+            let headers = flumen_kafka::headers_with(None, &[(flumen_kafka::HEARTBEAT_HEADER, "")]);
+            raw.push(None, None, Some(at_ms), offset, Some(headers));
+            raw
+        };
+        driver.process(heartbeat(2, 9_500)).await.unwrap();
+        assert!(
+            driver.take_output("counts").is_empty(),
+            "9.5 s closes nothing"
+        );
+        driver.process(heartbeat(3, 10_000)).await.unwrap();
+        assert_eq!(counts(&driver.take_output("counts")), vec![(0, 2)]);
+        // Heartbeats are not rows (nor bad input: the policy here is `fail`).
+        assert_eq!(app.stats().records_in(), 2);
+    }
+
     #[tokio::test]
     async fn windows_count_the_records_they_drop_for_lack_of_a_key() {
         let app = app();

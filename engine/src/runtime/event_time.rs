@@ -31,10 +31,15 @@ impl EventTimeBound {
 
     /// Moves the rows of `decoded` whose event time is beyond the bound to
     /// its bad records (kind `future_timestamp`), keeping index order.
-    pub(crate) fn check(&mut self, decoded: Decoded, now_ms: i64) -> Result<Decoded> {
+    /// A heartbeat beyond the bound is ignored.
+    pub(crate) fn check(&mut self, mut decoded: Decoded, now_ms: i64) -> Result<Decoded> {
         let Some(ahead) = self.max_ahead_ms else {
             return Ok(decoded);
         };
+        let base = self.stream_time.unwrap_or(now_ms).max(now_ms);
+        decoded.heartbeat = decoded
+            .heartbeat
+            .filter(|&h| h <= base.saturating_add(ahead));
         let Some(times) = event_times(&decoded.batch) else {
             return Ok(decoded);
         };
@@ -92,7 +97,12 @@ impl EventTimeBound {
         let mut bad = decoded.bad;
         bad.extend(rejected);
         bad.sort_by_key(|b| b.index);
-        Ok(Decoded { batch, rows, bad })
+        Ok(Decoded {
+            batch,
+            rows,
+            bad,
+            heartbeat: decoded.heartbeat,
+        })
     }
 }
 
@@ -131,6 +141,7 @@ mod tests {
             batch: RecordBatch::try_new(schema, vec![column]).unwrap_or_else(|e| panic!("{e}")),
             rows: (0..times.len() as u32).collect(),
             bad: Vec::new(),
+            heartbeat: None,
         }
     }
 

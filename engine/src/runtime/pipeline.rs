@@ -267,7 +267,8 @@ impl PartitionPipeline {
             last: -1,
             raw: None,
         };
-        self.run_outputs(&empty, &DeliveryBatch::new(), &at).await
+        self.run_outputs(&empty, None, &DeliveryBatch::new(), &at)
+            .await
     }
 
     /// Processes one micro-batch.
@@ -314,8 +315,11 @@ impl PartitionPipeline {
             last,
             raw: Some(&raw),
         };
-        if batch.num_rows() > 0 {
-            self.run_outputs(&batch, &ack, &at).await?;
+        // A batch stopped by a bad record is read again from it: a heartbeat
+        // after it must not move the event time before then.
+        let heartbeat = decoded.heartbeat.filter(|_| limit == raw.len());
+        if batch.num_rows() > 0 || heartbeat.is_some() {
+            self.run_outputs(&batch, heartbeat, &ack, &at).await?;
         }
         let state = self.take_state_changes();
         let next_offset = if limit < raw.len() {
@@ -483,6 +487,7 @@ impl PartitionPipeline {
     async fn run_outputs(
         &mut self,
         input: &RecordBatch,
+        heartbeat: Option<i64>,
         ack: &Arc<DeliveryBatch>,
         at: &BatchRef<'_>,
     ) -> Result<()> {
@@ -501,7 +506,7 @@ impl PartitionPipeline {
                         node.id
                     )));
                 };
-                batch = operator.apply(batch).map_err(|e| match e {
+                batch = operator.apply(batch, heartbeat).map_err(|e| match e {
                     OpError::Plan(reason) => {
                         Error::Plan(format!("output {index} of topic '{}': {reason}", at.topic))
                     }

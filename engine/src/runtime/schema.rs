@@ -23,7 +23,7 @@ pub(crate) fn frame_schema(
     for n in node.chain() {
         let Some(op) = n.op.clone() else { continue };
         let mut operator = Operator::new(op, Arc::clone(ctx));
-        batch = operator.apply(batch).map_err(|e| match e {
+        batch = operator.apply(batch, None).map_err(|e| match e {
             OpError::Plan(reason) | OpError::Eval(reason) => {
                 Error::Plan(format!("a frame of topic '{}': {reason}", input.name()))
             }

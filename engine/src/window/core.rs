@@ -417,28 +417,46 @@ impl WindowCore {
                 }
             }
         }
-        if let Some(wm) = self.watermark() {
-            while let Some(entry) = self.state.first_entry() {
-                if entry.key().saturating_add(size) > wm {
-                    break;
-                }
-                let (start, windows) = entry.remove_entry();
-                self.open -= windows.len();
-                // Emitted in key order, as they were kept before.
-                let mut windows: Vec<_> = windows.into_iter().collect();
-                windows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-                for (key, states) in windows {
-                    if self.emit == Emit::Final {
-                        out.push(self.row(key.to_string(), start, &states));
-                    }
-                    self.changed.entry((start, key)).or_insert(true);
-                }
-            }
-        }
+        self.close_windows(&mut out);
         Ok(Processed {
             rows: out,
             late: late_rows,
         })
+    }
+
+    /// Moves the stream time to `time` (when it is later) without a record, as
+    /// a heartbeat does; returns the windows that closed.
+    pub fn advance_to(&mut self, time: i64) -> Vec<WindowRow> {
+        if self.stream_time.is_some_and(|t| t >= time) {
+            return Vec::new();
+        }
+        self.stream_time = Some(time);
+        self.stream_time_changed = true;
+        let mut out = Vec::new();
+        self.close_windows(&mut out);
+        out
+    }
+
+    /// Removes the windows the watermark has passed; final windows go to `out`.
+    fn close_windows(&mut self, out: &mut Vec<WindowRow>) {
+        let Some(wm) = self.watermark() else { return };
+        let size = self.windows.size_ms();
+        while let Some(entry) = self.state.first_entry() {
+            if entry.key().saturating_add(size) > wm {
+                break;
+            }
+            let (start, windows) = entry.remove_entry();
+            self.open -= windows.len();
+            // Emitted in key order, as they were kept before.
+            let mut windows: Vec<_> = windows.into_iter().collect();
+            windows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            for (key, states) in windows {
+                if self.emit == Emit::Final {
+                    out.push(self.row(key.to_string(), start, &states));
+                }
+                self.changed.entry((start, key)).or_insert(true);
+            }
+        }
     }
 
     /// Feeds each window's slice of the batch to the user-defined aggregations.

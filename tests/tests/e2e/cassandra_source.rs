@@ -65,6 +65,16 @@ async fn insert_readings(session: &Session, table: &str, range: std::ops::Range<
 
 use futures::StreamExt;
 
+/// The rows in the source's topic as a `read_committed` consumer sees them,
+/// without the heartbeats (which every consumer but flumen skips).
+async fn published(stack: &DevStack, topic: &str) -> Vec<ReadRecord> {
+    let records = stack.read_committed(topic, DEADLINE).await.expect("read");
+    records
+        .into_iter()
+        .filter(|r| r.header(flumen_kafka::HEARTBEAT_HEADER).is_none())
+        .collect()
+}
+
 /// `(device, ts) -> temp` of every record, failing on a duplicate.
 fn rows_once(records: &[ReadRecord]) -> BTreeMap<(String, i64), f64> {
     let mut rows = BTreeMap::new();
@@ -127,7 +137,7 @@ async fn a_snapshot_publishes_every_row_once_and_capture_follows_inserts_and_upd
     let (stats, topic) = (source.stats(), source.topic_for(&group));
     let (stop, task) = publish(source, &stack, &group);
     wait_until("the snapshot", || stats.passes_done() >= 1).await;
-    let snapshot = rows_once(&stack.read_committed(&topic, DEADLINE).await.expect("read"));
+    let snapshot = rows_once(&published(&stack, &topic).await);
     assert_eq!(snapshot.len(), 3_000, "every row once");
     assert!(snapshot.values().all(|&t| t == 20.0));
 
@@ -148,7 +158,7 @@ async fn a_snapshot_publishes_every_row_once_and_capture_follows_inserts_and_upd
     stop.send(()).ok();
     task.await.expect("task").expect("publish");
 
-    let records = stack.read_committed(&topic, DEADLINE).await.expect("read");
+    let records = published(&stack, &topic).await;
     assert_eq!(
         records.len(),
         3_000 + 200,
@@ -206,7 +216,7 @@ async fn a_source_stopped_abruptly_mid_snapshot_resumes_without_gaps_or_duplicat
         "the second run resumed ({} rows) rather than starting over",
         again_stats.rows()
     );
-    let rows = rows_once(&stack.read_committed(&topic, DEADLINE).await.expect("read"));
+    let rows = rows_once(&published(&stack, &topic).await);
     assert_eq!(rows.len(), 6_000, "every row exactly once");
 }
 
@@ -236,6 +246,65 @@ async fn a_pipeline_reads_a_table_through_its_source() {
         .map(|r| r.json()["ts"].as_i64().expect("ts"))
         .collect();
     assert_eq!(seen, (1_000..1_100).collect());
+}
+
+/// Heartbeats: once the table is quiet, the capture passes' heartbeats move
+/// the frame's event time on, so `final_()` windows over the last writes
+/// close although no later row ever comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_table_still_closes_final_windows() {
+    let stack = DevStack::start().expect("dev stack");
+    let cassandra = DevCassandra::start().expect("cassandra");
+    let (_session, table) = readings_table(&cassandra, 200).await;
+    let group = unique_name("src-quiet");
+    let output = unique_name("closed");
+    stack.create_topic(&output, 1).await.expect("output topic");
+    let app = builder(&stack, &group).build().expect("app");
+    let quiet = source(&cassandra, &table)
+        .capture(Capture::Writetime)
+        .poll_interval(Duration::from_millis(500))
+        .safety_lag(Duration::from_millis(200));
+    // Event time is the write time (the message timestamp), 1 s windows.
+    app.dataframe(quiet)
+        .expect("source frame")
+        .tumbling_window(Duration::from_secs(1))
+        .agg([count()])
+        .final_()
+        .to_topic(Topic::json(&output));
+    let running = start(app);
+    let started = std::time::Instant::now();
+    let (counted, keys) = loop {
+        let records = stack.read_all(&output, DEADLINE).await.expect("read");
+        let counted: i64 = records
+            .iter()
+            .map(|r| r.json()["count"].as_i64().expect("count"))
+            .sum();
+        let keys: BTreeSet<String> = records
+            .iter()
+            .map(|r| r.json()["key"].to_string())
+            .collect();
+        if counted >= 200 || started.elapsed() > DEADLINE {
+            break (counted, keys);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    running.stop().await.expect("run");
+    assert_eq!(counted, 200, "every row in a closed window");
+    assert_eq!(keys.len(), 50, "the windows of every device");
+    // What closed them: heartbeats without key or value in every partition.
+    let topic = format!("{group}-source-{table}");
+    let records = stack.read_committed(&topic, DEADLINE).await.expect("read");
+    let heartbeats: BTreeSet<i32> = records
+        .iter()
+        .filter(|r| r.header(flumen_kafka::HEARTBEAT_HEADER).is_some())
+        .inspect(|r| assert!(r.key.is_none() && r.value.is_none(), "{r:?}"))
+        .map(|r| r.partition)
+        .collect();
+    assert_eq!(
+        heartbeats,
+        (0..4).collect(),
+        "heartbeats in every partition"
+    );
 }
 
 /// Two instances of one application run the source: one publishes (the
@@ -281,7 +350,7 @@ async fn of_two_instances_one_publishes_and_the_other_takes_over() {
         follower_stats.rows() > 0 && follower_stats.rows() < 6_000,
         "took over mid-snapshot"
     );
-    let rows = rows_once(&stack.read_committed(&topic, DEADLINE).await.expect("read"));
+    let rows = rows_once(&published(&stack, &topic).await);
     assert_eq!(rows.len(), 6_000, "every row exactly once");
 }
 
@@ -321,7 +390,7 @@ async fn every_cql_type_arrives_as_documented_json() {
     let topic = source.topic_for(&group);
     let (_stop, task) = publish(source, &stack, &group);
     task.await.expect("task").expect("publish");
-    let records = stack.read_committed(&topic, DEADLINE).await.expect("read");
+    let records = published(&stack, &topic).await;
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].key_str().as_deref(), Some("row"));
     let expected = serde_json::json!({
@@ -390,7 +459,7 @@ async fn incremental_capture_follows_a_time_column() {
     wait_until("two more passes", || stats.passes_done() >= passes + 2).await;
     stop.send(()).ok();
     task.await.expect("task").expect("publish");
-    let records = stack.read_committed(&topic, DEADLINE).await.expect("read");
+    let records = published(&stack, &topic).await;
     let mut latest = BTreeMap::new();
     for r in &records {
         let json = r.json();

@@ -60,11 +60,10 @@ pub use stats::SourceStats;
 use crate::connection::Connection;
 use crate::error::CassandraError;
 use crate::schema::quote_ident;
-use crate::tls::Tls;
 use crate::Consistency;
 use progress::{Pass, PassKind, Progress};
 use publish::Publisher;
-use scan::{now_us, RateLimiter, Scan};
+use scan::{now_us, ChangeTime, RateLimiter, Scan};
 use table::{read_table, Table};
 
 /// How a source follows the table after the snapshot.
@@ -129,6 +128,7 @@ pub struct CassandraSource {
     poll_interval: Duration,
     safety_lag: Duration,
     exactly_once: bool,
+    heartbeats: bool,
     retries: usize,
     kafka_extra: Vec<(String, String)>,
     timestamp_column: Option<String>,
@@ -136,6 +136,8 @@ pub struct CassandraSource {
 }
 
 impl CassandraSource {
+    crate::connection::connection_builder_methods!();
+
     /// A source of `keyspace.table` on `127.0.0.1:9042` (see [`nodes`](Self::nodes)):
     /// a snapshot, then no change capture (see [`capture`](Self::capture)).
     pub fn table(table: &str) -> Self {
@@ -156,6 +158,7 @@ impl CassandraSource {
             poll_interval: Duration::from_secs(5),
             safety_lag: Duration::from_secs(2),
             exactly_once: true,
+            heartbeats: true,
             retries: 8,
             kafka_extra: Vec::new(),
             timestamp_column: None,
@@ -163,40 +166,10 @@ impl CassandraSource {
         }
     }
 
-    /// Contact points, `host:port[,host:port...]`.
-    pub fn nodes(mut self, nodes: impl AsRef<str>) -> Self {
-        self.connection.set_nodes(nodes.as_ref());
-        self
-    }
-
-    /// Prefers the nodes of this data center (and `LOCAL_*` consistency refers to it).
-    pub fn local_datacenter(mut self, datacenter: impl Into<String>) -> Self {
-        self.connection.datacenter = Some(datacenter.into());
-        self
-    }
-
-    /// Username and password (PasswordAuthenticator).
-    pub fn credentials(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
-        self.connection.credentials = Some((user.into(), password.into()));
-        self
-    }
-
-    /// Encrypts the connections (off by default).
-    pub fn tls(mut self, tls: Tls) -> Self {
-        self.connection.tls = Some(tls);
-        self
-    }
-
     /// Read consistency (default `LOCAL_QUORUM`: a row acknowledged at
     /// `LOCAL_QUORUM` by its writer is seen).
     pub fn consistency(mut self, consistency: Consistency) -> Self {
         self.connection.consistency = consistency;
-        self
-    }
-
-    /// Client-side timeout of one page request (default 12 s).
-    pub fn request_timeout(mut self, timeout: Duration) -> Self {
-        self.connection.request_timeout = timeout;
         self
     }
 
@@ -277,6 +250,18 @@ impl CassandraSource {
     /// caught.
     pub fn safety_lag(mut self, lag: Duration) -> Self {
         self.safety_lag = lag;
+        self
+    }
+
+    /// Whether each change-capture pass starts with a heartbeat in every
+    /// partition of the topic (default true): a record with no key and no
+    /// value, the [`HEARTBEAT_HEADER`](flumen_kafka::HEARTBEAT_HEADER) header
+    /// and the message timestamp up to which every write was published (the
+    /// last pass's upper bound). flumen frames read it as no row but as event
+    /// time, so `final_()` windows over a quiet table still close; other
+    /// consumers of the topic should skip records with that header.
+    pub fn heartbeats(mut self, on: bool) -> Self {
+        self.heartbeats = on;
         self
     }
 
@@ -415,9 +400,14 @@ impl<'a> Run<'a> {
         let progress_topic = source.progress_topic(group);
         let transactional_id = source.exactly_once.then(|| format!("{topic}-publisher"));
         let producer = Publisher::open(config, transactional_id, &table.qualified()).await?;
+        let heartbeat_partitions = match source.heartbeats {
+            true => partition_count(config, &topic, &table.qualified()).await?,
+            false => 0,
+        };
         let publisher = Publisher {
             producer: Arc::new(producer),
             exactly_once: source.exactly_once,
+            heartbeat_partitions,
             topic,
             progress_topic: progress_topic.clone(),
             table: table.qualified(),
@@ -441,10 +431,8 @@ impl<'a> Run<'a> {
             let pass = match &progress.pass {
                 Some(pass) if !all_done(pass, &progress) => pass.clone(),
                 finished => {
-                    let Some(next) = self.next_pass(finished.as_ref()) else {
-                        tracing::info!(table = %self.table.qualified(), "snapshot complete; no change capture");
-                        return Ok(());
-                    };
+                    // A capture pass is followed by another after the poll
+                    // interval; its upper bound is taken after the wait.
                     if finished
                         .as_ref()
                         .is_some_and(|p| p.kind != PassKind::Snapshot)
@@ -454,7 +442,10 @@ impl<'a> Run<'a> {
                             () = &mut until => return Ok(()),
                         }
                     }
-                    let next = self.next_pass(finished.as_ref()).unwrap_or(next);
+                    let Some(next) = self.next_pass(finished.as_ref()) else {
+                        tracing::info!(table = %self.table.qualified(), "snapshot complete; no change capture");
+                        return Ok(());
+                    };
                     self.publisher.start_pass(&next).await?;
                     progress = Progress {
                         pass: Some(next.clone()),
@@ -477,6 +468,24 @@ impl<'a> Run<'a> {
         tokio::task::spawn_blocking(move || progress::load(&config, &topic))
             .await
             .map_err(|e| CassandraError::Config(format!("reading the progress topic: {e}")))?
+    }
+
+    /// In a snapshot change capture follows, how the capture tells a row's
+    /// change time.
+    fn captured_by(&self, pass: &Pass) -> Option<ChangeTime> {
+        if pass.kind != PassKind::Snapshot {
+            return None;
+        }
+        match &self.source.capture {
+            Capture::None => None,
+            Capture::Writetime => Some(ChangeTime::Writetime),
+            Capture::Incremental { column } => self
+                .table
+                .columns
+                .iter()
+                .position(|c| &c.name == column)
+                .map(ChangeTime::Column),
+        }
     }
 
     /// The pass after `finished` (`None`: nothing more to do).
@@ -546,6 +555,7 @@ impl<'a> Run<'a> {
                 .source
                 .max_rows_per_second
                 .map(|r| Arc::new(RateLimiter::new(r))),
+            captured_by: self.captured_by(pass),
         });
         let (tx, mut rx) = mpsc::channel(self.source.concurrency * 2);
         let concurrency = self.source.concurrency;
@@ -660,6 +670,19 @@ fn check_capture(capture: &Capture, table: &Table) -> Result<(), CassandraError>
             reason: format!("change column '{column}' is not a column of the table"),
         }),
     }
+}
+
+/// The partition count of the source's topic (it exists by now).
+async fn partition_count(
+    config: &KafkaConfig,
+    topic: &str,
+    table: &str,
+) -> Result<i32, CassandraError> {
+    let (config, name) = (config.clone(), topic.to_string());
+    let counted = tokio::task::spawn_blocking(move || Admin::new(&config)?.require_topic(&name))
+        .await
+        .map_err(|e| CassandraError::Config(format!("reading the partitions of '{topic}': {e}")))?;
+    counted.map_err(|e| CassandraError::publish(table.to_string(), e))
 }
 
 async fn create_topics(

@@ -7,10 +7,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flumen_kafka::{headers_with, DeliveryBatch, KafkaConfig, OutRecord, Producer};
+use flumen_kafka::{
+    headers_with, DeliveryBatch, KafkaConfig, OutRecord, Producer, HEARTBEAT_HEADER,
+};
 use tokio::sync::mpsc;
 
-use super::progress::{range_key, Pass, RangeProgress, PASS_KEY};
+use super::progress::{range_key, Pass, PassKind, RangeProgress, PASS_KEY};
 use super::scan::Page;
 use super::stats::SourceStats;
 use crate::error::CassandraError;
@@ -25,6 +27,8 @@ const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
 pub(crate) struct Publisher {
     pub(crate) producer: Arc<Producer>,
     pub(crate) exactly_once: bool,
+    /// Partitions that get a heartbeat at each capture pass (0: none).
+    pub(crate) heartbeat_partitions: i32,
     pub(crate) topic: String,
     pub(crate) progress_topic: String,
     pub(crate) table: String,
@@ -123,13 +127,43 @@ impl Publisher {
         Ok(())
     }
 
-    /// Records the start of `pass` (in a transaction of its own with exactly-once).
+    /// Records the start of `pass` (in a transaction of its own with
+    /// exactly-once), with the heartbeats of a capture pass.
     pub(crate) async fn start_pass(&self, pass: &Pass) -> Result<(), CassandraError> {
         let value = serde_json::to_vec(pass).unwrap_or_default();
         self.begin()?;
+        if pass.kind != PassKind::Snapshot && pass.low_us > i64::MIN {
+            self.heartbeats(pass.low_us.div_euclid(1000)).await?;
+        }
         self.write_progress(&[(PASS_KEY.to_string(), value)])
             .await?;
         self.end().await
+    }
+
+    /// A heartbeat at `at_ms` in every partition: every write before it was published.
+    async fn heartbeats(&self, at_ms: i64) -> Result<(), CassandraError> {
+        let headers = headers_with(
+            None,
+            &[(HEARTBEAT_HEADER, ""), ("flumen.source.table", &self.table)],
+        );
+        let sent = DeliveryBatch::new();
+        for partition in 0..self.heartbeat_partitions {
+            let out = OutRecord {
+                topic: &self.topic,
+                key: None,
+                value: None,
+                timestamp_ms: Some(at_ms),
+                partition: Some(partition),
+            };
+            self.producer
+                .send(out, Some(headers.clone()), &sent)
+                .await
+                .map_err(|e| self.failed(e))?;
+        }
+        if !self.exactly_once {
+            sent.wait().await.map_err(|e| self.failed(e))?;
+        }
+        Ok(())
     }
 
     async fn write_progress(&self, marks: &[(String, Vec<u8>)]) -> Result<(), CassandraError> {

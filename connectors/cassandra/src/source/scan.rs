@@ -39,6 +39,17 @@ pub(crate) struct Page {
     pub(crate) progress: RangeProgress,
 }
 
+/// How a row's change time is read, for a snapshot change capture follows:
+/// a row changed after the snapshot's upper bound is left to the capture, so
+/// no write is published by both.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ChangeTime {
+    /// The latest `WRITETIME` (for `Capture::Writetime`).
+    Writetime,
+    /// The value of the column at this index (for `Capture::Incremental`).
+    Column(usize),
+}
+
 /// What every range of a pass shares.
 pub(crate) struct Scan {
     pub(crate) session: Arc<Session>,
@@ -47,6 +58,8 @@ pub(crate) struct Scan {
     pub(crate) pass: Pass,
     pub(crate) retries: usize,
     pub(crate) limiter: Option<Arc<RateLimiter>>,
+    /// In a snapshot: the change time of the capture that follows it.
+    pub(crate) captured_by: Option<ChangeTime>,
 }
 
 impl Scan {
@@ -181,15 +194,29 @@ impl Scan {
         for row in rows.rows::<Row>().map_err(|e| self.failed(e.to_string()))? {
             let row = row.map_err(|e| self.failed(e.to_string()))?;
             let written_us = self.latest_writetime(&row.columns);
-            if self.pass.kind == PassKind::Writetime {
-                match written_us {
-                    Some(t) if t > self.pass.low_us && t <= self.pass.high_us => {}
-                    _ => continue,
-                }
+            if !self.in_pass(&row.columns, written_us) {
+                continue;
             }
             records.push(self.record(&row.columns, written_us.map_or(now_ms, |t| t / 1000)));
         }
         Ok(records)
+    }
+
+    /// Whether a row belongs to this pass: in a write-time pass, whether its
+    /// latest write is in the pass's slice; in a snapshot a capture follows,
+    /// whether it changed before the snapshot's upper bound.
+    fn in_pass(&self, values: &[Option<CqlValue>], written_us: Option<i64>) -> bool {
+        let (low, high) = (self.pass.low_us, self.pass.high_us);
+        match (self.pass.kind, self.captured_by) {
+            (PassKind::Writetime, _) => written_us.is_some_and(|t| t > low && t <= high),
+            (PassKind::Snapshot, Some(ChangeTime::Writetime)) => {
+                written_us.is_none_or(|t| t <= high)
+            }
+            (PassKind::Snapshot, Some(ChangeTime::Column(i))) => {
+                change_time_us(values.get(i).and_then(Option::as_ref)).is_none_or(|t| t <= high)
+            }
+            _ => true,
+        }
     }
 
     /// The latest `WRITETIME` among the selected ones (they follow the columns).
@@ -255,5 +282,52 @@ impl RateLimiter {
             start
         };
         tokio::time::sleep_until(wait_until.into()).await;
+    }
+}
+
+/// Microseconds since the epoch of a `timestamp` or `timeuuid` value.
+fn change_time_us(value: Option<&CqlValue>) -> Option<i64> {
+    /// 100 ns intervals from 1582-10-15 (the UUID epoch) to 1970-01-01.
+    const UUID_EPOCH_OFFSET: u64 = 0x01B2_1DD2_1381_4000;
+    match value? {
+        CqlValue::Timestamp(CqlTimestamp(ms)) => Some(ms.saturating_mul(1000)),
+        CqlValue::Timeuuid(uuid) => {
+            let (low, mid, high_and_version, _) = uuid.as_fields();
+            let ticks = (u64::from(high_and_version & 0x0fff) << 48)
+                | (u64::from(mid) << 32)
+                | u64::from(low);
+            i64::try_from(ticks.checked_sub(UUID_EPOCH_OFFSET)? / 10).ok()
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use scylla::value::CqlTimeuuid;
+
+    fn timeuuid(text: &str) -> CqlValue {
+        let bytes: Vec<u8> = (0..32)
+            .step_by(2)
+            .map(|i| {
+                let hex: String = text.replace('-', "");
+                u8::from_str_radix(&hex[i..i + 2], 16).unwrap_or_else(|e| panic!("{e}"))
+            })
+            .collect();
+        CqlValue::Timeuuid(CqlTimeuuid::from_slice(&bytes).unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    #[test]
+    fn change_times_of_timestamps_and_timeuuids() {
+        let ms = CqlValue::Timestamp(CqlTimestamp(1_700_000_000_123));
+        assert_eq!(change_time_us(Some(&ms)), Some(1_700_000_000_123_000));
+        // The Unix epoch as a version-1 UUID, and 1 s after it.
+        let epoch = timeuuid("13814000-1dd2-11b2-8000-000000000000");
+        assert_eq!(change_time_us(Some(&epoch)), Some(0));
+        let second = timeuuid("1419d680-1dd2-11b2-8000-000000000000");
+        assert_eq!(change_time_us(Some(&second)), Some(1_000_000));
+        assert_eq!(change_time_us(Some(&CqlValue::Int(1))), None);
+        assert_eq!(change_time_us(None), None);
     }
 }

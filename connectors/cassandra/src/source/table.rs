@@ -6,7 +6,7 @@ use arrow::datatypes::{DataType, Field, Fields, Schema};
 use scylla::client::session::Session;
 
 use crate::error::CassandraError;
-use crate::schema::{qualified_ident, quote_ident};
+use crate::schema::{qualified_ident, quote_ident, type_argument};
 
 /// One column of the source table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -189,21 +189,16 @@ fn scalar_arrow_type(t: &str) -> Option<DataType> {
 /// decode it (`None`: tuples, UDTs, vectors).
 pub(crate) fn arrow_type(cql: &str) -> Option<DataType> {
     let t = cql.trim().to_ascii_lowercase();
-    let inner = |name: &str| {
-        t.strip_prefix(name)
-            .and_then(|r| r.strip_prefix('<'))
-            .and_then(|r| r.strip_suffix('>'))
-            .map(str::to_string)
-    };
+    let inner = |name: &str| type_argument(&t, name);
     if let Some(i) = inner("frozen") {
-        return arrow_type(&i);
+        return arrow_type(i);
     }
     if let Some(i) = inner("list").or_else(|| inner("set")) {
-        let element = arrow_type(&i)?;
+        let element = arrow_type(i)?;
         return Some(DataType::List(Field::new("item", element, true).into()));
     }
     if let Some(i) = inner("map") {
-        let (k, v) = split_top_level(&i)?;
+        let (k, v) = split_top_level(i)?;
         // JSON object keys are strings: the key type must print as one.
         let _ = arrow_type(k)?;
         let entries = Fields::from(vec![

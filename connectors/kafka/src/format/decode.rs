@@ -43,6 +43,9 @@ pub struct Decoded {
     pub rows: Vec<u32>,
     /// The records that could not be decoded, in index order.
     pub bad: Vec<BadRecord>,
+    /// The latest message timestamp of the batch's heartbeats (records with
+    /// a [`HEARTBEAT_HEADER`](crate::HEARTBEAT_HEADER) header; they are not rows).
+    pub heartbeat: Option<i64>,
 }
 
 /// Decodes raw records of one topic into Arrow batches.
@@ -114,7 +117,12 @@ impl RecordDecoder {
     pub fn decode(&self, raw: &RawBatch) -> Result<Decoded> {
         let mut bad = Vec::new();
         let mut candidates = Vec::with_capacity(raw.len());
+        let mut heartbeat = None;
         for i in 0..raw.len() {
+            if raw.is_heartbeat(i) {
+                heartbeat = heartbeat.max(raw.timestamp(i));
+                continue;
+            }
             match self.check_record(raw, i) {
                 Ok(()) => candidates.push(i as u32),
                 Err((kind, reason)) => bad.push(BadRecord {
@@ -189,7 +197,12 @@ impl RecordDecoder {
         )));
         let batch = RecordBatch::try_new(Arc::clone(&self.schema), columns)
             .map_err(|e| KafkaError::Format(format!("assembling decoded batch: {e}")))?;
-        Ok(Decoded { batch, rows, bad })
+        Ok(Decoded {
+            batch,
+            rows,
+            bad,
+            heartbeat,
+        })
     }
 
     fn check_record(
