@@ -318,6 +318,14 @@ impl PartitionPipeline {
         // A batch stopped by a bad record is read again from it: a heartbeat
         // after it must not move the event time before then.
         let heartbeat = decoded.heartbeat.filter(|_| limit == raw.len());
+        if let Some(at_ms) = heartbeat {
+            tracing::debug!(
+                topic = raw.topic(),
+                partition = raw.partition(),
+                at_ms,
+                "heartbeat"
+            );
+        }
         if batch.num_rows() > 0 || heartbeat.is_some() {
             self.run_outputs(&batch, heartbeat, &ack, &at).await?;
         }

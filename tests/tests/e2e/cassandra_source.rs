@@ -264,10 +264,13 @@ async fn a_quiet_table_still_closes_final_windows() {
         .capture(Capture::Writetime)
         .poll_interval(Duration::from_millis(500))
         .safety_lag(Duration::from_millis(200));
-    // Event time is the write time (the message timestamp), 1 s windows.
+    // Event time is the write time (the message timestamp), 1 s windows. A
+    // snapshot arrives in token order: the grace keeps the windows open to
+    // rows written earlier than rows already read.
     app.dataframe(quiet)
         .expect("source frame")
         .tumbling_window(Duration::from_secs(1))
+        .grace(Duration::from_secs(3))
         .agg([count()])
         .final_()
         .to_topic(Topic::json(&output));
