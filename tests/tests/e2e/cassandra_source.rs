@@ -75,6 +75,11 @@ async fn published(stack: &DevStack, topic: &str) -> Vec<ReadRecord> {
         .collect()
 }
 
+fn now_ms() -> i64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    since.map_or(0, |d| d.as_millis() as i64)
+}
+
 /// `(device, ts) -> temp` of every record, failing on a duplicate.
 fn rows_once(records: &[ReadRecord]) -> BTreeMap<(String, i64), f64> {
     let mut rows = BTreeMap::new();
@@ -185,6 +190,54 @@ async fn a_snapshot_publishes_every_row_once_and_capture_follows_inserts_and_upd
     }
     // What write-time capture misses: the deleted row is still the latest record of its key.
     assert_eq!(latest.get(&("dev-0".to_string(), 1_000)), Some(&20.0));
+}
+
+/// Rows whose write time is past the snapshot's upper bound (written within
+/// the safety lag before it starts; here stamped 6 s ahead) are left to the
+/// change capture, so each arrives once. Without the cut the snapshot and
+/// the first capture pass both published them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_written_just_before_the_snapshot_arrive_once() {
+    let stack = DevStack::start().expect("dev stack");
+    let cassandra = DevCassandra::start().expect("cassandra");
+    let (session, table) = readings_table(&cassandra, 500).await;
+    let written_ms = now_ms() + 6_000;
+    for n in 500..600 {
+        session
+            .query_unpaged(
+                format!(
+                    "INSERT INTO {table} (device, ts, temp) VALUES ('dev-{}', {}, 20.0) \
+                     USING TIMESTAMP {}",
+                    n % 50,
+                    1_000 + n,
+                    written_ms * 1000
+                ),
+                &[],
+            )
+            .await
+            .expect("insert");
+    }
+    let group = unique_name("src");
+    let source = source(&cassandra, &table)
+        .capture(Capture::Writetime)
+        .poll_interval(Duration::from_millis(300))
+        .safety_lag(Duration::from_millis(300));
+    let (stats, topic) = (source.stats(), source.topic_for(&group));
+    let (stop, task) = publish(source, &stack, &group);
+    wait_until("the snapshot", || stats.passes_done() >= 1).await;
+    // Until a capture pass has covered the time of the writes.
+    wait_until("capture past the writes", || {
+        stats
+            .capture_lag_ms()
+            .is_some_and(|lag| now_ms() - lag > written_ms + 100)
+    })
+    .await;
+    let passes = stats.passes_done();
+    wait_until("that pass to end", || stats.passes_done() > passes).await;
+    stop.send(()).ok();
+    task.await.expect("task").expect("publish");
+    let rows = rows_once(&published(&stack, &topic).await);
+    assert_eq!(rows.len(), 600, "every row, each once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
