@@ -532,3 +532,111 @@ async fn incremental_capture_follows_a_time_column() {
     );
     assert_eq!(latest.get(&1).map(String::as_str), Some("shipped"));
 }
+
+/// Incremental capture over a table bucketed by day: each pass reads only
+/// the day buckets its slice touches (one or two ranges, not the token ring),
+/// the snapshot still reads every bucket; a bucket column that is not the
+/// whole partition key is refused with the key named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_capture_reads_only_the_buckets_of_its_slice() {
+    let stack = DevStack::start().expect("dev stack");
+    let cassandra = DevCassandra::start().expect("cassandra");
+    let session = cassandra.session().await.expect("session");
+    let ks = cassandra
+        .create_keyspace(&session, "bucket")
+        .await
+        .expect("keyspace");
+    let table = format!("{ks}.events");
+    session
+        .query_unpaged(
+            format!(
+                "CREATE TABLE {table} (day date, ts timestamp, id int, v text, \
+                 PRIMARY KEY ((day), ts, id))"
+            ),
+            &[],
+        )
+        .await
+        .expect("table");
+    for id in 0..10 {
+        let old = format!(
+            "INSERT INTO {table} (day, ts, id, v) VALUES ('2020-01-01', '2020-01-01 10:00:00+0000', {id}, 'old')"
+        );
+        session.query_unpaged(old, &[]).await.expect("old row");
+    }
+    let day = Duration::from_secs(86_400);
+    let incremental = || {
+        source(&cassandra, &table)
+            .capture(Capture::Incremental {
+                column: "ts".into(),
+            })
+            .poll_interval(Duration::from_millis(300))
+            .safety_lag(Duration::from_millis(100))
+    };
+    let refused = incremental().incremental_buckets("ts", day);
+    let error = refused
+        .publish(
+            stack.brokers(),
+            &unique_name("refused"),
+            std::future::pending(),
+        )
+        .await
+        .expect_err("ts is no partition key");
+    assert!(
+        error.to_string().contains("the partition key is (day)"),
+        "{error}"
+    );
+
+    let group = unique_name("src");
+    let bucketed = incremental().incremental_buckets("day", day);
+    let (stats, topic) = (bucketed.stats(), bucketed.topic_for(&group));
+    let (stop, task) = publish(bucketed, &stack, &group);
+    wait_until("a capture pass", || stats.pass() >= 1).await;
+    let live = format!(
+        "INSERT INTO {table} (day, ts, id, v) VALUES (toDate(now()), toTimestamp(now()), ?, 'live')"
+    );
+    let live = session.prepare(live).await.expect("prepare");
+    for id in 0..20 {
+        session
+            .execute_unpaged(&live, (id,))
+            .await
+            .expect("live row");
+    }
+    let mut widest = 0;
+    let passes = stats.passes_done();
+    wait_until("two more passes", || {
+        if stats.pass() >= 1 {
+            widest = widest.max(stats.ranges().1);
+        }
+        stats.passes_done() >= passes + 2
+    })
+    .await;
+    stop.send(()).ok();
+    task.await.expect("task").expect("publish");
+    assert!(
+        widest <= 2,
+        "a capture pass read {widest} ranges, not its day buckets"
+    );
+    let records = published(&stack, &topic).await;
+    let modes: BTreeMap<(String, i64), String> = records
+        .iter()
+        .map(|r| {
+            let json = r.json();
+            let row = (
+                json["v"].as_str().expect("v").to_string(),
+                json["id"].as_i64().expect("id"),
+            );
+            (
+                row,
+                r.header("flumen.source.mode").unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(records.len(), 30, "10 old rows, 20 live ones, each once");
+    assert!(
+        modes.iter().all(|((v, _), mode)| match v.as_str() {
+            "old" => mode == "snapshot",
+            _ => mode == "incremental",
+        }),
+        "{modes:?}"
+    );
+}

@@ -35,6 +35,7 @@
 //! numbers for integers, floats, timestamps (epoch ms) and time (ns);
 //! arrays for lists, sets, vectors and tuples; objects for maps and UDTs).
 
+mod bucket;
 mod json;
 mod leader;
 mod progress;
@@ -61,6 +62,7 @@ use crate::connection::Connection;
 use crate::error::CassandraError;
 use crate::schema::quote_ident;
 use crate::Consistency;
+use bucket::Buckets;
 use progress::{Pass, PassKind, Progress};
 use publish::Publisher;
 use scan::{now_us, ChangeTime, RateLimiter, Scan};
@@ -125,6 +127,7 @@ pub struct CassandraSource {
     max_rows_per_second: Option<u32>,
     snapshot: bool,
     capture: Capture,
+    buckets: Option<(String, Duration)>,
     poll_interval: Duration,
     safety_lag: Duration,
     exactly_once: bool,
@@ -155,6 +158,7 @@ impl CassandraSource {
             max_rows_per_second: None,
             snapshot: true,
             capture: Capture::None,
+            buckets: None,
             poll_interval: Duration::from_secs(5),
             safety_lag: Duration::from_secs(2),
             exactly_once: true,
@@ -250,6 +254,19 @@ impl CassandraSource {
     /// caught.
     pub fn safety_lag(mut self, lag: Duration) -> Self {
         self.safety_lag = lag;
+        self
+    }
+
+    /// For [`Capture::Incremental`] over a table bucketed by time: `column`
+    /// is the whole partition key and holds each row's time bucket of
+    /// `width` (the bucket's start as a `timestamp` or `date`, or its number,
+    /// epoch ms / width, as a `bigint` or `int`). Each capture pass then
+    /// reads only the buckets its time slice touches, one partition each,
+    /// without `ALLOW FILTERING` over the table. A bucket column of another
+    /// type, or a table keyed by more than it, is refused when the source
+    /// starts.
+    pub fn incremental_buckets(mut self, column: impl Into<String>, width: Duration) -> Self {
+        self.buckets = Some((column.into(), width));
         self
     }
 
@@ -377,6 +394,8 @@ struct Run<'a> {
     config: KafkaConfig,
     session: Arc<Session>,
     table: Arc<Table>,
+    /// The buckets of an incremental capture over a bucketed table.
+    buckets: Option<Buckets>,
     publisher: Publisher,
     progress_topic: String,
 }
@@ -395,7 +414,7 @@ impl<'a> Run<'a> {
         }
         let session = Arc::new(source.connection.connect().await?);
         let table = Arc::new(read_table(&session, &source.keyspace, &source.table).await?);
-        check_capture(&source.capture, &table)?;
+        let buckets = check_capture(source, &table)?;
         let topic = source.topic_for(group);
         let progress_topic = source.progress_topic(group);
         let transactional_id = source.exactly_once.then(|| format!("{topic}-publisher"));
@@ -418,6 +437,7 @@ impl<'a> Run<'a> {
             config: config.clone(),
             session,
             table,
+            buckets,
             publisher,
             progress_topic,
         })
@@ -512,13 +532,20 @@ impl<'a> Run<'a> {
                 high_us: high,
                 splits: self.source.splits,
             }),
-            Some(previous) => Some(Pass {
-                number: previous.number + 1,
-                kind: kind?,
-                low_us: previous.high_us,
-                high_us: high.max(previous.high_us),
-                splits: self.source.splits,
-            }),
+            Some(previous) => {
+                let (low_us, high_us) = (previous.high_us, high.max(previous.high_us));
+                let splits = match (&self.buckets, kind?) {
+                    (Some(buckets), PassKind::Incremental) => buckets.count(low_us, high_us),
+                    _ => self.source.splits,
+                };
+                Some(Pass {
+                    number: previous.number + 1,
+                    kind: kind?,
+                    low_us,
+                    high_us,
+                    splits,
+                })
+            }
         }
     }
 
@@ -556,6 +583,10 @@ impl<'a> Run<'a> {
                 .max_rows_per_second
                 .map(|r| Arc::new(RateLimiter::new(r))),
             captured_by: self.captured_by(pass),
+            buckets: self
+                .buckets
+                .clone()
+                .filter(|_| pass.kind == PassKind::Incremental),
         });
         let (tx, mut rx) = mpsc::channel(self.source.concurrency * 2);
         let concurrency = self.source.concurrency;
@@ -588,13 +619,15 @@ impl<'a> Run<'a> {
     }
 
     async fn prepare(&self, kind: PassKind) -> Result<PreparedStatement, CassandraError> {
-        let extra = match (&self.source.capture, kind) {
-            (Capture::Incremental { column }, PassKind::Incremental) => {
-                incremental_condition(&self.table, column)
+        let cql = match (&self.source.capture, kind, &self.buckets) {
+            (Capture::Incremental { column }, PassKind::Incremental, Some(buckets)) => {
+                buckets.select(&self.table, column)
             }
-            _ => String::new(),
+            (Capture::Incremental { column }, PassKind::Incremental, None) => self
+                .table
+                .range_select(&incremental_condition(&self.table, column)),
+            _ => self.table.range_select(""),
         };
-        let cql = self.table.range_select(&extra);
         let mut statement =
             self.session
                 .prepare(cql.clone())
@@ -643,12 +676,30 @@ fn incremental_condition(table: &Table, column: &str) -> String {
     format!(" AND {quoted} > {bound} AND {quoted} <= {bound}{filtering}")
 }
 
-/// The change column of `Capture::Incremental` exists and holds a time.
-fn check_capture(capture: &Capture, table: &Table) -> Result<(), CassandraError> {
-    let Capture::Incremental { column } = capture else {
-        return Ok(());
+/// The change column of `Capture::Incremental` exists and holds a time, and
+/// the bucket column (if any) can be read bucket by bucket.
+fn check_capture(
+    source: &CassandraSource,
+    table: &Table,
+) -> Result<Option<Buckets>, CassandraError> {
+    let Capture::Incremental { column } = &source.capture else {
+        return match &source.buckets {
+            Some((bucket, _)) => Err(CassandraError::Config(format!(
+                "incremental_buckets('{bucket}', ..) needs Capture::Incremental"
+            ))),
+            None => Ok(None),
+        };
     };
-    let found = table.columns.iter().find(|c| &c.name == column);
+    check_change_column(table, column)?;
+    match &source.buckets {
+        Some((bucket, width)) => Buckets::check(table, bucket, *width).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The change column exists, holds a time and is not part of the partition key.
+fn check_change_column(table: &Table, column: &str) -> Result<(), CassandraError> {
+    let found = table.columns.iter().find(|c| c.name == column);
     match found.map(|c| c.cql.to_ascii_lowercase()) {
         Some(t) if t == "timestamp" || t == "timeuuid" => {
             if found.is_some_and(|c| c.kind == "partition_key") {
@@ -711,7 +762,7 @@ impl CassandraSource {
     ) -> Result<flumen::Topic, CassandraError> {
         let session = self.connection.connect().await?;
         let table = read_table(&session, &self.keyspace, &self.table).await?;
-        check_capture(&self.capture, &table)?;
+        check_capture(self, &table)?;
         let topic = self.topic_for(group);
         create_topics(self, config, &topic, &self.progress_topic(group)).await?;
         let topic = flumen::Topic::json(topic).schema(table.arrow_schema());

@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 use tokio::sync::{mpsc, Mutex, Semaphore};
 use tokio::task::JoinSet;
 
+use super::bucket::Buckets;
 use super::json::{key_string, to_json};
 use super::progress::{Pass, PassKind, Progress, RangeProgress};
 use super::ranges::{split_ring, TokenRange};
@@ -50,6 +51,23 @@ pub(crate) enum ChangeTime {
     Column(usize),
 }
 
+/// What one range of a pass reads: a token range, or one time bucket (one
+/// partition) of a bucketed table.
+#[derive(Debug, Clone)]
+enum Unit {
+    Tokens(TokenRange),
+    Bucket(CqlValue),
+}
+
+impl std::fmt::Display for Unit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unit::Tokens(range) => write!(f, "token range ({}, {}]", range.start, range.end),
+            Unit::Bucket(value) => write!(f, "bucket {value:?}"),
+        }
+    }
+}
+
 /// What every range of a pass shares.
 pub(crate) struct Scan {
     pub(crate) session: Arc<Session>,
@@ -60,6 +78,9 @@ pub(crate) struct Scan {
     pub(crate) limiter: Option<Arc<RateLimiter>>,
     /// In a snapshot: the change time of the capture that follows it.
     pub(crate) captured_by: Option<ChangeTime>,
+    /// In an incremental pass over a bucketed table: its buckets (the
+    /// pass's ranges are then the buckets its slice touches).
+    pub(crate) buckets: Option<Buckets>,
 }
 
 impl Scan {
@@ -74,7 +95,16 @@ impl Scan {
     ) -> Result<(), CassandraError> {
         let permits = Arc::new(Semaphore::new(concurrency.max(1)));
         let mut tasks = JoinSet::new();
-        for (index, range) in split_ring(self.pass.splits).into_iter().enumerate() {
+        let units: Vec<Unit> = match &self.buckets {
+            Some(buckets) => (0..self.pass.splits as usize)
+                .map(|i| Unit::Bucket(buckets.value(self.pass.low_us, i)))
+                .collect(),
+            None => split_ring(self.pass.splits)
+                .into_iter()
+                .map(Unit::Tokens)
+                .collect(),
+        };
+        for (index, range) in units.into_iter().enumerate() {
             let start = progress.range(index).cloned();
             if start.as_ref().is_some_and(|r| r.done) {
                 continue;
@@ -107,7 +137,7 @@ impl Scan {
     async fn range(
         &self,
         index: usize,
-        range: TokenRange,
+        range: Unit,
         start: Option<RangeProgress>,
         pages: mpsc::Sender<Page>,
     ) -> Result<(), CassandraError> {
@@ -116,7 +146,7 @@ impl Scan {
             .and_then(|r| r.paging_bytes())
             .map_or_else(PagingState::start, PagingState::new_from_raw_bytes);
         loop {
-            let (result, next) = self.page(range, state).await?;
+            let (result, next) = self.page(&range, state).await?;
             let records = self.records(result)?;
             if let Some(limiter) = &self.limiter {
                 limiter.take(records.len()).await;
@@ -147,7 +177,7 @@ impl Scan {
     /// One page, retried with backoff on timeouts and unavailable nodes.
     async fn page(
         &self,
-        range: TokenRange,
+        range: &Unit,
         state: PagingState,
     ) -> Result<(QueryResult, PagingStateResponse), CassandraError> {
         let (low, high) = (
@@ -155,18 +185,24 @@ impl Scan {
             CqlTimestamp(self.pass.high_us / 1000),
         );
         let attempt = || async {
-            let state = state.clone();
-            match self.pass.kind {
-                PassKind::Incremental => {
-                    let values = (range.start, range.end, low, high);
+            let (statement, state) = (&self.statement, state.clone());
+            match (range, self.pass.kind) {
+                (Unit::Bucket(bucket), _) => {
+                    let values = (bucket, low, high);
                     self.session
-                        .execute_single_page(&self.statement, values, state)
+                        .execute_single_page(statement, values, state)
                         .await
                 }
-                _ => {
-                    let values = (range.start, range.end);
+                (Unit::Tokens(tokens), PassKind::Incremental) => {
+                    let values = (tokens.start, tokens.end, low, high);
                     self.session
-                        .execute_single_page(&self.statement, values, state)
+                        .execute_single_page(statement, values, state)
+                        .await
+                }
+                (Unit::Tokens(tokens), _) => {
+                    let values = (tokens.start, tokens.end);
+                    self.session
+                        .execute_single_page(statement, values, state)
                         .await
                 }
             }
@@ -180,7 +216,7 @@ impl Scan {
                 tracing::warn!(table = %self.table.qualified(), %error, ?after, "retrying a page");
             })
             .await
-            .map_err(|e| self.failed(format!("token range ({}, {}]: {e}", range.start, range.end)))
+            .map_err(|e| self.failed(format!("{range}: {e}")))
     }
 
     /// The rows of a page as records; in a write-time pass only rows whose

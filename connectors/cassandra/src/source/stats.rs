@@ -61,9 +61,10 @@ impl SourceStats {
         done: u64,
         capture_high_ms: Option<i64>,
     ) {
-        self.pass.store(pass, Ordering::Release);
+        // The pass last: a reader that sees it sees its ranges.
         self.ranges_total.store(total, Ordering::Release);
         self.ranges_done.store(done, Ordering::Release);
+        self.pass.store(pass, Ordering::Release);
         if let Some(high) = capture_high_ms {
             self.capture_high_ms.store(high, Ordering::Release);
         }

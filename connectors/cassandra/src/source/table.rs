@@ -67,15 +67,20 @@ impl Table {
             .collect()
     }
 
+    /// What a scan selects: every column, then the write times.
+    pub(crate) fn selected_columns(&self) -> Vec<String> {
+        let mut selected: Vec<String> = self.columns.iter().map(|c| quote_ident(&c.name)).collect();
+        selected.extend(
+            self.writetime_columns()
+                .into_iter()
+                .map(|i| format!("WRITETIME({})", quote_ident(&self.columns[i].name))),
+        );
+        selected
+    }
+
     /// `SELECT <columns>, WRITETIME(<c>)..., token(<pk>) FROM ks.t WHERE
     /// token(<pk>) > ? AND token(<pk>) <= ?` plus `extra` conditions.
     pub(crate) fn range_select(&self, extra: &str) -> String {
-        let columns: Vec<String> = self.columns.iter().map(|c| quote_ident(&c.name)).collect();
-        let writetimes: Vec<String> = self
-            .writetime_columns()
-            .into_iter()
-            .map(|i| format!("WRITETIME({})", quote_ident(&self.columns[i].name)))
-            .collect();
         let token = format!(
             "token({})",
             self.partition_key()
@@ -83,11 +88,9 @@ impl Table {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        let mut selected = columns;
-        selected.extend(writetimes);
         format!(
             "SELECT {} FROM {} WHERE {token} > ? AND {token} <= ?{extra}",
-            selected.join(", "),
+            self.selected_columns().join(", "),
             qualified_ident(&self.keyspace, &self.name),
         )
     }
