@@ -541,28 +541,7 @@ async fn incremental_capture_follows_a_time_column() {
 async fn incremental_capture_reads_only_the_buckets_of_its_slice() {
     let stack = DevStack::start().expect("dev stack");
     let cassandra = DevCassandra::start().expect("cassandra");
-    let session = cassandra.session().await.expect("session");
-    let ks = cassandra
-        .create_keyspace(&session, "bucket")
-        .await
-        .expect("keyspace");
-    let table = format!("{ks}.events");
-    session
-        .query_unpaged(
-            format!(
-                "CREATE TABLE {table} (day date, ts timestamp, id int, v text, \
-                 PRIMARY KEY ((day), ts, id))"
-            ),
-            &[],
-        )
-        .await
-        .expect("table");
-    for id in 0..10 {
-        let old = format!(
-            "INSERT INTO {table} (day, ts, id, v) VALUES ('2020-01-01', '2020-01-01 10:00:00+0000', {id}, 'old')"
-        );
-        session.query_unpaged(old, &[]).await.expect("old row");
-    }
+    let (session, table) = events_by_day(&cassandra).await;
     let day = Duration::from_secs(86_400);
     let incremental = || {
         source(&cassandra, &table)
@@ -639,4 +618,32 @@ async fn incremental_capture_reads_only_the_buckets_of_its_slice() {
         }),
         "{modes:?}"
     );
+}
+
+/// A keyspace of its own with `events (day date, ts timestamp, id int, v
+/// text, PRIMARY KEY ((day), ts, id))` holding ten rows of 2020-01-01.
+async fn events_by_day(cassandra: &DevCassandra) -> (Session, String) {
+    let session = cassandra.session().await.expect("session");
+    let ks = cassandra
+        .create_keyspace(&session, "bucket")
+        .await
+        .expect("keyspace");
+    let table = format!("{ks}.events");
+    session
+        .query_unpaged(
+            format!(
+                "CREATE TABLE {table} (day date, ts timestamp, id int, v text, \
+                 PRIMARY KEY ((day), ts, id))"
+            ),
+            &[],
+        )
+        .await
+        .expect("table");
+    for id in 0..10 {
+        let old = format!(
+            "INSERT INTO {table} (day, ts, id, v) VALUES ('2020-01-01', '2020-01-01 10:00:00+0000', {id}, 'old')"
+        );
+        session.query_unpaged(old, &[]).await.expect("old row");
+    }
+    (session, table)
 }

@@ -131,7 +131,8 @@ pub struct CassandraSource {
     poll_interval: Duration,
     safety_lag: Duration,
     exactly_once: bool,
-    heartbeats: bool,
+    /// `None`: on unless event time comes from a column.
+    heartbeats: Option<bool>,
     retries: usize,
     kafka_extra: Vec<(String, String)>,
     timestamp_column: Option<String>,
@@ -162,7 +163,7 @@ impl CassandraSource {
             poll_interval: Duration::from_secs(5),
             safety_lag: Duration::from_secs(2),
             exactly_once: true,
-            heartbeats: true,
+            heartbeats: None,
             retries: 8,
             kafka_extra: Vec::new(),
             timestamp_column: None,
@@ -271,14 +272,18 @@ impl CassandraSource {
     }
 
     /// Whether each change-capture pass starts with a heartbeat in every
-    /// partition of the topic (default true): a record with no key and no
-    /// value, the [`HEARTBEAT_HEADER`](flumen_kafka::HEARTBEAT_HEADER) header
-    /// and the message timestamp up to which every write was published (the
-    /// last pass's upper bound). flumen frames read it as no row but as event
-    /// time, so `final_()` windows over a quiet table still close; other
-    /// consumers of the topic should skip records with that header.
+    /// partition of the topic: a record with no key and no value, the
+    /// [`HEARTBEAT_HEADER`](flumen_kafka::HEARTBEAT_HEADER) header and the
+    /// message timestamp up to which every write was published (the last
+    /// pass's upper bound, a write time). flumen frames read it as no row but
+    /// as event time, so `final_()` windows over a quiet table still close;
+    /// other consumers of the topic should skip records with that header.
+    /// Default: on, unless [`timestamp_column`](Self::timestamp_column) makes
+    /// a column the event time (the source cannot know how that column's
+    /// clock relates to write times; a heartbeat ahead of it would make the
+    /// rows late).
     pub fn heartbeats(mut self, on: bool) -> Self {
-        self.heartbeats = on;
+        self.heartbeats = Some(on);
         self
     }
 
@@ -419,7 +424,10 @@ impl<'a> Run<'a> {
         let progress_topic = source.progress_topic(group);
         let transactional_id = source.exactly_once.then(|| format!("{topic}-publisher"));
         let producer = Publisher::open(config, transactional_id, &table.qualified()).await?;
-        let heartbeat_partitions = match source.heartbeats {
+        let heartbeats = source
+            .heartbeats
+            .unwrap_or(source.timestamp_column.is_none());
+        let heartbeat_partitions = match heartbeats {
             true => partition_count(config, &topic, &table.qualified()).await?,
             false => 0,
         };
