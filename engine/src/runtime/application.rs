@@ -14,7 +14,7 @@ use crate::dataframe::{Outputs, StreamingDataFrame};
 use crate::plan::SinkSpec;
 use crate::publisher::{Input, Publisher};
 use crate::runtime::changelog::{self, Changelogs};
-use crate::runtime::pipeline::{PartitionPipeline, SourcePlan};
+use crate::runtime::pipeline::{store_names_of, PartitionPipeline, SourcePlan};
 use crate::runtime::repartition::{self, Stages};
 use crate::runtime::stats::Stats;
 use crate::runtime::stop::StopHandle;
@@ -598,15 +598,12 @@ impl Application {
                 require_output(&admin, &dlq, &role)?;
                 produced.insert(dlq);
             }
-            let mut plan = Arc::new(source_plan(topic, mine, &ctx).await?);
+            let mut plan = source_plan(topic, mine, &ctx).await?;
             if self.settings.changelogs {
-                let changelogs = self.changelogs_of(&admin, name, &plan, &ctx).await?;
-                produced.extend(changelogs.values().cloned());
-                if let Some(plan) = Arc::get_mut(&mut plan) {
-                    plan.changelogs = changelogs;
-                }
+                plan.changelogs = self.changelogs_of(&admin, name, &plan).await?;
+                produced.extend(plan.changelogs.values().cloned());
             }
-            sources.insert(name.clone(), plan);
+            sources.insert(name.clone(), Arc::new(plan));
         }
         let stats = Arc::clone(&self.stats);
         for source in sources.values() {
@@ -669,13 +666,11 @@ impl Application {
         &self,
         admin: &Admin,
         topic: &str,
-        plan: &Arc<SourcePlan>,
-        ctx: &Arc<SessionContext>,
+        plan: &SourcePlan,
     ) -> Result<Changelogs> {
-        let probe = PartitionPipeline::new(Arc::clone(plan), None, Arc::clone(&self.stats), ctx);
         let mut changelogs = Changelogs::new();
-        for store in probe.store_names() {
-            let name = changelog::topic_name(&self.group, topic, store);
+        for store in store_names_of(&plan.outputs) {
+            let name = changelog::topic_name(&self.group, topic, &store);
             let spec = internal_topics::ChangelogTopic {
                 name: &name,
                 source: topic,
@@ -683,7 +678,7 @@ impl Application {
                 replication: self.settings.replication_factor,
             };
             internal_topics::ensure_changelog(admin, &self.kafka, &spec).await?;
-            changelogs.insert(store.to_string(), name);
+            changelogs.insert(store, name);
         }
         Ok(changelogs)
     }

@@ -93,6 +93,32 @@ pub(crate) struct PartitionPipeline {
     event_time: EventTimeBound,
 }
 
+/// The window operators of `chains` (each once, in chain order) with their
+/// state store names: `store_name(..)` or `window-<i>`.
+fn window_stores(chains: &[Vec<Arc<Node>>]) -> Vec<(usize, String)> {
+    let mut stores: Vec<(usize, String)> = Vec::new();
+    for node in chains.iter().flatten() {
+        let Some(Op::Window(spec)) = &node.op else {
+            continue;
+        };
+        if stores.iter().any(|(id, _)| *id == node.id) {
+            continue;
+        }
+        let name = spec
+            .store
+            .clone()
+            .unwrap_or_else(|| format!("window-{}", stores.len()));
+        stores.push((node.id, name));
+    }
+    stores
+}
+
+/// The state store names of the windows of `outputs`.
+pub(crate) fn store_names_of(outputs: &[Output]) -> Vec<String> {
+    let chains: Vec<Vec<Arc<Node>>> = outputs.iter().map(|o| o.node.chain()).collect();
+    window_stores(&chains).into_iter().map(|(_, name)| name).collect()
+}
+
 /// Identifies the batch in error messages.
 struct BatchRef<'a> {
     topic: &'a str,
@@ -111,24 +137,15 @@ impl PartitionPipeline {
     ) -> Self {
         let event_time = EventTimeBound::new(source.topic.max_event_time_ahead_ms());
         let mut operators = HashMap::new();
-        let mut stores = Vec::new();
         let chains: Arc<[Vec<Arc<Node>>]> = source.outputs.iter().map(|o| o.node.chain()).collect();
-        for chain in chains.iter() {
-            for node in chain {
-                let Some(op) = &node.op else { continue };
-                if operators.contains_key(&node.id) {
-                    continue;
-                }
-                if let Op::Window(spec) = op {
-                    let name = spec
-                        .store
-                        .clone()
-                        .unwrap_or_else(|| format!("window-{}", stores.len()));
-                    stores.push((node.id, name));
-                }
-                operators.insert(node.id, Operator::new(op.clone(), Arc::clone(ctx)));
+        for node in chains.iter().flatten() {
+            if let Some(op) = &node.op {
+                operators
+                    .entry(node.id)
+                    .or_insert_with(|| Operator::new(op.clone(), Arc::clone(ctx)));
             }
         }
+        let stores = window_stores(&chains);
         let sinks = source
             .outputs
             .iter()
