@@ -116,7 +116,10 @@ fn window_stores(chains: &[Vec<Arc<Node>>]) -> Vec<(usize, String)> {
 /// The state store names of the windows of `outputs`.
 pub(crate) fn store_names_of(outputs: &[Output]) -> Vec<String> {
     let chains: Vec<Vec<Arc<Node>>> = outputs.iter().map(|o| o.node.chain()).collect();
-    window_stores(&chains).into_iter().map(|(_, name)| name).collect()
+    window_stores(&chains)
+        .into_iter()
+        .map(|(_, name)| name)
+        .collect()
 }
 
 /// Identifies the batch in error messages.

@@ -18,7 +18,19 @@ use super::stats::SourceStats;
 use crate::error::CassandraError;
 
 /// Most records in one transaction (pages are grouped up to this).
-const MAX_RECORDS_PER_COMMIT: usize = 50_000;
+const MAX_RECORDS_PER_COMMIT: usize = 200_000;
+
+/// Longest a group stays open for more pages: the latency a
+/// `read_committed` reader sees on top of the scan's.
+const COMMIT_INTERVAL: Duration = Duration::from_millis(500);
+
+/// The pages of one transaction (exactly-once) or acknowledgement wait.
+struct Group {
+    headers: flumen_kafka::rdkafka::message::OwnedHeaders,
+    rows: Arc<DeliveryBatch>,
+    positions: BTreeMap<usize, RangeProgress>,
+    count: usize,
+}
 
 /// How long a transaction may take to commit or abort.
 const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
@@ -59,71 +71,82 @@ impl Publisher {
         CassandraError::publish(self.table.clone(), source)
     }
 
-    /// Publishes pages as they come until the channel closes.
+    /// Publishes pages as they come until the channel closes: a group of
+    /// pages per transaction (exactly-once) or per acknowledgement wait,
+    /// closed after [`MAX_RECORDS_PER_COMMIT`] records, after
+    /// [`COMMIT_INTERVAL`], or when no more pages come.
     pub(crate) async fn pages(
         &self,
         pass: &Pass,
         pages: &mut mpsc::Receiver<Page>,
     ) -> Result<(), CassandraError> {
         while let Some(first) = pages.recv().await {
-            let mut group = vec![first];
-            let mut records: usize = group[0].records.len();
-            while records < MAX_RECORDS_PER_COMMIT {
-                match pages.try_recv() {
-                    Ok(page) => {
-                        records += page.records.len();
-                        group.push(page);
-                    }
-                    Err(_) => break,
+            let deadline = tokio::time::Instant::now() + COMMIT_INTERVAL;
+            let mut group = self.begin_group(pass)?;
+            self.add(&mut group, first).await?;
+            while group.count < MAX_RECORDS_PER_COMMIT {
+                match tokio::time::timeout_at(deadline, pages.recv()).await {
+                    Ok(Some(page)) => self.add(&mut group, page).await?,
+                    Ok(None) | Err(_) => break,
                 }
             }
-            self.commit(pass, group).await?;
+            self.finish_group(group).await?;
         }
         Ok(())
     }
 
-    /// Publishes a group of pages and the positions they reach, atomically
-    /// with exactly-once.
-    async fn commit(&self, pass: &Pass, group: Vec<Page>) -> Result<(), CassandraError> {
-        let mut positions: BTreeMap<usize, RangeProgress> = BTreeMap::new();
-        let headers = headers_with(
-            None,
-            &[
-                ("flumen.source.table", &self.table),
-                ("flumen.source.mode", pass.kind.as_str()),
-            ],
-        );
+    /// Opens a group (a transaction with exactly-once).
+    fn begin_group(&self, pass: &Pass) -> Result<Group, CassandraError> {
         self.begin()?;
-        let rows = DeliveryBatch::new();
-        let mut count = 0u64;
-        for page in group {
-            for record in &page.records {
-                let out = OutRecord {
-                    topic: &self.topic,
-                    key: Some(&record.key),
-                    value: Some(&record.value),
-                    timestamp_ms: Some(record.timestamp_ms),
-                    partition: None,
-                };
-                self.producer
-                    .send(out, Some(headers.clone()), &rows)
-                    .await
-                    .map_err(|e| self.failed(e))?;
-                count += 1;
-            }
-            positions.insert(page.range, page.progress);
+        Ok(Group {
+            headers: headers_with(
+                None,
+                &[
+                    ("flumen.source.table", &self.table),
+                    ("flumen.source.mode", pass.kind.as_str()),
+                ],
+            ),
+            rows: DeliveryBatch::new(),
+            positions: BTreeMap::new(),
+            count: 0,
+        })
+    }
+
+    /// Sends a page's records and keeps the position it reaches.
+    async fn add(&self, group: &mut Group, page: Page) -> Result<(), CassandraError> {
+        for record in &page.records {
+            let out = OutRecord {
+                topic: &self.topic,
+                key: Some(&record.key),
+                value: Some(&record.value),
+                timestamp_ms: Some(record.timestamp_ms),
+                partition: None,
+            };
+            self.producer
+                .send(out, Some(group.headers.clone()), &group.rows)
+                .await
+                .map_err(|e| self.failed(e))?;
         }
+        group.count += page.records.len();
+        group.positions.insert(page.range, page.progress);
+        Ok(())
+    }
+
+    /// Writes the positions the group reached and commits it: atomically
+    /// with its records (exactly-once) or after their acknowledgements.
+    async fn finish_group(&self, group: Group) -> Result<(), CassandraError> {
         if !self.exactly_once {
-            rows.wait().await.map_err(|e| self.failed(e))?;
+            group.rows.wait().await.map_err(|e| self.failed(e))?;
         }
-        let done = positions.values().filter(|p| p.done).count();
-        let marks: Vec<(String, Vec<u8>)> = positions
+        let done = group.positions.values().filter(|p| p.done).count();
+        let marks: Vec<(String, Vec<u8>)> = group
+            .positions
             .iter()
             .map(|(range, p)| (range_key(*range), serde_json::to_vec(p).unwrap_or_default()))
             .collect();
         self.write_progress(&marks).await?;
         self.end().await?;
-        self.stats.published(count, done);
+        self.stats.published(group.count as u64, done);
         Ok(())
     }
 
