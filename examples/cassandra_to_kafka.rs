@@ -71,8 +71,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let stats = app.stats();
     let stop = app.stop_handle();
 
-    let live = std::sync::Arc::clone(&session);
-    let watched = std::sync::Arc::clone(&stats);
+    follow(
+        source_stats,
+        std::sync::Arc::clone(&stats),
+        std::sync::Arc::clone(&session),
+        stop,
+    );
+    app.run().await?;
+
+    check_result(&session, &stats, started).await
+}
+
+/// Prints progress each second; once the snapshot is done writes the live
+/// readings, and stops the application when every reading was processed.
+fn follow(
+    source_stats: std::sync::Arc<flumen_cassandra::SourceStats>,
+    watched: std::sync::Arc<flumen::Stats>,
+    live: std::sync::Arc<Session>,
+    stop: flumen::StopHandle,
+) {
     tokio::spawn(async move {
         let report = |what: &str| {
             let (done, total) = source_stats.ranges();
@@ -99,9 +116,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         report("caught up");
         stop.stop();
     });
-    app.run().await?;
+}
 
-    let rows = read_rows(&session, "iot", "device_temp").await?;
+/// Prints the windows and checks that they cover every reading written.
+async fn check_result(
+    session: &Session,
+    stats: &flumen::Stats,
+    started: Instant,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let rows = read_rows(session, "iot", "device_temp").await?;
     let counted: i64 = rows.iter().map(|r| r.3).sum();
     println!(
         "\n{} records in {:.1?}: {} windows of {} devices in iot.device_temp covering {counted} \
