@@ -142,26 +142,7 @@ impl Operator {
             }
             Op::WithColumn(name, e) => {
                 let (phys, field) = compile(&self.ctx, e, schema).map_err(plan)?;
-                let field = Field::new(name, field.data_type().clone(), field.is_nullable());
-                let mut physs: Vec<Arc<dyn PhysicalExpr>> = Vec::new();
-                let mut fields = Vec::new();
-                let mut replaced = false;
-                for (i, f) in schema.fields().iter().enumerate() {
-                    if f.name() == name {
-                        physs.push(Arc::clone(&phys));
-                        fields.push(field.clone());
-                        replaced = true;
-                    } else {
-                        physs.push(Arc::new(
-                            datafusion::physical_expr::expressions::Column::new(f.name(), i),
-                        ));
-                        fields.push(f.as_ref().clone());
-                    }
-                }
-                if !replaced {
-                    physs.push(phys);
-                    fields.push(field);
-                }
+                let (physs, fields) = with_column(schema, name, phys, &field);
                 Compiled::Project(physs, Arc::new(Schema::new(fields)))
             }
             Op::Drop(columns) => {
@@ -252,6 +233,37 @@ pub(crate) fn evaluate(
     expr.evaluate(batch)
         .and_then(|v| v.into_array(batch.num_rows()))
         .map_err(|e| e.to_string())
+}
+
+/// The columns of `schema` with `name` replaced by (or, when missing, added
+/// as) `phys` of type `field`.
+fn with_column(
+    schema: &SchemaRef,
+    name: &str,
+    phys: Arc<dyn PhysicalExpr>,
+    field: &Field,
+) -> (Vec<Arc<dyn PhysicalExpr>>, Vec<Field>) {
+    let field = Field::new(name, field.data_type().clone(), field.is_nullable());
+    let mut physs: Vec<Arc<dyn PhysicalExpr>> = Vec::new();
+    let mut fields = Vec::new();
+    let mut replaced = false;
+    for (i, f) in schema.fields().iter().enumerate() {
+        if f.name() == name {
+            physs.push(Arc::clone(&phys));
+            fields.push(field.clone());
+            replaced = true;
+        } else {
+            physs.push(Arc::new(
+                datafusion::physical_expr::expressions::Column::new(f.name(), i),
+            ));
+            fields.push(f.as_ref().clone());
+        }
+    }
+    if !replaced {
+        physs.push(phys);
+        fields.push(field);
+    }
+    (physs, fields)
 }
 
 fn check_unique(fields: &[Field]) -> Result<(), String> {

@@ -11,7 +11,7 @@ use flumen_kafka::format::RecordDecoder;
 use flumen_kafka::{Admin, AutoOffsetReset, GroupConsumer, KafkaConfig, Producer};
 
 use crate::dataframe::{Outputs, StreamingDataFrame};
-use crate::plan::SinkSpec;
+use crate::plan::{Output, SinkSpec};
 use crate::publisher::{Input, Publisher};
 use crate::runtime::changelog::{self, Changelogs};
 use crate::runtime::pipeline::{store_names_of, PartitionPipeline, SourcePlan};
@@ -586,23 +586,10 @@ impl Application {
         // Every topic a producer writes to: outputs, repartitions, dead letters, changelogs.
         let mut produced: BTreeSet<String> = BTreeSet::new();
         for (name, topic) in &topics {
-            admin.require_topic(name)?;
             let mine = outputs_of(&outputs, name);
-            for o in &mine {
-                if let SinkSpec::Topic(t) = &o.sink {
-                    produced.insert(t.name().to_string());
-                    require_output(&admin, t.name(), "output")?;
-                }
-            }
-            for (dlq, role) in dead_letter_topics(topic, &mine) {
-                require_output(&admin, &dlq, &role)?;
-                produced.insert(dlq);
-            }
-            let mut plan = source_plan(topic, mine, &ctx).await?;
-            if self.settings.changelogs {
-                plan.changelogs = self.changelogs_of(&admin, name, &plan).await?;
-                produced.extend(plan.changelogs.values().cloned());
-            }
+            let plan = self
+                .source_of(&admin, (name, topic), mine, &ctx, &mut produced)
+                .await?;
             sources.insert(name.clone(), Arc::new(plan));
         }
         let stats = Arc::clone(&self.stats);
@@ -662,6 +649,35 @@ impl Application {
 impl Application {
     /// The changelog topics of `plan`'s window stores, created when missing
     /// and checked when present.
+    /// The plan of input `topic` with its `outputs`, after checking the
+    /// topics it reads and writes; adds those it writes to `produced`.
+    async fn source_of(
+        &self,
+        admin: &Admin,
+        (name, topic): (&str, &Topic),
+        outputs: Vec<Output>,
+        ctx: &Arc<SessionContext>,
+        produced: &mut BTreeSet<String>,
+    ) -> Result<SourcePlan> {
+        admin.require_topic(name)?;
+        for o in &outputs {
+            if let SinkSpec::Topic(t) = &o.sink {
+                produced.insert(t.name().to_string());
+                require_output(admin, t.name(), "output")?;
+            }
+        }
+        for (dlq, role) in dead_letter_topics(topic, &outputs) {
+            require_output(admin, &dlq, &role)?;
+            produced.insert(dlq);
+        }
+        let mut plan = source_plan(topic, outputs, ctx).await?;
+        if self.settings.changelogs {
+            plan.changelogs = self.changelogs_of(admin, name, &plan).await?;
+            produced.extend(plan.changelogs.values().cloned());
+        }
+        Ok(plan)
+    }
+
     async fn changelogs_of(
         &self,
         admin: &Admin,

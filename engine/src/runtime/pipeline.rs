@@ -299,8 +299,6 @@ impl PartitionPipeline {
         };
         let decoded = self.source.decoder.decode(&raw)?;
         let decoded = self.event_time.check(decoded, now_ms())?;
-        let mut failure = None;
-        let mut limit = raw.len();
         // Records the state already reflects (processed before a restart whose
         // offsets were not committed yet) are skipped.
         let skip = if first < self.skip_below {
@@ -310,16 +308,9 @@ impl PartitionPipeline {
         } else {
             0
         };
-        for bad in decoded.bad.iter().filter(|b| b.index >= skip) {
-            match self.route_bad(&raw, bad, &ack).await? {
-                None => {}
-                Some(error) => {
-                    limit = bad.index;
-                    failure = Some(error);
-                    break;
-                }
-            }
-        }
+        let (limit, failure) = self
+            .route_bad_records(&raw, &decoded.bad, skip, &ack)
+            .await?;
         let from = decoded.rows.partition_point(|&r| (r as usize) < skip);
         let to = decoded.rows.partition_point(|&r| (r as usize) < limit);
         let batch = if to - from < decoded.batch.num_rows() {
@@ -377,6 +368,23 @@ impl PartitionPipeline {
             failure,
             state,
         })
+    }
+
+    /// Applies each bad record's policy (from index `skip`); returns where a
+    /// `fail` policy stops the batch (its length otherwise) and the error.
+    async fn route_bad_records(
+        &self,
+        raw: &RawBatch,
+        bad: &[BadRecord],
+        skip: usize,
+        ack: &Arc<DeliveryBatch>,
+    ) -> Result<(usize, Option<Error>)> {
+        for record in bad.iter().filter(|b| b.index >= skip) {
+            if let Some(error) = self.route_bad(raw, record, ack).await? {
+                return Ok((record.index, Some(error)));
+            }
+        }
+        Ok((raw.len(), None))
     }
 
     /// Applies the record's policy; returns the error to stop with under `fail`.
@@ -613,45 +621,56 @@ impl PartitionPipeline {
                 Ok(())
             }
             SinkWriter::Topic(writer) => {
-                let TopicWriter { topic, encoder } = writer.as_mut();
-                let schema = batch.schema();
-                let stale = encoder.as_ref().is_none_or(|(s, _)| s != &schema);
-                if stale {
-                    let value_format = topic.value_format.clone().unwrap_or_else(|| {
-                        flumen_kafka::format::Format::json(arrow::datatypes::Schema::empty())
-                    });
-                    let built = RecordEncoder::new(
-                        topic.name(),
-                        topic.key_format.clone(),
-                        value_format,
-                        topic.key_column.clone(),
-                        &schema,
-                    )
-                    .map_err(|e| Error::Plan(e.to_string()))?;
-                    *encoder = Some((Arc::clone(&schema), built));
-                }
-                if batch.num_rows() == 0 {
-                    return Ok(());
-                }
-                let Some((_, encoder)) = encoder.as_ref() else {
-                    return Err(Error::Runtime("encoder missing".into()));
-                };
-                let encoded = encoder.encode(batch)?;
-                let producer = producer
-                    .ok_or_else(|| Error::Runtime("no producer for a Kafka output".into()))?;
-                for row in 0..encoded.len() {
-                    let record = OutRecord {
-                        topic: encoder.topic(),
-                        key: encoded.key(row),
-                        value: encoded.value(row),
-                        timestamp_ms: encoded.timestamp(row),
-                        partition: None,
-                    };
-                    producer.send(record, None, ack).await?;
-                }
-                stats.add_out(encoder.topic(), encoded.len());
-                Ok(())
+                write_topic(writer, batch, producer.as_deref(), ack, &stats).await
             }
         }
     }
+}
+
+/// Encodes `batch` for a Kafka output (a new encoder when the schema
+/// changed) and produces its records.
+async fn write_topic(
+    writer: &mut TopicWriter,
+    batch: &RecordBatch,
+    producer: Option<&Producer>,
+    ack: &Arc<DeliveryBatch>,
+    stats: &Stats,
+) -> Result<()> {
+    let TopicWriter { topic, encoder } = writer;
+    let schema = batch.schema();
+    if encoder.as_ref().is_none_or(|(s, _)| s != &schema) {
+        let value_format = topic.value_format.clone().unwrap_or_else(|| {
+            flumen_kafka::format::Format::json(arrow::datatypes::Schema::empty())
+        });
+        let built = RecordEncoder::new(
+            topic.name(),
+            topic.key_format.clone(),
+            value_format,
+            topic.key_column.clone(),
+            &schema,
+        )
+        .map_err(|e| Error::Plan(e.to_string()))?;
+        *encoder = Some((Arc::clone(&schema), built));
+    }
+    if batch.num_rows() == 0 {
+        return Ok(());
+    }
+    let Some((_, encoder)) = encoder.as_ref() else {
+        return Err(Error::Runtime("encoder missing".into()));
+    };
+    let encoded = encoder.encode(batch)?;
+    let producer =
+        producer.ok_or_else(|| Error::Runtime("no producer for a Kafka output".into()))?;
+    for row in 0..encoded.len() {
+        let record = OutRecord {
+            topic: encoder.topic(),
+            key: encoded.key(row),
+            value: encoded.value(row),
+            timestamp_ms: encoded.timestamp(row),
+            partition: None,
+        };
+        producer.send(record, None, ack).await?;
+    }
+    stats.add_out(encoder.topic(), encoded.len());
+    Ok(())
 }

@@ -73,6 +73,9 @@ pub struct Dropped {
 
 type Customs = Vec<Option<Arc<dyn DynAggregator>>>;
 
+/// The windows of one start, by key.
+type KeyedWindows = Map<Arc<str>, Vec<AggState>>;
+
 /// The hash maps of window state, keyed by input data: ahash (randomly seeded,
 /// as arrow's hash kernels use) instead of std's slower SipHash.
 type Map<K, V> = HashMap<K, V, ahash::RandomState>;
@@ -93,7 +96,7 @@ pub struct WindowCore {
     /// Open windows by start, then key: windows close in start order, so
     /// closing takes whole maps off the front. A key is allocated once per
     /// window and shared with `changed`.
-    state: BTreeMap<i64, Map<Arc<str>, Vec<AggState>>>,
+    state: BTreeMap<i64, KeyedWindows>,
     /// Number of open windows.
     open: usize,
     stream_time: Option<i64>,
@@ -258,16 +261,7 @@ impl WindowCore {
     /// (neither put nor tombstone). Kafka Streams' window stores drop such
     /// records by their retention the same way.
     fn drop_closed_windows(&mut self) {
-        let Some(wm) = self.watermark() else {
-            return;
-        };
-        let size = self.windows.size_ms();
-        while let Some(entry) = self.state.first_entry() {
-            if entry.key().saturating_add(size) > wm {
-                break;
-            }
-            let (start, windows) = entry.remove_entry();
-            self.open -= windows.len();
+        while let Some((start, windows)) = self.pop_closed() {
             tracing::debug!(
                 start,
                 windows = windows.len(),
@@ -439,14 +433,7 @@ impl WindowCore {
 
     /// Removes the windows the watermark has passed; final windows go to `out`.
     fn close_windows(&mut self, out: &mut Vec<WindowRow>) {
-        let Some(wm) = self.watermark() else { return };
-        let size = self.windows.size_ms();
-        while let Some(entry) = self.state.first_entry() {
-            if entry.key().saturating_add(size) > wm {
-                break;
-            }
-            let (start, windows) = entry.remove_entry();
-            self.open -= windows.len();
+        while let Some((start, windows)) = self.pop_closed() {
             // Emitted in key order, as they were kept before.
             let mut windows: Vec<_> = windows.into_iter().collect();
             windows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
@@ -457,6 +444,20 @@ impl WindowCore {
                 self.changed.entry((start, key)).or_insert(true);
             }
         }
+    }
+
+    /// Removes the earliest window start the watermark has passed, with its
+    /// windows (`None`: nothing has closed).
+    fn pop_closed(&mut self) -> Option<(i64, KeyedWindows)> {
+        let wm = self.watermark()?;
+        let size = self.windows.size_ms();
+        let entry = self.state.first_entry()?;
+        if entry.key().saturating_add(size) > wm {
+            return None;
+        }
+        let (start, windows) = entry.remove_entry();
+        self.open -= windows.len();
+        Some((start, windows))
     }
 
     /// Feeds each window's slice of the batch to the user-defined aggregations.

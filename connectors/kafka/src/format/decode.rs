@@ -115,77 +115,13 @@ impl RecordDecoder {
 
     /// Decodes `raw`; records that cannot be decoded are listed in [`Decoded::bad`].
     pub fn decode(&self, raw: &RawBatch) -> Result<Decoded> {
-        let mut bad = Vec::new();
-        let mut candidates = Vec::with_capacity(raw.len());
-        let mut heartbeat = None;
-        for i in 0..raw.len() {
-            if raw.is_heartbeat(i) {
-                heartbeat = heartbeat.max(raw.timestamp(i));
-                continue;
-            }
-            match self.check_record(raw, i) {
-                Ok(()) => candidates.push(i as u32),
-                Err((kind, reason)) => bad.push(BadRecord {
-                    index: i,
-                    kind,
-                    reason,
-                }),
-            }
-        }
-        let (mut values, mut rows) = match &self.value_format {
+        let (candidates, mut bad, heartbeat) = self.screen(raw);
+        let (values, rows) = match &self.value_format {
             Format::Json { schema } => decode_json(schema, raw, &candidates, &mut bad)?,
             other => (decode_plain(other, raw, &candidates), candidates),
         };
-        let timestamps = match self.timestamp_field {
-            None => TimestampMillisecondArray::from_iter(
-                rows.iter().map(|&i| raw.timestamp(i as usize)),
-            ),
-            Some(index) => {
-                let column = cast(
-                    values[index].as_ref(),
-                    &DataType::Timestamp(TimeUnit::Millisecond, None),
-                )
-                .map_err(|e| KafkaError::Format(format!("casting the timestamp field: {e}")))?;
-                let column = column
-                    .as_any()
-                    .downcast_ref::<TimestampMillisecondArray>()
-                    .cloned()
-                    .ok_or_else(|| KafkaError::Format("timestamp cast gave another type".into()))?;
-                if column.null_count() > 0 {
-                    let name = self.schema.field(index).name();
-                    let keep = BooleanArray::from_iter(column.iter().map(|v| Some(v.is_some())));
-                    for (row, value) in column.iter().enumerate() {
-                        if value.is_none() {
-                            bad.push(BadRecord {
-                                index: rows[row] as usize,
-                                kind: BadInputKind::MissingField,
-                                reason: format!("timestamp field '{name}' is missing or null"),
-                            });
-                        }
-                    }
-                    values = filter_columns(values, &keep)?;
-                    rows = rows
-                        .into_iter()
-                        .zip(column.iter())
-                        .filter(|(_, v)| v.is_some())
-                        .map(|(r, _)| r)
-                        .collect();
-                    let filtered = arrow::compute::filter(&column, &keep)
-                        .map_err(|e| KafkaError::Format(e.to_string()))?;
-                    filtered
-                        .as_any()
-                        .downcast_ref::<TimestampMillisecondArray>()
-                        .cloned()
-                        .ok_or_else(|| {
-                            KafkaError::Format("timestamp filter gave another type".into())
-                        })?
-                } else {
-                    column
-                }
-            }
-        };
+        let (mut columns, rows, timestamps) = self.event_times(raw, values, rows, &mut bad)?;
         bad.sort_by_key(|b| b.index);
-        let mut columns = values;
         columns.push(self.key_column(raw, &rows));
         columns.push(Arc::new(timestamps));
         columns.push(Arc::new(Int32Array::from(vec![
@@ -203,6 +139,85 @@ impl RecordDecoder {
             bad,
             heartbeat,
         })
+    }
+
+    /// Sorts the records of `raw` into candidates for decoding, bad records
+    /// and heartbeats (their latest timestamp).
+    fn screen(&self, raw: &RawBatch) -> (Vec<u32>, Vec<BadRecord>, Option<i64>) {
+        let mut bad = Vec::new();
+        let mut candidates = Vec::with_capacity(raw.len());
+        let mut heartbeat = None;
+        for i in 0..raw.len() {
+            if raw.is_heartbeat(i) {
+                heartbeat = heartbeat.max(raw.timestamp(i));
+                continue;
+            }
+            match self.check_record(raw, i) {
+                Ok(()) => candidates.push(i as u32),
+                Err((kind, reason)) => bad.push(BadRecord {
+                    index: i,
+                    kind,
+                    reason,
+                }),
+            }
+        }
+        (candidates, bad, heartbeat)
+    }
+
+    /// The event times of the decoded rows: message timestamps, or the
+    /// timestamp field; rows without one move to `bad`.
+    fn event_times(
+        &self,
+        raw: &RawBatch,
+        values: Vec<ArrayRef>,
+        rows: Vec<u32>,
+        bad: &mut Vec<BadRecord>,
+    ) -> Result<(Vec<ArrayRef>, Vec<u32>, TimestampMillisecondArray)> {
+        let Some(index) = self.timestamp_field else {
+            let times = TimestampMillisecondArray::from_iter(
+                rows.iter().map(|&i| raw.timestamp(i as usize)),
+            );
+            return Ok((values, rows, times));
+        };
+        let column = cast(
+            values[index].as_ref(),
+            &DataType::Timestamp(TimeUnit::Millisecond, None),
+        )
+        .map_err(|e| KafkaError::Format(format!("casting the timestamp field: {e}")))?;
+        let column = column
+            .as_any()
+            .downcast_ref::<TimestampMillisecondArray>()
+            .cloned()
+            .ok_or_else(|| KafkaError::Format("timestamp cast gave another type".into()))?;
+        if column.null_count() == 0 {
+            return Ok((values, rows, column));
+        }
+        let name = self.schema.field(index).name();
+        let keep = BooleanArray::from_iter(column.iter().map(|v| Some(v.is_some())));
+        for (row, value) in column.iter().enumerate() {
+            if value.is_none() {
+                bad.push(BadRecord {
+                    index: rows[row] as usize,
+                    kind: BadInputKind::MissingField,
+                    reason: format!("timestamp field '{name}' is missing or null"),
+                });
+            }
+        }
+        let values = filter_columns(values, &keep)?;
+        let rows = rows
+            .into_iter()
+            .zip(column.iter())
+            .filter(|(_, v)| v.is_some())
+            .map(|(r, _)| r)
+            .collect();
+        let filtered = arrow::compute::filter(&column, &keep)
+            .map_err(|e| KafkaError::Format(e.to_string()))?;
+        let times = filtered
+            .as_any()
+            .downcast_ref::<TimestampMillisecondArray>()
+            .cloned()
+            .ok_or_else(|| KafkaError::Format("timestamp filter gave another type".into()))?;
+        Ok((values, rows, times))
     }
 
     fn check_record(
