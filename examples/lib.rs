@@ -204,3 +204,9 @@ pub fn temperature_aggregations() -> Vec<flumen::window::Aggregation> {
         mean(col("temp")).alias("mean"),
     ]
 }
+
+/// The README's code blocks, compiled (and run where they need no servers)
+/// as doc tests of this crate, which depends on every crate they use.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

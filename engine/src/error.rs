@@ -36,12 +36,13 @@ pub enum Error {
         reason: String,
     },
     /// A sink (e.g. Cassandra) refused to start or failed to write.
-    #[error("{sink}: {reason}")]
+    #[error("{sink}: {source}")]
     Sink {
         /// The sink, e.g. `cassandra table 'metrics.device_temp'`.
         sink: String,
         /// What went wrong.
-        reason: String,
+        #[source]
+        source: crate::BoxError,
     },
     /// A publisher (an input such as a Cassandra table) failed.
     #[error("{publisher}: {source}")]
@@ -53,7 +54,7 @@ pub enum Error {
         source: crate::BoxError,
     },
     /// An operator failed on a batch.
-    #[error("operator '{operator}' failed on topic '{topic}' partition {partition} (offsets {first_offset}..={last_offset}): {reason}")]
+    #[error("operator '{operator}' failed on topic '{topic}' partition {partition} (offsets {first_offset}..={last_offset}): {source}")]
     Operator {
         /// The failing operator.
         operator: String,
@@ -66,6 +67,18 @@ pub enum Error {
         /// Last offset of the batch.
         last_offset: i64,
         /// What went wrong.
+        #[source]
+        source: crate::BoxError,
+    },
+    /// A state store holds entries its operator cannot read (written by
+    /// another version of the pipeline, or damaged).
+    #[error("state store '{store}' of topic '{topic}' cannot be read: {reason}")]
+    StateUnreadable {
+        /// The store.
+        store: String,
+        /// The input topic whose state it is.
+        topic: String,
+        /// What is wrong with it.
         reason: String,
     },
     /// A partition's local state is older than the consumer group's committed
@@ -157,9 +170,40 @@ pub enum Error {
         /// The panic's message.
         message: String,
     },
-    /// The runtime itself failed (a task died, a thread could not start).
-    #[error("runtime: {0}")]
-    Runtime(String),
+    /// A changelog holds a record flumen cannot restore from.
+    #[error("changelog '{topic}' partition {partition} offset {offset}: {reason}")]
+    ChangelogRecord {
+        /// The changelog topic.
+        topic: String,
+        /// Its partition.
+        partition: i32,
+        /// The record's offset.
+        offset: i64,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A task or thread of the runtime stopped or could not start.
+    #[error("{task}: {source}")]
+    Task {
+        /// The task, e.g. `the task of readings-0`.
+        task: String,
+        /// Why it stopped.
+        #[source]
+        source: crate::BoxError,
+    },
+    /// Local files (a state directory) could not be handled.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done, naming the path.
+        what: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// flumen found itself in a state it should never be in: a bug, please
+    /// report it with the message.
+    #[error("internal error (a bug in flumen): {0}")]
+    Internal(&'static str),
 }
 
 impl Error {
@@ -179,7 +223,7 @@ impl From<flumen_kafka::KafkaError> for Error {
     fn from(error: flumen_kafka::KafkaError) -> Self {
         match error {
             // A write to a non-Kafka sink, tracked with the batch's deliveries.
-            flumen_kafka::KafkaError::SinkWrite { sink, reason } => Error::Sink { sink, reason },
+            flumen_kafka::KafkaError::SinkWrite { sink, source } => Error::Sink { sink, source },
             error => Error::Kafka(Box::new(error)),
         }
     }

@@ -74,8 +74,8 @@ impl std::fmt::Debug for WriteTicket {
 }
 
 impl WriteTicket {
-    /// Settles the write; `Err(reason)` stops the application with that reason.
-    pub fn done(self, result: Result<(), String>) {
+    /// Settles the write; `Err(error)` stops the application with that error.
+    pub fn done(self, result: Result<(), BoxError>) {
         self.ticket.done(result);
     }
 
@@ -83,12 +83,13 @@ impl WriteTicket {
     /// `value` (the row, e.g. as JSON) is produced there with headers
     /// `flumen.error.kind` = `sink`, `flumen.error.reason` = `reason`,
     /// `flumen.sink` and `flumen.source.{topic,partition,offsets}`, and the batch commits once the
-    /// broker acknowledged it; without one this is `done(Err(reason))`.
-    pub async fn dead_letter(self, key: Option<Vec<u8>>, value: Vec<u8>, reason: String) {
+    /// broker acknowledged it; without one this is `done(Err(error))`.
+    pub async fn dead_letter(self, key: Option<Vec<u8>>, value: Vec<u8>, error: BoxError) {
         let Some(target) = self.dead_letters.clone() else {
-            self.ticket.done(Err(reason));
+            self.ticket.done(Err(error));
             return;
         };
+        let reason = error.to_string();
         let headers = headers_with(
             None,
             &[
@@ -121,12 +122,26 @@ impl WriteTicket {
                 tracing::warn!(sink = %target.sink, topic = %target.route.topic, %reason, "a row went to the dead-letter topic");
                 self.ticket.done(Ok(()));
             }
-            Err(error) => self.ticket.done(Err(format!(
-                "{reason}; sending it to the dead-letter topic '{}' failed too: {error}",
-                target.route.topic
-            ))),
+            Err(dead_letter) => self.ticket.done(Err(Box::new(DeadLetterFailed {
+                topic: target.route.topic.clone(),
+                write: error,
+                dead_letter,
+            }))),
         }
     }
+}
+
+/// A sink write failed and so did sending its row to the dead-letter topic.
+#[derive(Debug, thiserror::Error)]
+#[error("{write}; sending it to the dead-letter topic '{topic}' failed too: {dead_letter}")]
+pub struct DeadLetterFailed {
+    /// The dead-letter topic.
+    pub topic: String,
+    /// Why the write failed.
+    pub write: BoxError,
+    /// Why the dead letter failed.
+    #[source]
+    pub dead_letter: flumen_kafka::KafkaError,
 }
 
 /// Hands out the tickets of one micro-batch.

@@ -64,7 +64,7 @@ struct Request {
 
 impl Upsert {
     /// Writes one request, retrying what can pass; settles nothing.
-    async fn write(&self, request: &Request) -> Result<(), String> {
+    async fn write(&self, request: &Request) -> Result<(), Arc<WriteFailed>> {
         let started = Instant::now();
         let backoff = crate::retry::backoff(self.retries);
         let batch = (request.values.len() > 1).then(|| {
@@ -101,21 +101,31 @@ impl Upsert {
                 self.requests.increment(1);
                 Ok(())
             }
-            Err(error) => {
+            Err(source) => {
                 self.failed.increment(rows);
-                Err(format!(
-                    "table {}: {} could not be written (after up to {} retries): {error}",
-                    self.table,
-                    if rows == 1 {
-                        "a row".to_string()
-                    } else {
-                        format!("a batch of {rows} rows")
-                    },
-                    self.retries
-                ))
+                Err(Arc::new(WriteFailed {
+                    table: self.table.clone(),
+                    rows: request.rows.len(),
+                    retries: self.retries,
+                    source,
+                }))
             }
         }
     }
+}
+
+/// A request's rows could not be written, even after retries.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "table {table}: {} could not be written (after up to {retries} retries): {source}",
+    if *rows == 1 { "a row".to_string() } else { format!("a batch of {rows} rows") }
+)]
+pub(crate) struct WriteFailed {
+    table: String,
+    rows: usize,
+    retries: usize,
+    #[source]
+    source: scylla::errors::ExecutionError,
 }
 
 /// Splits the rows (in order) into requests: one per row, or with
@@ -340,16 +350,23 @@ impl CassandraWriter {
 /// sink's dead-letter policy (the row as JSON).
 async fn settle(
     tickets: Vec<WriteTicket>,
-    result: Result<(), String>,
+    result: Result<(), Arc<WriteFailed>>,
     frame: &RecordBatch,
     rows: &[usize],
 ) {
     for (ticket, &row) in tickets.into_iter().zip(rows) {
         match &result {
             Ok(()) => ticket.done(Ok(())),
-            Err(reason) => match row_as_json(frame, row) {
-                Ok(json) => ticket.dead_letter(None, json, reason.clone()).await,
-                Err(e) => ticket.done(Err(format!("{reason} (and the row cannot be shown: {e})"))),
+            Err(failed) => match row_as_json(frame, row) {
+                Ok(json) => {
+                    ticket
+                        .dead_letter(None, json, Box::new(Arc::clone(failed)))
+                        .await
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "a row that failed to write cannot be shown");
+                    ticket.done(Err(Box::new(Arc::clone(failed))));
+                }
             },
         }
     }

@@ -21,12 +21,13 @@ pub enum KafkaError {
         brokers: String,
     },
     /// A write tracked in a delivery batch (a non-Kafka sink) failed.
-    #[error("delivery to {sink} failed: {reason}")]
+    #[error("delivery to {sink} failed: {source}")]
     SinkWrite {
         /// The sink, e.g. `cassandra table 'metrics.device_temp'`.
         sink: String,
         /// What went wrong.
-        reason: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// A record could not be delivered to its topic.
     #[error("kafka: delivery to topic '{topic}' failed: {reason} (retriable: {retriable})")]

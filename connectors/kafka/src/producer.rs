@@ -82,12 +82,15 @@ pub struct DeliveryTicket {
 }
 
 impl DeliveryTicket {
-    /// Settles the delivery: `Err(reason)` fails the batch (the first failure is kept).
-    pub fn done(mut self, result: std::result::Result<(), String>) {
+    /// Settles the delivery: `Err(error)` fails the batch (the first failure is kept).
+    pub fn done(
+        mut self,
+        result: std::result::Result<(), Box<dyn std::error::Error + Send + Sync>>,
+    ) {
         if let Some(batch) = self.batch.take() {
-            batch.finish_one(result.err().map(|reason| KafkaError::SinkWrite {
+            batch.finish_one(result.err().map(|source| KafkaError::SinkWrite {
                 sink: self.sink.to_string(),
-                reason,
+                source,
             }));
         }
     }
@@ -98,7 +101,7 @@ impl Drop for DeliveryTicket {
         if let Some(batch) = self.batch.take() {
             batch.finish_one(Some(KafkaError::SinkWrite {
                 sink: self.sink.to_string(),
-                reason: "the write was abandoned before it completed".into(),
+                source: "the write was abandoned before it completed".into(),
             }));
         }
     }

@@ -12,7 +12,7 @@ use datafusion::logical_expr::Expr;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::operators::typed_map;
+use crate::operators::{typed_map, DropColumns, Filter, MapBatches, Select, WithColumn};
 use crate::plan::{BoxError, Node, Op, Output, SinkSpec};
 use crate::topic::Topic;
 
@@ -49,22 +49,23 @@ impl StreamingDataFrame {
 
     /// Keeps the records for which `predicate` is true (null counts as false).
     pub fn filter(&self, predicate: Expr) -> Self {
-        self.with(Op::Filter(predicate))
+        self.with(Op::Operator(Arc::new(Filter(predicate))))
     }
 
     /// Replaces the columns with `exprs` (name them with `.alias(...)`).
     pub fn select(&self, exprs: impl IntoIterator<Item = Expr>) -> Self {
-        self.with(Op::Select(exprs.into_iter().collect()))
+        self.with(Op::Operator(Arc::new(Select(exprs.into_iter().collect()))))
     }
 
     /// Adds a column, or replaces the column of that name.
     pub fn with_column(&self, name: impl Into<String>, expr: Expr) -> Self {
-        self.with(Op::WithColumn(name.into(), expr))
+        self.with(Op::Operator(Arc::new(WithColumn(name.into(), expr))))
     }
 
     /// Removes columns.
     pub fn drop<S: Into<String>>(&self, columns: impl IntoIterator<Item = S>) -> Self {
-        self.with(Op::Drop(columns.into_iter().map(Into::into).collect()))
+        let columns = columns.into_iter().map(Into::into).collect();
+        self.with(Op::Operator(Arc::new(DropColumns(columns))))
     }
 
     /// Applies `f` to every micro-batch. An error stops the application and names
@@ -73,7 +74,10 @@ impl StreamingDataFrame {
     where
         F: Fn(RecordBatch) -> Result<RecordBatch, BoxError> + Send + Sync + 'static,
     {
-        self.with(Op::MapBatches("map_batches".into(), Arc::new(f)))
+        self.with(Op::Operator(Arc::new(MapBatches {
+            name: "map_batches".into(),
+            f: Arc::new(f),
+        })))
     }
 
     /// Maps every row through serde: rows are deserialized as `In` (extra columns
@@ -90,7 +94,10 @@ impl StreamingDataFrame {
             std::any::type_name::<In>(),
             std::any::type_name::<Out>()
         );
-        self.with(Op::MapBatches(name, typed_map(f)))
+        self.with(Op::Operator(Arc::new(MapBatches {
+            name,
+            f: typed_map(f),
+        })))
     }
 
     fn output(&self, sink: SinkSpec) {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use datafusion::logical_expr::Expr;
 
 use super::StreamingDataFrame;
+use crate::operators::WindowAggregate;
 use crate::plan::{Op, RepartitionSpec, WindowSpec};
 use crate::window::{Aggregation, Emit, LateRecords, Windows};
 
@@ -24,7 +25,7 @@ pub struct GroupedFrame {
 pub struct WindowedFrame {
     frame: StreamingDataFrame,
     key: Option<Expr>,
-    windows: Result<Windows, String>,
+    windows: Result<Windows, Arc<crate::Error>>,
     grace: Duration,
     aggs: Vec<Aggregation>,
     late: LateRecords,
@@ -144,7 +145,7 @@ impl WindowedFrame {
         WindowedFrame {
             frame,
             key,
-            windows: windows.map_err(|e| e.to_string()),
+            windows: windows.map_err(Arc::new),
             grace: Duration::ZERO,
             aggs: Vec::new(),
             late: LateRecords::Drop,
@@ -189,7 +190,8 @@ impl WindowedFrame {
             late: self.late,
             store: self.store,
         };
-        self.frame.with(Op::Window(Arc::new(spec)))
+        self.frame
+            .with(Op::Operator(Arc::new(WindowAggregate(Arc::new(spec)))))
     }
 
     /// Emits each window once, when the partition's watermark (max event time

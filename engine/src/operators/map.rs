@@ -1,102 +1,114 @@
-//! Typed row maps through serde (`serde_arrow`).
+//! `map_batches(f)` and `map(f)`: a user function over whole batches.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::{FieldRef, Schema};
-use flumen_kafka::format::is_metadata_column;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-use serde_arrow::schema::{SchemaLike, TracingOptions};
+use arrow::datatypes::SchemaRef;
+use datafusion::prelude::SessionContext;
+use futures::future::BoxFuture;
 
-use crate::plan::{BatchFn, BoxError};
+use super::{column_list, LogicalOperator, OpContext, OpError, Operator};
+use crate::plan::BatchFn;
 
-/// Builds a batch function that maps each row `In -> Out` through serde. Metadata
-/// columns (`_key`, `_timestamp`, ...) of the input are carried over unless `Out`
-/// has fields of the same names.
-pub fn typed_map<In, Out, F>(f: F) -> BatchFn
-where
-    In: DeserializeOwned + 'static,
-    Out: Serialize + DeserializeOwned + 'static,
-    F: Fn(In) -> Out + Send + Sync + 'static,
-{
-    let out_fields: OnceLock<Result<Vec<FieldRef>, String>> = OnceLock::new();
-    Arc::new(move |batch: RecordBatch| -> Result<RecordBatch, BoxError> {
-        let fields = out_fields
-            .get_or_init(|| {
-                Vec::<FieldRef>::from_type::<Out>(TracingOptions::default().allow_null_fields(true))
-                    .map_err(|e| {
-                        format!("cannot derive an Arrow schema for the map output type: {e}")
-                    })
-            })
-            .clone()?;
-        let schema = batch.schema();
-        let data: Vec<usize> = (0..schema.fields().len())
-            .filter(|&i| !is_metadata_column(schema.field(i).name()))
-            .collect();
-        let input = batch.project(&data)?;
-        let rows: Vec<In> = serde_arrow::from_record_batch(&input)?;
-        let mapped: Vec<Out> = rows.into_iter().map(&f).collect();
-        let out = serde_arrow::to_record_batch(&fields, &mapped)?;
-        let mut all_fields: Vec<FieldRef> = out.schema().fields().iter().cloned().collect();
-        let mut columns = out.columns().to_vec();
-        for (i, field) in schema.fields().iter().enumerate() {
-            if is_metadata_column(field.name())
-                && !all_fields.iter().any(|f| f.name() == field.name())
-            {
-                all_fields.push(Arc::clone(field));
-                columns.push(Arc::clone(batch.column(i)));
-            }
+/// Applies a user function to every batch.
+pub(crate) struct MapBatches {
+    /// The DSL call, e.g. `map_batches` or `map::<In, Out>`.
+    pub(crate) name: String,
+    pub(crate) f: BatchFn,
+}
+
+impl LogicalOperator for MapBatches {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    /// A user function is opaque: its output schema is what it returns for
+    /// an empty batch of the input schema.
+    fn plan(
+        &self,
+        input: &SchemaRef,
+        _ctx: &Arc<SessionContext>,
+    ) -> Result<Box<dyn Operator>, OpError> {
+        let empty = (self.f)(RecordBatch::new_empty(Arc::clone(input))).map_err(|e| {
+            OpError::Plan(format!(
+                "the function failed on an empty batch, which is how its output \
+                 columns are found before any record is read: {e}"
+            ))
+        })?;
+        Ok(Box::new(MapOperator {
+            f: Arc::clone(&self.f),
+            schema: empty.schema(),
+        }))
+    }
+}
+
+struct MapOperator {
+    f: BatchFn,
+    schema: SchemaRef,
+}
+
+impl MapOperator {
+    /// Runs the function; its result must have the planned columns.
+    fn map(&self, batch: RecordBatch) -> Result<RecordBatch, OpError> {
+        let out = (self.f)(batch).map_err(OpError::Eval)?;
+        if out.schema_ref() == &self.schema {
+            return Ok(out);
         }
-        Ok(RecordBatch::try_new(
-            Arc::new(Schema::new(all_fields)),
-            columns,
-        )?)
-    })
+        let same_columns = out.schema().fields().len() == self.schema.fields().len()
+            && out
+                .schema()
+                .fields()
+                .iter()
+                .zip(self.schema.fields())
+                .all(|(a, b)| a.name() == b.name() && a.data_type() == b.data_type());
+        let columns = out.columns().to_vec();
+        match same_columns {
+            true => RecordBatch::try_new(Arc::clone(&self.schema), columns).map_err(OpError::eval),
+            false => Err(OpError::eval(format!(
+                "the function returned the columns [{}] but returned [{}] for an empty batch; \
+                 it must return the same columns for every batch",
+                column_list(&out.schema()),
+                column_list(&self.schema)
+            ))),
+        }
+    }
+}
+
+impl Operator for MapOperator {
+    fn output_schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn process<'a>(
+        &'a mut self,
+        batch: RecordBatch,
+        _ctx: &'a mut OpContext,
+    ) -> BoxFuture<'a, Result<RecordBatch, OpError>> {
+        Box::pin(std::future::ready(self.map(batch)))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{AsArray, Float64Array, Int64Array};
-    use arrow::datatypes::{DataType, Field, Float64Type};
-    use serde::Deserialize;
-
-    #[derive(Deserialize)]
-    struct Reading {
-        temp: f64,
-    }
-
-    #[derive(Serialize, Deserialize)]
-    struct Fahrenheit {
-        temp_f: f64,
-    }
+    use crate::operators::testing::{run, sensor_batch};
 
     #[test]
-    fn maps_rows_and_keeps_metadata() -> Result<(), BoxError> {
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("temp", DataType::Float64, false),
-            Field::new("_offset", DataType::Int64, false),
-        ]));
-        let batch = RecordBatch::try_new(
-            schema,
-            vec![
-                Arc::new(Float64Array::from(vec![0.0, 100.0])),
-                Arc::new(Int64Array::from(vec![4, 5])),
-            ],
-        )?;
-        let f = typed_map(|r: Reading| Fahrenheit {
-            temp_f: r.temp * 9.0 / 5.0 + 32.0,
-        });
-        let out = f(batch)?;
-        assert_eq!(
-            out.column(0)
-                .as_primitive::<Float64Type>()
-                .values()
-                .to_vec(),
-            vec![32.0, 212.0]
-        );
-        assert_eq!(out.schema().field(1).name(), "_offset");
-        Ok(())
+    fn a_function_changing_its_columns_is_an_error() {
+        let map = MapBatches {
+            name: "map_batches".into(),
+            f: Arc::new(|batch: RecordBatch| {
+                let keep: Vec<usize> = if batch.num_rows() == 0 {
+                    vec![0]
+                } else {
+                    vec![1]
+                };
+                Ok(batch.project(&keep)?)
+            }),
+        };
+        let Err(OpError::Eval(e)) = run(&map, sensor_batch()) else {
+            panic!("expected an evaluation error")
+        };
+        assert!(e.to_string().contains("[temp]"), "{e}");
     }
 }

@@ -14,10 +14,17 @@ use datafusion::common::ScalarValue;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::prelude::SessionContext;
 use flumen_kafka::format::{KEY_COLUMN, OFFSET_COLUMN, TIMESTAMP_COLUMN};
+use flumen_state::WriteBatch;
+use futures::future::BoxFuture;
 
-use super::{compile, evaluate, OpError};
+use super::expr::{compile, evaluate};
+use super::{
+    LateRecord, LogicalOperator, OpContext, OpError, Operator, OperatorState, StoreRequest,
+};
 use crate::plan::WindowSpec;
-use crate::window::{AggKind, AggValue, WindowCore, WindowInput, WindowRow};
+use crate::window::{
+    AggKind, AggValue, CorruptState, Dropped, LateRecords, WindowCore, WindowInput, WindowRow,
+};
 
 /// Column of the group key in results when grouping by the message key.
 pub const MESSAGE_KEY: &str = "key";
@@ -26,16 +33,165 @@ pub const WINDOW_START: &str = "window_start";
 /// Column of the window end in results (epoch ms, exclusive).
 pub const WINDOW_END: &str = "window_end";
 
+/// A windowed aggregation (`tumbling` / `hopping` / `custom` + `agg`).
+pub(crate) struct WindowAggregate(pub(crate) Arc<WindowSpec>);
+
+impl LogicalOperator for WindowAggregate {
+    fn name(&self) -> String {
+        let spec = &self.0;
+        let aggs: Vec<&str> = spec.aggs.iter().map(|a| a.name()).collect();
+        format!(
+            "window({}{:?}, {})",
+            spec.key
+                .as_ref()
+                .map_or("_key".to_string(), |k| k.to_string()),
+            spec.emit,
+            aggs.join(", ")
+        )
+    }
+
+    fn plan(
+        &self,
+        input: &SchemaRef,
+        ctx: &Arc<SessionContext>,
+    ) -> Result<Box<dyn Operator>, OpError> {
+        let spec = &self.0;
+        let windows = spec
+            .windows
+            .clone()
+            .map_err(|e| OpError::Plan(e.to_string()))?;
+        let compiled = compile_window(ctx, spec, input)?;
+        let kinds = spec.aggs.iter().map(|a| a.kind()).collect();
+        let customs = spec.aggs.iter().map(|a| a.custom.clone()).collect();
+        let core = WindowCore::new(windows, spec.grace_ms, kinds, spec.emit)
+            .with_customs(customs)
+            .with_signature(signature(&spec.aggs));
+        let late_topic = match &spec.late {
+            LateRecords::DeadLetter(topic) => Some(Arc::from(topic.as_str())),
+            LateRecords::Drop => None,
+        };
+        Ok(Box::new(WindowOperator {
+            compiled,
+            core,
+            late_topic,
+        }))
+    }
+
+    fn store(&self) -> Option<StoreRequest> {
+        Some(StoreRequest {
+            name: self.0.store.clone(),
+            default_prefix: "window",
+        })
+    }
+
+    fn dead_letter_topic(&self) -> Option<(String, String)> {
+        match &self.0.late {
+            LateRecords::DeadLetter(topic) => {
+                Some((topic.clone(), "late-record dead-letter".to_string()))
+            }
+            LateRecords::Drop => None,
+        }
+    }
+}
+
+/// The aggregations of a window, in order, as `kind(input)` (custom ones by
+/// their name): what its stored states mean.
+fn signature(aggs: &[crate::window::Aggregation]) -> String {
+    aggs.iter()
+        .map(|a| {
+            let input = a.input().map(ToString::to_string).unwrap_or_default();
+            match a.kind() {
+                AggKind::Custom => format!("custom {}({input})", a.name()),
+                kind => format!("{kind:?}({input})"),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The window aggregation of one partition.
+struct WindowOperator {
+    compiled: CompiledWindow,
+    core: WindowCore,
+    /// Where late records go (`None`: dropped and counted).
+    late_topic: Option<Arc<str>>,
+}
+
+impl WindowOperator {
+    fn run(&mut self, batch: &RecordBatch, ctx: &mut OpContext) -> Result<RecordBatch, OpError> {
+        let (out, late) = self
+            .compiled
+            .apply(&mut self.core, batch, ctx.heartbeat())?;
+        if let Some(topic) = &self.late_topic {
+            for (offset, watermark) in late {
+                ctx.late_record(LateRecord {
+                    topic: Arc::clone(topic),
+                    offset,
+                    watermark,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Operator for WindowOperator {
+    fn output_schema(&self) -> SchemaRef {
+        Arc::clone(&self.compiled.output)
+    }
+
+    fn process<'a>(
+        &'a mut self,
+        batch: RecordBatch,
+        ctx: &'a mut OpContext,
+    ) -> BoxFuture<'a, Result<RecordBatch, OpError>> {
+        Box::pin(std::future::ready(self.run(&batch, ctx)))
+    }
+
+    fn state(&mut self) -> Option<&mut dyn OperatorState> {
+        Some(self)
+    }
+}
+
+impl OperatorState for WindowOperator {
+    fn begin_restore(&mut self) {
+        self.core.begin_restore();
+    }
+
+    fn restore_entry(&mut self, key: &[u8], value: &[u8]) -> Result<(), CorruptState> {
+        self.core.restore_entry(key, value)
+    }
+
+    fn finish_restore(&mut self) {
+        self.core.finish_restore();
+    }
+
+    fn take_changes(&mut self, store: &str) -> WriteBatch {
+        self.core.take_changes(store)
+    }
+
+    fn dropped(&self) -> Dropped {
+        self.core.dropped()
+    }
+}
+
+/// Where the group key comes from.
+enum GroupKey {
+    /// An expression (`group_by(expr)`).
+    Expr(Arc<dyn PhysicalExpr>),
+    /// The message key column, at this index.
+    Column(usize),
+}
+
 /// A window aggregation compiled for one input schema.
-pub(crate) struct CompiledWindow {
-    key: Option<Arc<dyn PhysicalExpr>>,
-    key_index: Option<usize>,
+struct CompiledWindow {
+    key: GroupKey,
     timestamp: usize,
     offset: usize,
     inputs: Vec<Option<Arc<dyn PhysicalExpr>>>,
     kinds: Vec<AggKind>,
     output_types: Vec<DataType>,
-    pub(crate) output: SchemaRef,
+    output: SchemaRef,
 }
 
 /// The output type of an aggregation.
@@ -72,140 +228,120 @@ fn output_schema(spec: &WindowSpec, key_name: &str) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
-pub(crate) fn compile_window(
+fn compile_window(
     ctx: &SessionContext,
     spec: &WindowSpec,
     schema: &SchemaRef,
-) -> Result<CompiledWindow, String> {
-    spec.windows.as_ref().map_err(Clone::clone)?;
+) -> Result<CompiledWindow, OpError> {
     if spec.aggs.is_empty() {
-        return Err("a window needs at least one aggregation: .agg([count(), ...])".into());
+        return Err(OpError::Plan(
+            "a window needs at least one aggregation: .agg([count(), ...])".into(),
+        ));
     }
     let column = |name: &str| {
         schema.index_of(name).map_err(|_| {
-            format!("windows need the '{name}' metadata column; do not drop or select it away")
+            OpError::Plan(format!(
+                "windows need the '{name}' metadata column; do not drop or select it away"
+            ))
         })
     };
     let timestamp = column(TIMESTAMP_COLUMN)?;
     let offset = column(OFFSET_COLUMN)?;
-    let (key, key_index, key_name) = match &spec.key {
+    let (key, key_name) = match &spec.key {
         Some(e) => {
             let (phys, field) = compile(ctx, e, schema)?;
-            (Some(phys), None, field.name().clone())
+            (GroupKey::Expr(phys), field.name().clone())
         }
-        None => (None, Some(column(KEY_COLUMN)?), MESSAGE_KEY.to_string()),
+        None => (
+            GroupKey::Column(column(KEY_COLUMN)?),
+            MESSAGE_KEY.to_string(),
+        ),
     };
-    let mut names: Vec<&str> = vec![&key_name, WINDOW_START, WINDOW_END];
-    let mut inputs = Vec::new();
-    for agg in &spec.aggs {
-        if names.contains(&agg.name()) {
-            return Err(format!(
-                "output column '{}' appears twice; alias one of them",
-                agg.name()
-            ));
-        }
-        names.push(agg.name());
-        inputs.push(match agg.input() {
-            None => None,
-            Some(e) => {
-                let (phys, field) = compile(ctx, e, schema)?;
-                if agg.custom.is_none() && !field.data_type().is_numeric() {
-                    return Err(format!(
-                        "{}: aggregations take numbers; '{}' has type {}",
-                        agg.name(),
-                        e,
-                        field.data_type()
-                    ));
-                }
-                Some(phys)
-            }
-        });
-    }
     Ok(CompiledWindow {
         key,
-        key_index,
         timestamp,
         offset,
-        inputs,
+        inputs: compile_inputs(ctx, spec, schema, &key_name)?,
         kinds: spec.aggs.iter().map(|a| a.kind()).collect(),
         output_types: spec.aggs.iter().map(output_type).collect(),
         output: output_schema(spec, &key_name),
     })
 }
 
+/// The input expression of each aggregation (`None` for `count()`).
+fn compile_inputs(
+    ctx: &SessionContext,
+    spec: &WindowSpec,
+    schema: &SchemaRef,
+    key_name: &str,
+) -> Result<Vec<Option<Arc<dyn PhysicalExpr>>>, OpError> {
+    let mut names: Vec<&str> = vec![key_name, WINDOW_START, WINDOW_END];
+    let mut inputs = Vec::new();
+    for agg in &spec.aggs {
+        if names.contains(&agg.name()) {
+            return Err(OpError::Plan(format!(
+                "output column '{}' appears twice; alias one of them",
+                agg.name()
+            )));
+        }
+        names.push(agg.name());
+        let Some(e) = agg.input() else {
+            inputs.push(None);
+            continue;
+        };
+        let (phys, field) = compile(ctx, e, schema)?;
+        if agg.custom.is_none() && !field.data_type().is_numeric() {
+            return Err(OpError::Plan(format!(
+                "{}: aggregations take numbers; '{e}' has type {}",
+                agg.name(),
+                field.data_type()
+            )));
+        }
+        inputs.push(Some(phys));
+    }
+    Ok(inputs)
+}
+
+/// The values of each aggregation for one batch: as numbers for the
+/// built-in ones, as evaluated for user-defined ones.
+struct AggInputs {
+    numbers: Vec<Option<ArrayRef>>,
+    raw: Vec<Option<ArrayRef>>,
+}
+
 impl CompiledWindow {
     /// Feeds `batch` into `core`; returns the emitted windows as a batch and
     /// the source offsets of late records with the watermark each met.
     /// A `heartbeat` moves the event time on after the batch's records.
-    pub(crate) fn apply(
+    fn apply(
         &self,
         core: &mut WindowCore,
         batch: &RecordBatch,
         heartbeat: Option<i64>,
     ) -> Result<(RecordBatch, Vec<(i64, i64)>), OpError> {
-        let eval = |e: String| OpError::Eval(e);
-        let keys: ArrayRef = match (&self.key, self.key_index) {
-            (Some(phys), _) => evaluate(phys, batch).map_err(eval)?,
-            (None, Some(i)) => Arc::clone(batch.column(i)),
-            (None, None) => return Err(eval("window without a key".into())),
-        };
-        let keys = cast(&keys, &DataType::Utf8).map_err(|e| eval(e.to_string()))?;
-        let timestamps = cast(batch.column(self.timestamp), &DataType::Int64)
-            .map_err(|e| eval(e.to_string()))?;
+        let timestamps =
+            cast(batch.column(self.timestamp), &DataType::Int64).map_err(OpError::eval)?;
         let timestamps = timestamps.as_primitive::<arrow::datatypes::Int64Type>();
         let offsets = batch
             .column(self.offset)
-            .as_primitive_opt::<arrow::datatypes::Int64Type>();
-        let offsets = offsets.ok_or_else(|| eval("_offset is not Int64".into()))?;
-        let mut values = Vec::new();
-        let mut raw = Vec::new();
-        for (input, kind) in self.inputs.iter().zip(&self.kinds) {
-            let evaluated = match input {
-                None => None,
-                Some(phys) => Some(evaluate(phys, batch).map_err(eval)?),
-            };
-            match (evaluated, kind) {
-                (Some(v), AggKind::Custom) => {
-                    values.push(None);
-                    raw.push(Some(v));
-                }
-                (Some(v), _) => {
-                    values.push(Some(
-                        cast(&v, &DataType::Float64).map_err(|e| eval(e.to_string()))?,
-                    ));
-                    raw.push(None);
-                }
-                (None, _) => {
-                    values.push(None);
-                    raw.push(None);
-                }
-            }
-        }
-        let values: Vec<Option<&Float64Array>> = values
+            .as_primitive_opt::<arrow::datatypes::Int64Type>()
+            .ok_or_else(|| OpError::eval("_offset is not Int64"))?;
+        let keys = self.keys(batch, timestamps)?;
+        let inputs = self.inputs(batch)?;
+        let numbers: Vec<Option<&Float64Array>> = inputs
+            .numbers
             .iter()
             .map(|v| v.as_ref().map(|a| a.as_primitive()))
             .collect();
-        // Records without an event time cannot be placed in a window.
-        let keys = keys.as_string::<i32>();
-        let keys = if timestamps.null_count() > 0 {
-            let masked: StringArray = keys
-                .iter()
-                .zip(timestamps.iter())
-                .map(|(k, t)| t.and(k))
-                .collect();
-            masked
-        } else {
-            keys.clone()
-        };
         let processed = core
             .process(&WindowInput {
                 keys: &keys,
                 timestamps: timestamps.values(),
                 offsets: offsets.values(),
-                values: &values,
-                raw: &raw,
+                values: &numbers,
+                raw: &inputs.raw,
             })
-            .map_err(eval)?;
+            .map_err(OpError::eval)?;
         let mut rows = processed.rows;
         if let Some(time) = heartbeat {
             rows.extend(core.advance_to(time));
@@ -216,6 +352,53 @@ impl CompiledWindow {
             .map(|&(row, watermark)| (offsets.value(row as usize), watermark))
             .collect();
         Ok((self.to_batch(&rows)?, late))
+    }
+
+    /// The group keys as strings, null where the event time is (records
+    /// without an event time cannot be placed in a window).
+    fn keys(
+        &self,
+        batch: &RecordBatch,
+        timestamps: &arrow::array::Int64Array,
+    ) -> Result<StringArray, OpError> {
+        let keys: ArrayRef = match &self.key {
+            GroupKey::Expr(phys) => evaluate(phys, batch)?,
+            GroupKey::Column(i) => Arc::clone(batch.column(*i)),
+        };
+        let keys = cast(&keys, &DataType::Utf8).map_err(OpError::eval)?;
+        let keys = keys.as_string::<i32>();
+        if timestamps.null_count() == 0 {
+            return Ok(keys.clone());
+        }
+        Ok(keys
+            .iter()
+            .zip(timestamps.iter())
+            .map(|(k, t)| t.and(k))
+            .collect())
+    }
+
+    fn inputs(&self, batch: &RecordBatch) -> Result<AggInputs, OpError> {
+        let mut inputs = AggInputs {
+            numbers: Vec::new(),
+            raw: Vec::new(),
+        };
+        for (input, kind) in self.inputs.iter().zip(&self.kinds) {
+            let evaluated = match input {
+                None => None,
+                Some(phys) => Some(evaluate(phys, batch)?),
+            };
+            let (number, raw) = match (evaluated, kind) {
+                (Some(v), AggKind::Custom) => (None, Some(v)),
+                (Some(v), _) => (
+                    Some(cast(&v, &DataType::Float64).map_err(OpError::eval)?),
+                    None,
+                ),
+                (None, _) => (None, None),
+            };
+            inputs.numbers.push(number);
+            inputs.raw.push(raw);
+        }
+        Ok(inputs)
     }
 
     fn to_batch(&self, rows: &[WindowRow]) -> Result<RecordBatch, OpError> {
@@ -238,8 +421,7 @@ impl CompiledWindow {
         columns.push(Arc::new(TimestampMillisecondArray::from_iter_values(
             rows.iter().map(|r| r.end - 1),
         )));
-        RecordBatch::try_new(Arc::clone(&self.output), columns)
-            .map_err(|e| OpError::Eval(e.to_string()))
+        RecordBatch::try_new(Arc::clone(&self.output), columns).map_err(OpError::eval)
     }
 }
 
@@ -259,9 +441,9 @@ fn value_column<'a>(
             return Ok(arrow::array::new_empty_array(data_type));
         }
         let array = ScalarValue::iter_to_array(scalars)
-            .map_err(|e| OpError::Eval(format!("user-defined aggregation result: {e}")))?;
+            .map_err(|e| OpError::eval(format!("user-defined aggregation result: {e}")))?;
         if array.data_type() != data_type {
-            return Err(OpError::Eval(format!(
+            return Err(OpError::eval(format!(
                 "user-defined aggregation returned {} but declared {data_type}",
                 array.data_type()
             )));
@@ -295,9 +477,24 @@ mod tests {
     use super::*;
     use crate::expr::col;
     use crate::operators::Operator;
-    use crate::plan::Op;
     use crate::window::{count, sum, Emit, Windows};
     use arrow::array::Int32Array;
+
+    fn planned(spec: &WindowSpec) -> Box<dyn Operator> {
+        let schema = batch(&[], 0).schema();
+        WindowAggregate(Arc::new(spec.clone()))
+            .plan(&schema, &Arc::new(SessionContext::new()))
+            .unwrap_or_else(|e| panic!("plan: {e}"))
+    }
+
+    fn apply(op: &mut Box<dyn Operator>, batch: RecordBatch) -> RecordBatch {
+        futures::executor::block_on(op.process(batch, &mut OpContext::default()))
+            .unwrap_or_else(|e| panic!("process: {e}"))
+    }
+
+    fn state(op: &mut Box<dyn Operator>) -> &mut dyn OperatorState {
+        op.state().unwrap_or_else(|| panic!("a window keeps state"))
+    }
 
     fn batch(rows: &[(&str, i64, f64)], first_offset: i64) -> RecordBatch {
         let schema = Arc::new(Schema::new(vec![
@@ -339,19 +536,13 @@ mod tests {
             late: crate::window::LateRecords::Drop,
             store: None,
         };
-        let mut op = Operator::new(Op::Window(Arc::new(spec)), Arc::new(SessionContext::new()));
-        let out = op
-            .apply(
-                batch(&[("a", 1, 1.0), ("b", 2, 2.0), ("a", 9, 3.0)], 0),
-                None,
-            )
-            .ok()
-            .unwrap();
+        let mut op = planned(&spec);
+        let out = apply(
+            &mut op,
+            batch(&[("a", 1, 1.0), ("b", 2, 2.0), ("a", 9, 3.0)], 0),
+        );
         assert_eq!(out.num_rows(), 0, "nothing closed yet");
-        let out = op
-            .apply(batch(&[("a", 10, 5.0), ("b", 25, 1.0)], 3), None)
-            .ok()
-            .unwrap();
+        let out = apply(&mut op, batch(&[("a", 10, 5.0), ("b", 25, 1.0)], 3));
         let names: Vec<_> = out
             .schema()
             .fields()
@@ -435,21 +626,21 @@ mod tests {
             late: crate::window::LateRecords::Drop,
             store: None,
         };
-        let ctx = Arc::new(SessionContext::new());
-        let mut op = Operator::new(Op::Window(Arc::new(spec.clone())), Arc::clone(&ctx));
+        let mut op = planned(&spec);
         let first = batch(&[("a", 1, 1.0), ("b", 2, 2.0), ("a", 3, 3.0)], 0);
-        assert_eq!(op.apply(first, None).ok().unwrap().num_rows(), 0);
+        assert_eq!(apply(&mut op, first).num_rows(), 0);
         // Persist, then continue in a fresh operator restored from the store.
         let store = flumen_state::MemoryStore::default();
-        let changes = op.window_state().unwrap().take_changes("w");
+        let changes = state(&mut op).take_changes("w");
         flumen_state::StateStore::write(&store, changes, None).unwrap();
-        let mut op = Operator::new(Op::Window(Arc::new(spec)), ctx);
+        let mut op = planned(&spec);
         let entries = flumen_state::StateStore::prefix(&store, "w", b"").unwrap();
-        op.window_state().unwrap().restore(entries).unwrap();
-        let out = op
-            .apply(batch(&[("a", 5, 1.0), ("b", 30, 1.0)], 3), None)
-            .ok()
-            .unwrap();
+        state(&mut op).begin_restore();
+        for (key, value) in entries {
+            state(&mut op).restore_entry(&key, &value).unwrap();
+        }
+        state(&mut op).finish_restore();
+        let out = apply(&mut op, batch(&[("a", 5, 1.0), ("b", 30, 1.0)], 3));
         assert_eq!(out.schema().field(4).data_type(), &DataType::Int64);
         let distinct = out.column(4).as_primitive::<arrow::datatypes::Int64Type>();
         // a: offsets 0, 2, 3 -> parities {0, 1}; b: offset 1 -> {1}.
@@ -473,9 +664,13 @@ mod tests {
         let ctx = SessionContext::new();
         let err = compile_window(&ctx, &spec(vec![count()]), &schema)
             .err()
-            .unwrap();
+            .unwrap()
+            .to_string();
         assert!(err.contains("nope"), "{err}");
-        let err = compile_window(&ctx, &spec(vec![]), &schema).err().unwrap();
+        let err = compile_window(&ctx, &spec(vec![]), &schema)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("at least one aggregation"), "{err}");
     }
 }

@@ -1,4 +1,7 @@
-//! The logical plan: a tree of operations rooted at source topics, with outputs at the leaves.
+//! The logical plan: a tree of operations rooted at source topics, with
+//! outputs at the leaves; [`physical`] plans it for running.
+
+pub(crate) mod physical;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -6,6 +9,7 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use datafusion::logical_expr::Expr;
 
+use crate::operators::LogicalOperator;
 use crate::topic::Topic;
 
 /// A user function over whole batches.
@@ -19,7 +23,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub(crate) struct WindowSpec {
     /// The group key; `None` groups by the message key.
     pub(crate) key: Option<Expr>,
-    pub(crate) windows: Result<crate::window::Windows, String>,
+    /// The windows, or why the DSL call that gave them was invalid.
+    pub(crate) windows: Result<crate::window::Windows, Arc<crate::Error>>,
     pub(crate) grace_ms: i64,
     pub(crate) aggs: Vec<crate::window::Aggregation>,
     pub(crate) emit: crate::window::Emit,
@@ -43,41 +48,26 @@ pub(crate) struct RepartitionSpec {
 /// One operation of a frame.
 #[derive(Clone)]
 pub(crate) enum Op {
-    Filter(Expr),
-    Select(Vec<Expr>),
-    WithColumn(String, Expr),
-    Drop(Vec<String>),
-    MapBatches(String, BatchFn),
-    Window(Arc<WindowSpec>),
-    /// Split into two stages at prepare time (see `runtime::repartition`).
+    /// An operator (see [`crate::operators`]).
+    Operator(Arc<dyn LogicalOperator>),
+    /// Splits the plan into two stages joined by a topic (see `runtime::repartition`).
     Repartition(Arc<RepartitionSpec>),
 }
 
 impl Op {
+    /// The DSL call, for errors.
     pub(crate) fn name(&self) -> String {
         match self {
-            Op::Filter(e) => format!("filter({e})"),
-            Op::Select(es) => format!(
-                "select({})",
-                es.iter()
-                    .map(|e| e.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            Op::WithColumn(n, e) => format!("with_column({n}, {e})"),
-            Op::Drop(cs) => format!("drop({})", cs.join(", ")),
-            Op::MapBatches(n, _) => n.clone(),
+            Op::Operator(op) => op.name(),
             Op::Repartition(r) => format!("repartition({} by {})", r.name, r.key),
-            Op::Window(w) => format!(
-                "window({}{:?}, {})",
-                w.key.as_ref().map_or("_key".to_string(), |k| k.to_string()),
-                w.emit,
-                w.aggs
-                    .iter()
-                    .map(|a| a.name())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+        }
+    }
+
+    /// The operator, unless this is a stage boundary.
+    pub(crate) fn operator(&self) -> Option<&Arc<dyn LogicalOperator>> {
+        match self {
+            Op::Operator(op) => Some(op),
+            Op::Repartition(_) => None,
         }
     }
 }

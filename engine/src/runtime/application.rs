@@ -11,10 +11,11 @@ use flumen_kafka::format::RecordDecoder;
 use flumen_kafka::{Admin, AutoOffsetReset, GroupConsumer, KafkaConfig, Producer};
 
 use crate::dataframe::{Outputs, StreamingDataFrame};
+use crate::plan::physical::PhysicalPlan;
 use crate::plan::{Output, SinkSpec};
 use crate::publisher::{Input, Publisher};
 use crate::runtime::changelog::{self, Changelogs};
-use crate::runtime::pipeline::{store_names_of, PartitionPipeline, SourcePlan};
+use crate::runtime::pipeline::{PartitionPipeline, SourcePlan};
 use crate::runtime::repartition::{self, Stages};
 use crate::runtime::stats::Stats;
 use crate::runtime::stop::StopHandle;
@@ -475,14 +476,22 @@ impl Application {
                 drop(consumer);
                 let _ = done_tx.send(result);
             })
-            .map_err(|e| Error::Runtime(format!("cannot start the polling thread: {e}")))?;
+            .map_err(|e| Error::Io {
+                what: "starting the polling thread".into(),
+                source: e,
+            })?;
         tracing::info!(group = %self.group, inputs = worker.sources.len(), "running");
         // If this future is dropped mid-run, the polling thread still winds down.
         let guard = StopOnDrop(Some(self.stop.clone()));
         let (stop_publishers, _) = tokio::sync::watch::channel(false);
         let mut publishers = self.start_publishers(&stop_publishers);
         let mut done_rx = done_rx;
-        let died = || Err(Error::Runtime("polling thread died".into()));
+        let died = || {
+            Err(Error::Task {
+                task: "the polling thread".into(),
+                source: "it stopped without a result".into(),
+            })
+        };
         let result = tokio::select! {
             result = &mut done_rx => result.unwrap_or_else(|_| died()),
             () = until => {
@@ -549,17 +558,18 @@ impl Application {
         let mut sources = HashMap::new();
         for (name, topic) in &topics {
             let mine = outputs_of(&outputs, name);
-            if let Some((dlq, _)) = dead_letter_topics(topic, &mine).first() {
+            let plan = plan_of(topic, &mine, ctx)?;
+            if let Some((dlq, _)) = dead_letter_topics(topic, &mine, &plan).first() {
                 return Err(Error::Plan(format!(
                     "input '{name}' routes records to the dead-letter topic '{dlq}', \
                      which cannot run in memory; use BadInputPolicy::Fail or Skip there"
                 )));
             }
-            let plan = Arc::new(source_plan(topic, mine, ctx).await?);
-            PartitionPipeline::new(Arc::clone(&plan), None, Arc::clone(&self.stats), ctx)
-                .collect_topic_outputs()
-                .validate()
-                .await?;
+            let plan = Arc::new(source_plan(topic, mine, plan).await?);
+            let mut pipeline =
+                PartitionPipeline::new(Arc::clone(&plan), None, Arc::clone(&self.stats), ctx)?;
+            pipeline.collect_topic_outputs();
+            pipeline.validate()?;
             sources.insert(name.clone(), plan);
         }
         Ok(sources)
@@ -594,9 +604,8 @@ impl Application {
         }
         let stats = Arc::clone(&self.stats);
         for source in sources.values() {
-            PartitionPipeline::new(Arc::clone(source), None, Arc::clone(&stats), &ctx)
-                .validate()
-                .await?;
+            PartitionPipeline::new(Arc::clone(source), None, Arc::clone(&stats), &ctx)?
+                .validate()?;
         }
         let exactly_once = self.settings.guarantee == ProcessingGuarantee::ExactlyOnce;
         // In exactly-once mode every partition has its own transactional producer.
@@ -666,11 +675,12 @@ impl Application {
                 require_output(admin, t.name(), "output")?;
             }
         }
-        for (dlq, role) in dead_letter_topics(topic, &outputs) {
+        let plan = plan_of(topic, &outputs, ctx)?;
+        for (dlq, role) in dead_letter_topics(topic, &outputs, &plan) {
             require_output(admin, &dlq, &role)?;
             produced.insert(dlq);
         }
-        let mut plan = source_plan(topic, outputs, ctx).await?;
+        let mut plan = source_plan(topic, outputs, plan).await?;
         if self.settings.changelogs {
             plan.changelogs = self.changelogs_of(admin, name, &plan).await?;
             produced.extend(plan.changelogs.values().cloned());
@@ -685,7 +695,7 @@ impl Application {
         plan: &SourcePlan,
     ) -> Result<Changelogs> {
         let mut changelogs = Changelogs::new();
-        for store in store_names_of(&plan.outputs) {
+        for store in plan.plan.store_names() {
             let name = changelog::topic_name(&self.group, topic, &store);
             let spec = internal_topics::ChangelogTopic {
                 name: &name,
@@ -736,16 +746,15 @@ fn with_extra(config: &KafkaConfig, extra: &[(String, String)]) -> KafkaConfig {
 /// Opens a sink with the schema of the frame it receives.
 async fn open_sink(
     sink: &Arc<dyn crate::sink::Sink>,
-    input: &Topic,
-    output: &crate::plan::Output,
-    ctx: &Arc<SessionContext>,
+    schema: &arrow::datatypes::SchemaRef,
 ) -> Result<Arc<dyn crate::sink::SinkWriter>> {
-    let schema = crate::runtime::schema::frame_schema(input, &output.node, ctx)?;
     tracing::info!(sink = %sink.name(), "opening sink");
-    sink.open(schema).await.map_err(|e| Error::Sink {
-        sink: sink.name(),
-        reason: e.to_string(),
-    })
+    sink.open(Arc::clone(schema))
+        .await
+        .map_err(|source| Error::Sink {
+            sink: sink.name(),
+            source,
+        })
 }
 
 /// The outputs that read `source`.
@@ -757,23 +766,22 @@ fn outputs_of(outputs: &[crate::plan::Output], source: &str) -> Vec<crate::plan:
         .collect()
 }
 
-/// The dead-letter topics input `topic` and its `outputs` write to, each with
-/// its role (for error messages): bad input, late records, failed sink rows.
-fn dead_letter_topics(topic: &Topic, outputs: &[crate::plan::Output]) -> Vec<(String, String)> {
+/// The dead-letter topics input `topic`, the operators of its `plan` and its
+/// `outputs` write to, each with its role (for error messages): bad input,
+/// late records, failed sink rows.
+fn dead_letter_topics(
+    topic: &Topic,
+    outputs: &[Output],
+    plan: &PhysicalPlan,
+) -> Vec<(String, String)> {
     let mut topics: Vec<(String, String)> = topic
         .dead_letter_topics()
         .into_iter()
         .map(|t| (t.to_string(), "dead-letter".to_string()))
         .collect();
-    for output in outputs {
-        for node in output.node.chain() {
-            if let Some(crate::plan::Op::Window(spec)) = &node.op {
-                if let crate::window::LateRecords::DeadLetter(t) = &spec.late {
-                    if !topics.iter().any(|(known, _)| known == t) {
-                        topics.push((t.clone(), "late-record dead-letter".to_string()));
-                    }
-                }
-            }
+    for (t, role) in plan.dead_letter_topics() {
+        if !topics.iter().any(|(known, _)| known == &t) {
+            topics.push((t, role));
         }
     }
     for output in outputs {
@@ -786,17 +794,23 @@ fn dead_letter_topics(topic: &Topic, outputs: &[crate::plan::Output]) -> Vec<(St
     topics
 }
 
+/// The operators of input `topic`'s `outputs`, planned.
+fn plan_of(topic: &Topic, outputs: &[Output], ctx: &Arc<SessionContext>) -> Result<PhysicalPlan> {
+    let schema = decoder_of(topic)?.schema().clone();
+    PhysicalPlan::new(topic.name(), &schema, outputs, ctx)
+}
+
 /// The plan of input `topic` for `outputs`, its custom sinks opened (no
 /// changelogs yet).
 async fn source_plan(
     topic: &Topic,
-    outputs: Vec<crate::plan::Output>,
-    ctx: &Arc<SessionContext>,
+    outputs: Vec<Output>,
+    plan: PhysicalPlan,
 ) -> Result<SourcePlan> {
     let mut writers = Vec::new();
-    for o in &outputs {
+    for (o, (_, schema)) in outputs.iter().zip(&plan.outputs) {
         writers.push(match &o.sink {
-            SinkSpec::Custom(sink) => Some(open_sink(sink, topic, o, ctx).await?),
+            SinkSpec::Custom(sink) => Some(open_sink(sink, schema).await?),
             _ => None,
         });
     }
@@ -804,6 +818,7 @@ async fn source_plan(
         topic: topic.clone(),
         decoder: decoder_of(topic)?,
         outputs,
+        plan,
         writers,
         changelogs: Changelogs::new(),
     })
@@ -824,7 +839,12 @@ async fn first_failure(publishers: &mut tokio::task::JoinSet<Result<()>>) -> Err
         match joined {
             Ok(Ok(())) => {}
             Ok(Err(error)) => return error,
-            Err(e) => return Error::Runtime(format!("a publisher task stopped: {e}")),
+            Err(e) => {
+                return Error::Task {
+                    task: "a publisher".into(),
+                    source: Box::new(e),
+                }
+            }
         }
     }
     std::future::pending().await

@@ -9,7 +9,9 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flumen_kafka::{headers_with, read_partition, DeliveryBatch, KafkaConfig, OutRecord, Producer};
+use flumen_kafka::{
+    headers_with, read_partition, DeliveryBatch, KafkaConfig, OutRecord, PartitionRecord, Producer,
+};
 use flumen_state::{BatchOp, Checkpoint, StateStore, WriteBatch};
 
 use crate::error::{Error, Result};
@@ -101,86 +103,36 @@ pub(crate) fn restore(
     let started = Instant::now();
     let mut applied = 0u64;
     for (name, topic) in changelogs {
-        let mut batch = WriteBatch::default();
+        let mut replay = Replay {
+            store: name,
+            topic,
+            partition,
+            tags: (from, until),
+            target: store,
+            on_applied,
+            batch: WriteBatch::default(),
+            genesis: false,
+            applied: 0,
+            last_log: Instant::now(),
+        };
         let mut failure = None;
-        let mut genesis = false;
-        let mut last_log = Instant::now();
         read_partition(
             config,
             topic,
             partition,
             Duration::from_secs(60),
-            |record| {
-                if record.key == Some(GENESIS_KEY) {
-                    genesis = true;
-                    return ControlFlow::Continue(());
+            |record| match replay.apply(&record) {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(error) => {
+                    failure = Some(error);
+                    ControlFlow::Break(())
                 }
-                let Some(tag) = record
-                    .header(OFFSET_HEADER)
-                    .and_then(|t| t.parse::<i64>().ok())
-                else {
-                    failure = Some(format!(
-                        "changelog {topic}/{partition} offset {}: no '{OFFSET_HEADER}' header",
-                        record.offset
-                    ));
-                    return ControlFlow::Break(());
-                };
-                // Changes of batches whose offsets were never committed (a
-                // crashed run) are skipped: their records are processed again and
-                // produce them again. They can be followed by changes of later
-                // runs with smaller tags, so reading goes on to the end.
-                // Changes the local state already has are skipped too.
-                if tag > until || from.is_some_and(|f| tag <= f) {
-                    return ControlFlow::Continue(());
-                }
-                let key = record.key.unwrap_or_default();
-                match record.value {
-                    Some(value) => batch.put(name, key, value),
-                    None => batch.delete(name, key),
-                }
-                applied += 1;
-                if batch.len() >= RESTORE_BATCH {
-                    if let Err(e) = store.write(std::mem::take(&mut batch), None) {
-                        failure = Some(e.to_string());
-                        return ControlFlow::Break(());
-                    }
-                    metrics::counter!("flumen_restored_changes_total", "store" => topic.clone())
-                        .increment(RESTORE_BATCH as u64);
-                    on_applied(RESTORE_BATCH as u64);
-                    if last_log.elapsed() > Duration::from_secs(5) {
-                        last_log = Instant::now();
-                        let percent = (100 * (record.offset + 1) / record.end_hint.max(1)).min(100);
-                        tracing::info!(
-                            %topic, partition, applied, up_to = until, at_offset = record.offset,
-                            "restoring state: about {percent}% of the changelog read"
-                        );
-                    }
-                }
-                ControlFlow::Continue(())
             },
         )?;
-        if let Some(reason) = failure {
-            return Err(Error::Runtime(format!(
-                "restoring state from {topic}: {reason}"
-            )));
+        if let Some(error) = failure {
+            return Err(error);
         }
-        if !genesis {
-            return Err(Error::ChangelogLost {
-                topic: topic.clone(),
-                partition,
-                reason: format!(
-                    "its first record (written when flumen created it) is gone: the topic \
-                     was deleted and created again, or truncated, so the changes up to the \
-                     committed offset {until} are not all in it. Reset the group's offsets \
-                     (or use a new consumer group) to recompute the state from the input"
-                ),
-            });
-        }
-        metrics::counter!("flumen_restored_changes_total", "store" => topic.clone())
-            .increment(batch.len() as u64);
-        let rest = batch.len() as u64;
-        store.write(batch, None)?;
-        on_applied(rest);
+        applied += replay.finish()?;
     }
     store.write(
         WriteBatch::default(),
@@ -196,6 +148,110 @@ pub(crate) fn restore(
         "state restored from the changelog"
     );
     Ok(applied)
+}
+
+/// Applying one changelog partition to a store, in write batches.
+struct Replay<'a> {
+    store: &'a str,
+    topic: &'a str,
+    partition: i32,
+    /// Changes tagged after `.0` (the local checkpoint; `None`: an empty
+    /// state) up to `.1` (the group's committed offset) are applied.
+    tags: (Option<i64>, i64),
+    target: &'a dyn StateStore,
+    on_applied: &'a dyn Fn(u64),
+    batch: WriteBatch,
+    /// Whether the record flumen writes first to a changelog it creates was seen.
+    genesis: bool,
+    applied: u64,
+    last_log: Instant,
+}
+
+impl Replay<'_> {
+    /// Applies one changelog record (when its tag is in range).
+    fn apply(&mut self, record: &PartitionRecord<'_>) -> Result<()> {
+        if record.key == Some(GENESIS_KEY) {
+            self.genesis = true;
+            return Ok(());
+        }
+        let Some(tag) = record
+            .header(OFFSET_HEADER)
+            .and_then(|t| t.parse::<i64>().ok())
+        else {
+            return Err(Error::ChangelogRecord {
+                topic: self.topic.to_string(),
+                partition: self.partition,
+                offset: record.offset,
+                reason: format!("no '{OFFSET_HEADER}' header: it was not written by flumen"),
+            });
+        };
+        // Changes of batches whose offsets were never committed (a crashed
+        // run) are skipped: their records are processed again and produce
+        // them again. They can be followed by changes of later runs with
+        // smaller tags, so reading goes on to the end. Changes the local
+        // state already has are skipped too.
+        let (from, until) = self.tags;
+        if tag > until || from.is_some_and(|f| tag <= f) {
+            return Ok(());
+        }
+        let key = record.key.unwrap_or_default();
+        match record.value {
+            Some(value) => self.batch.put(self.store, key, value),
+            None => self.batch.delete(self.store, key),
+        }
+        self.applied += 1;
+        if self.batch.len() >= RESTORE_BATCH {
+            self.flush()?;
+            self.log_progress(record);
+        }
+        Ok(())
+    }
+
+    /// Writes the changes gathered so far.
+    fn flush(&mut self) -> Result<()> {
+        let changes = self.batch.len() as u64;
+        self.target.write(std::mem::take(&mut self.batch), None)?;
+        metrics::counter!("flumen_restored_changes_total", "store" => self.topic.to_string())
+            .increment(changes);
+        (self.on_applied)(changes);
+        Ok(())
+    }
+
+    fn log_progress(&mut self, record: &PartitionRecord<'_>) {
+        if self.last_log.elapsed() < Duration::from_secs(5) {
+            return;
+        }
+        self.last_log = Instant::now();
+        let percent = (100 * (record.offset + 1) / record.end_hint.max(1)).min(100);
+        tracing::info!(
+            topic = self.topic,
+            partition = self.partition,
+            applied = self.applied,
+            up_to = self.tags.1,
+            at_offset = record.offset,
+            "restoring state: about {percent}% of the changelog read"
+        );
+    }
+
+    /// Writes the rest after the whole partition was read; returns the
+    /// changes applied. Refuses a changelog that lost its beginning.
+    fn finish(mut self) -> Result<u64> {
+        if !self.genesis {
+            return Err(Error::ChangelogLost {
+                topic: self.topic.to_string(),
+                partition: self.partition,
+                reason: format!(
+                    "its first record (written when flumen created it) is gone: the topic \
+                     was deleted and created again, or truncated, so the changes up to the \
+                     committed offset {} are not all in it. Reset the group's offsets \
+                     (or use a new consumer group) to recompute the state from the input",
+                    self.tags.1
+                ),
+            });
+        }
+        self.flush()?;
+        Ok(self.applied)
+    }
 }
 
 #[cfg(test)]

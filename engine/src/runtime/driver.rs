@@ -92,13 +92,13 @@ impl TestDriver {
                         key.0
                     ))
                 })?;
-                let pipeline = PartitionPipeline::new(
+                let mut pipeline = PartitionPipeline::new(
                     Arc::clone(source),
                     None,
                     Arc::clone(&self.app_stats),
                     &self.ctx,
-                )
-                .collect_topic_outputs();
+                )?;
+                pipeline.collect_topic_outputs();
                 self.pipelines.entry(key).or_insert(pipeline)
             }
         };

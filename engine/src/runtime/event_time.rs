@@ -85,8 +85,10 @@ impl EventTimeBound {
             return Ok(decoded);
         }
         let mask = BooleanArray::from(keep.clone());
-        let batch = filter_record_batch(&decoded.batch, &mask)
-            .map_err(|e| Error::Runtime(format!("filtering records ahead in time: {e}")))?;
+        let batch = filter_record_batch(&decoded.batch, &mask).map_err(|e| Error::Task {
+            task: "filtering records ahead in time".into(),
+            source: Box::new(e),
+        })?;
         let rows = decoded
             .rows
             .iter()

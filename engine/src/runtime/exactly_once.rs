@@ -130,7 +130,10 @@ impl Transaction<'_> {
         let producer = Arc::clone(&self.producer);
         tokio::task::spawn_blocking(move || f(&producer))
             .await
-            .map_err(|e| Error::Runtime(format!("transactional call panicked: {e}")))?
+            .map_err(|e| Error::Task {
+                task: "a transactional call".into(),
+                source: Box::new(e),
+            })?
             .map_err(Error::from)
     }
 

@@ -10,7 +10,6 @@ mod pipeline;
 mod poller;
 mod prometheus;
 mod repartition;
-mod schema;
 mod state_dir;
 mod stats;
 mod stop;

@@ -1,7 +1,6 @@
 //! Processing one micro-batch of one partition: decode, route bad input, run
 //! the operators of every output, hand the results to the sinks.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::runtime::changelog::{self, Changelogs};
@@ -13,12 +12,12 @@ use flumen_kafka::format::{BadRecord, RecordDecoder, RecordEncoder};
 use flumen_kafka::{headers_with, DeliveryBatch, OutRecord, Producer, RawBatch};
 use flumen_state::{StateStore, WriteBatch};
 
-use crate::operators::{OpError, Operator};
-use crate::plan::{Node, Op, Output, SinkSpec};
+use crate::operators::{LateRecord, OpContext, OpError, Operator};
+use crate::plan::physical::PhysicalPlan;
+use crate::plan::{Output, SinkSpec};
 use crate::runtime::event_time::{now_ms, EventTimeBound};
 use crate::runtime::stats::Stats;
 use crate::topic::{BadInputPolicy, Topic};
-use crate::window::LateRecords;
 use crate::{Error, Result};
 
 /// Room kept for the headers of a dead letter (flumen's and the source
@@ -30,6 +29,8 @@ pub(crate) struct SourcePlan {
     pub(crate) topic: Topic,
     pub(crate) decoder: RecordDecoder,
     pub(crate) outputs: Vec<Output>,
+    /// The operators of the outputs, planned.
+    pub(crate) plan: PhysicalPlan,
     /// The opened writer of each output with a custom sink (by output index).
     pub(crate) writers: Vec<Option<Arc<dyn crate::sink::SinkWriter>>>,
     /// The changelog topic of each window store (empty: no changelogs).
@@ -81,45 +82,13 @@ pub(crate) struct PartitionPipeline {
     source: Arc<SourcePlan>,
     producer: Option<Arc<Producer>>,
     stats: Arc<Stats>,
-    operators: HashMap<usize, Operator>,
-    /// Per output, its plan nodes from the source down (computed once).
-    chains: Arc<[Vec<Arc<Node>>]>,
+    /// One per node of the plan, in its order.
+    operators: Vec<Box<dyn Operator>>,
     sinks: Vec<SinkWriter>,
-    /// The window operators' node ids and state store names.
-    stores: Vec<(usize, String)>,
     /// Records before this offset are already reflected in the state; skipped.
     skip_below: i64,
     /// Rejects records whose event time is too far ahead.
     event_time: EventTimeBound,
-}
-
-/// The window operators of `chains` (each once, in chain order) with their
-/// state store names: `store_name(..)` or `window-<i>`.
-fn window_stores(chains: &[Vec<Arc<Node>>]) -> Vec<(usize, String)> {
-    let mut stores: Vec<(usize, String)> = Vec::new();
-    for node in chains.iter().flatten() {
-        let Some(Op::Window(spec)) = &node.op else {
-            continue;
-        };
-        if stores.iter().any(|(id, _)| *id == node.id) {
-            continue;
-        }
-        let name = spec
-            .store
-            .clone()
-            .unwrap_or_else(|| format!("window-{}", stores.len()));
-        stores.push((node.id, name));
-    }
-    stores
-}
-
-/// The state store names of the windows of `outputs`.
-pub(crate) fn store_names_of(outputs: &[Output]) -> Vec<String> {
-    let chains: Vec<Vec<Arc<Node>>> = outputs.iter().map(|o| o.node.chain()).collect();
-    window_stores(&chains)
-        .into_iter()
-        .map(|(_, name)| name)
-        .collect()
 }
 
 /// Identifies the batch in error messages.
@@ -131,24 +100,59 @@ struct BatchRef<'a> {
     raw: Option<&'a RawBatch>,
 }
 
+impl BatchRef<'_> {
+    /// The error of operator `operator` on this batch.
+    fn operator_error(&self, operator: String, error: OpError) -> Error {
+        match error {
+            OpError::Plan(_) | OpError::Compile(_) => {
+                Error::Plan(format!("{operator} on topic '{}': {error}", self.topic))
+            }
+            OpError::Eval(source) => Error::Operator {
+                operator,
+                topic: self.topic.to_string(),
+                partition: self.partition,
+                first_offset: self.first,
+                last_offset: self.last,
+                source,
+            },
+        }
+    }
+}
+
+impl TopicWriter {
+    /// The encoder for batches of `schema` (a new one when the schema changed).
+    fn encoder_for(&mut self, schema: &SchemaRef) -> Result<&RecordEncoder> {
+        let topic = &self.topic;
+        if self.encoder.as_ref().is_none_or(|(s, _)| s != schema) {
+            let value_format = topic.value_format.clone().unwrap_or_else(|| {
+                flumen_kafka::format::Format::json(arrow::datatypes::Schema::empty())
+            });
+            let built = RecordEncoder::new(
+                topic.name(),
+                topic.key_format.clone(),
+                value_format,
+                topic.key_column.clone(),
+                schema,
+            )
+            .map_err(|e| Error::Plan(e.to_string()))?;
+            self.encoder = Some((Arc::clone(schema), built));
+        }
+        match &self.encoder {
+            Some((_, encoder)) => Ok(encoder),
+            None => Err(Error::Internal("encoder missing")),
+        }
+    }
+}
+
 impl PartitionPipeline {
     pub(crate) fn new(
         source: Arc<SourcePlan>,
         producer: Option<Arc<Producer>>,
         stats: Arc<Stats>,
         ctx: &Arc<SessionContext>,
-    ) -> Self {
+    ) -> Result<Self> {
         let event_time = EventTimeBound::new(source.topic.max_event_time_ahead_ms());
-        let mut operators = HashMap::new();
-        let chains: Arc<[Vec<Arc<Node>>]> = source.outputs.iter().map(|o| o.node.chain()).collect();
-        for node in chains.iter().flatten() {
-            if let Some(op) = &node.op {
-                operators
-                    .entry(node.id)
-                    .or_insert_with(|| Operator::new(op.clone(), Arc::clone(ctx)));
-            }
-        }
-        let stores = window_stores(&chains);
+        let operators = source.plan.instantiate(ctx)?;
         let sinks = source
             .outputs
             .iter()
@@ -172,21 +176,19 @@ impl PartitionPipeline {
                 },
             })
             .collect();
-        PartitionPipeline {
+        Ok(PartitionPipeline {
             source,
             producer,
             stats,
             operators,
-            chains,
             sinks,
-            stores,
             skip_below: i64::MIN,
             event_time,
-        }
+        })
     }
 
     /// Keeps what goes to Kafka outputs in memory instead of producing it.
-    pub(crate) fn collect_topic_outputs(mut self) -> Self {
+    pub(crate) fn collect_topic_outputs(&mut self) {
         for sink in &mut self.sinks {
             if let SinkWriter::Topic(writer) = sink {
                 *sink = SinkWriter::Collect(CollectedOutput {
@@ -195,7 +197,6 @@ impl PartitionPipeline {
                 });
             }
         }
-        self
     }
 
     /// The batches collected for the Kafka output `topic` since the last call.
@@ -216,41 +217,38 @@ impl PartitionPipeline {
         &self.source
     }
 
-    /// The names of the state stores of this pipeline (empty when it is stateless).
-    pub(crate) fn store_names(&self) -> Vec<&str> {
-        self.stores.iter().map(|(_, n)| n.as_str()).collect()
-    }
-
-    /// Loads the window state from `store` and skips records before `skip_below`
-    /// (they are already reflected in it).
+    /// Loads the operators' state from `store` and skips records before
+    /// `skip_below` (they are already reflected in it).
     pub(crate) fn restore(
         &mut self,
         store: &dyn StateStore,
         skip_below: Option<i64>,
     ) -> Result<()> {
-        for (id, name) in &self.stores {
-            let Some(core) = self.operators.get_mut(id).and_then(Operator::window_state) else {
+        let source = Arc::clone(&self.source);
+        for (node, operator) in source.plan.nodes.iter().zip(&mut self.operators) {
+            let (Some(name), Some(state)) = (&node.store, operator.state()) else {
                 continue;
             };
             // Entries are visited one at a time: the store is never held twice.
-            core.begin_restore();
+            state.begin_restore();
             let mut failure = None;
             store.for_each(
                 name,
-                &mut |key, value| match core.restore_entry(key, value) {
+                &mut |key, value| match state.restore_entry(key, value) {
                     Ok(()) => true,
-                    Err(reason) => {
-                        failure = Some(reason);
+                    Err(corrupt) => {
+                        failure = Some(corrupt);
                         false
                     }
                 },
             )?;
-            core.finish_restore();
-            if let Some(reason) = failure {
-                return Err(Error::Runtime(format!(
-                    "window state '{name}' of topic '{}' cannot be read: {reason}",
-                    self.source.topic.name()
-                )));
+            state.finish_restore();
+            if let Some(corrupt) = failure {
+                return Err(Error::StateUnreadable {
+                    store: name.clone(),
+                    topic: source.topic.name().to_string(),
+                    reason: corrupt.0,
+                });
             }
         }
         self.skip_below = skip_below.unwrap_or(i64::MIN);
@@ -260,42 +258,31 @@ impl PartitionPipeline {
     /// The state changes since the last call.
     fn take_state_changes(&mut self) -> WriteBatch {
         let mut batch = WriteBatch::default();
-        for (id, name) in &self.stores {
-            if let Some(core) = self.operators.get_mut(id).and_then(Operator::window_state) {
-                batch.extend(core.take_changes(name));
+        let source = Arc::clone(&self.source);
+        for (node, operator) in source.plan.nodes.iter().zip(&mut self.operators) {
+            if let (Some(name), Some(state)) = (&node.store, operator.state()) {
+                batch.extend(state.take_changes(name));
             }
         }
         batch
     }
-    /// Runs every output on an empty batch of the source schema: finds unknown
-    /// columns, type errors and unwritable outputs before any record is consumed.
-    pub(crate) async fn validate(&mut self) -> Result<()> {
-        for (i, (_, name)) in self.stores.iter().enumerate() {
-            if self.stores[..i].iter().any(|(_, n)| n == name) {
-                return Err(Error::Plan(format!(
-                    "two windows of topic '{}' use the state store name '{name}'; name them apart with store_name(...)",
-                    self.source.topic.name()
-                )));
+
+    /// Checks that every Kafka output can encode the schema it receives.
+    pub(crate) fn validate(&mut self) -> Result<()> {
+        let source = Arc::clone(&self.source);
+        for (sink, (_, schema)) in self.sinks.iter_mut().zip(&source.plan.outputs) {
+            if let SinkWriter::Topic(writer) = sink {
+                writer.encoder_for(schema)?;
             }
         }
-        let empty = RecordBatch::new_empty(Arc::clone(self.source.decoder.schema()));
-        let source = Arc::clone(&self.source);
-        let at = BatchRef {
-            topic: source.topic.name(),
-            partition: -1,
-            first: -1,
-            last: -1,
-            raw: None,
-        };
-        self.run_outputs(&empty, None, &DeliveryBatch::new(), &at)
-            .await
+        Ok(())
     }
 
     /// Processes one micro-batch.
     pub(crate) async fn process(&mut self, raw: RawBatch) -> Result<BatchOutcome> {
         let ack = DeliveryBatch::new();
         let (Some(first), Some(last)) = (raw.first_offset(), raw.last_offset()) else {
-            return Err(Error::Runtime("empty micro-batch".into()));
+            return Err(Error::Internal("an empty micro-batch"));
         };
         let decoded = self.source.decoder.decode(&raw)?;
         let decoded = self.event_time.check(decoded, now_ms())?;
@@ -475,29 +462,22 @@ impl PartitionPipeline {
             .map_err(Error::from)
     }
 
-    /// Writes the source records found late by a window (offset, watermark met) to `topic`.
+    /// Writes the source records an operator found late to their dead-letter topics.
     async fn dead_letter_late(
         &self,
-        topic: &str,
         raw: &RawBatch,
-        late: &[(i64, i64)],
+        late: &[LateRecord],
         ack: &Arc<DeliveryBatch>,
     ) -> Result<()> {
-        if late.is_empty() {
-            return Ok(());
-        }
         let mut index = 0;
-        for &(offset, watermark) in late {
+        for record in late {
+            let (offset, watermark) = (record.offset, record.watermark);
             // Offsets ascend in both the batch and `late`.
             while index < raw.len() && raw.offset(index) < offset {
                 index += 1;
             }
             if index >= raw.len() || raw.offset(index) != offset {
-                return Err(Error::Runtime(format!(
-                    "late record at offset {offset} of {}/{} is not in its batch",
-                    raw.topic(),
-                    raw.partition()
-                )));
+                return Err(Error::Internal("a late record is not in its batch"));
             }
             let watermark = watermark.to_string();
             let extra = [
@@ -508,16 +488,17 @@ impl PartitionPipeline {
                 ),
                 ("flumen.watermark", watermark.as_str()),
             ];
-            self.dead_letter(topic, raw, index, &extra, ack).await?;
+            self.dead_letter(&record.topic, raw, index, &extra, ack)
+                .await?;
+            self.stats.add_out(&record.topic, 1);
         }
-        self.stats.add_out(topic, late.len());
         Ok(())
     }
 
     fn producer(&self) -> Result<&Arc<Producer>> {
         self.producer
             .as_ref()
-            .ok_or_else(|| Error::Runtime("no producer for a Kafka output".into()))
+            .ok_or(Error::Internal("no producer for a Kafka output"))
     }
 
     async fn run_outputs(
@@ -527,47 +508,49 @@ impl PartitionPipeline {
         ack: &Arc<DeliveryBatch>,
         at: &BatchRef<'_>,
     ) -> Result<()> {
-        let mut memo: HashMap<usize, RecordBatch> = HashMap::new();
-        let chains = Arc::clone(&self.chains);
-        for (index, chain) in chains.iter().enumerate() {
+        let source = Arc::clone(&self.source);
+        let mut done: Vec<Option<RecordBatch>> = vec![None; self.operators.len()];
+        for (index, (chain, _)) in source.plan.outputs.iter().enumerate() {
             let mut batch = input.clone();
-            for node in chain {
-                if let Some(done) = memo.get(&node.id) {
-                    batch = done.clone();
-                    continue;
-                }
-                let Some(operator) = self.operators.get_mut(&node.id) else {
-                    return Err(Error::Runtime(format!(
-                        "operator of node {} missing",
-                        node.id
-                    )));
+            for &node in chain {
+                batch = match &done[node] {
+                    Some(out) => out.clone(),
+                    None => self.run_operator(node, batch, heartbeat, ack, at).await?,
                 };
-                batch = operator.apply(batch, heartbeat).map_err(|e| match e {
-                    OpError::Plan(reason) => {
-                        Error::Plan(format!("output {index} of topic '{}': {reason}", at.topic))
-                    }
-                    OpError::Eval(reason) => Error::Operator {
-                        operator: operator.name(),
-                        topic: at.topic.to_string(),
-                        partition: at.partition,
-                        first_offset: at.first,
-                        last_offset: at.last,
-                        reason,
-                    },
-                })?;
-                if let Some(Op::Window(spec)) = &node.op {
-                    self.stats
-                        .set_dropped(at.topic, at.partition, node.id, operator.dropped());
-                    let late = operator.take_late();
-                    if let (LateRecords::DeadLetter(topic), Some(raw)) = (&spec.late, at.raw) {
-                        self.dead_letter_late(topic, raw, &late, ack).await?;
-                    }
-                }
-                memo.insert(node.id, batch.clone());
+                done[node] = Some(batch.clone());
             }
             self.write(index, &batch, ack, at).await?;
         }
         Ok(())
+    }
+
+    /// Runs operator `node` on `batch` and routes its side outputs.
+    async fn run_operator(
+        &mut self,
+        node: usize,
+        batch: RecordBatch,
+        heartbeat: Option<i64>,
+        ack: &Arc<DeliveryBatch>,
+        at: &BatchRef<'_>,
+    ) -> Result<RecordBatch> {
+        let mut ctx = OpContext::new(heartbeat);
+        let operator = &mut self.operators[node];
+        let out = match operator.process(batch, &mut ctx).await {
+            Ok(out) => out,
+            Err(e) => {
+                let name = self.source.plan.nodes[node].name.clone();
+                return Err(at.operator_error(name, e));
+            }
+        };
+        if let Some(state) = operator.state() {
+            let dropped = state.dropped();
+            self.stats
+                .set_dropped(at.topic, at.partition, node, dropped);
+        }
+        if let Some(raw) = at.raw {
+            self.dead_letter_late(raw, &ctx.take_late(), ack).await?;
+        }
+        Ok(out)
     }
 
     async fn write(
@@ -603,9 +586,9 @@ impl PartitionPipeline {
                     .writer
                     .write(batch.clone(), position, acks)
                     .await
-                    .map_err(|e| Error::Sink {
+                    .map_err(|source| Error::Sink {
                         sink: custom.name.to_string(),
-                        reason: e.to_string(),
+                        source,
                     })?;
                 stats.add_out(&custom.name, batch.num_rows());
                 Ok(())
@@ -614,7 +597,12 @@ impl PartitionPipeline {
                 if batch.num_rows() > 0 {
                     match arrow::util::pretty::pretty_format_batches(std::slice::from_ref(batch)) {
                         Ok(table) => println!("{table}"),
-                        Err(e) => return Err(Error::Runtime(format!("printing a batch: {e}"))),
+                        Err(e) => {
+                            return Err(Error::Sink {
+                                sink: "print".into(),
+                                source: Box::new(e),
+                            })
+                        }
                     }
                     stats.add_out("print", batch.num_rows());
                 }
@@ -627,8 +615,7 @@ impl PartitionPipeline {
     }
 }
 
-/// Encodes `batch` for a Kafka output (a new encoder when the schema
-/// changed) and produces its records.
+/// Encodes `batch` for a Kafka output and produces its records.
 async fn write_topic(
     writer: &mut TopicWriter,
     batch: &RecordBatch,
@@ -636,31 +623,12 @@ async fn write_topic(
     ack: &Arc<DeliveryBatch>,
     stats: &Stats,
 ) -> Result<()> {
-    let TopicWriter { topic, encoder } = writer;
-    let schema = batch.schema();
-    if encoder.as_ref().is_none_or(|(s, _)| s != &schema) {
-        let value_format = topic.value_format.clone().unwrap_or_else(|| {
-            flumen_kafka::format::Format::json(arrow::datatypes::Schema::empty())
-        });
-        let built = RecordEncoder::new(
-            topic.name(),
-            topic.key_format.clone(),
-            value_format,
-            topic.key_column.clone(),
-            &schema,
-        )
-        .map_err(|e| Error::Plan(e.to_string()))?;
-        *encoder = Some((Arc::clone(&schema), built));
-    }
+    let encoder = writer.encoder_for(batch.schema_ref())?;
     if batch.num_rows() == 0 {
         return Ok(());
     }
-    let Some((_, encoder)) = encoder.as_ref() else {
-        return Err(Error::Runtime("encoder missing".into()));
-    };
     let encoded = encoder.encode(batch)?;
-    let producer =
-        producer.ok_or_else(|| Error::Runtime("no producer for a Kafka output".into()))?;
+    let producer = producer.ok_or(Error::Internal("no producer for a Kafka output"))?;
     for row in 0..encoded.len() {
         let record = OutRecord {
             topic: encoder.topic(),

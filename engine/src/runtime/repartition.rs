@@ -16,8 +16,9 @@ use datafusion::logical_expr::cast;
 use datafusion::prelude::SessionContext;
 use flumen_kafka::format::{is_metadata_column, KEY_COLUMN};
 
+use crate::operators::WithColumn;
+use crate::plan::physical::frame_schema;
 use crate::plan::{Node, Op, Output, RepartitionSpec, SinkSpec};
-use crate::runtime::schema::frame_schema;
 use crate::topic::Topic;
 use crate::{Error, Result};
 
@@ -69,7 +70,10 @@ pub(crate) fn split(
         let upstream = Output {
             node: Node::child(
                 &parent,
-                Op::WithColumn(KEY_COLUMN.into(), cast(spec.key.clone(), DataType::Utf8)),
+                Op::Operator(Arc::new(WithColumn(
+                    KEY_COLUMN.into(),
+                    cast(spec.key.clone(), DataType::Utf8),
+                ))),
             ),
             sink: SinkSpec::Topic(Topic::json(&name)),
         };
@@ -127,7 +131,10 @@ fn below(node: &Arc<Node>, moved: &mut HashMap<usize, Arc<Node>>) -> Option<Arc<
 
 /// The data columns (no metadata) of the frame at `node`.
 fn data_schema(input: &Topic, node: &Arc<Node>, ctx: &Arc<SessionContext>) -> Result<Schema> {
-    let schema = frame_schema(input, node, ctx)?;
+    let decoded = crate::runtime::application::decoder_of(input)?
+        .schema()
+        .clone();
+    let schema = frame_schema(input.name(), &decoded, node, ctx)?;
     let fields: Vec<_> = schema
         .fields()
         .iter()

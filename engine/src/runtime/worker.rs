@@ -232,9 +232,9 @@ impl Worker {
                 None
             }
             None if self.transactions.is_some() => {
-                self.fail(Error::Runtime(format!(
-                    "no transactional producer was made for {tp}"
-                )));
+                self.fail(Error::Internal(
+                    "no transactional producer was made for a partition",
+                ));
                 None
             }
             None => None,
@@ -275,9 +275,10 @@ impl Worker {
                 .into_iter()
                 .map(|(tp, handle)| {
                     let made = handle.join().unwrap_or_else(|_| {
-                        Err(Error::Runtime(format!(
-                            "making the transactional producer of {tp} panicked"
-                        )))
+                        Err(Error::Task {
+                            task: format!("making the transactional producer of {tp}"),
+                            source: "it panicked".into(),
+                        })
                     });
                     (tp, made)
                 })
@@ -294,43 +295,14 @@ impl Worker {
         committed: Option<i64>,
         pipeline: &mut PartitionPipeline,
     ) -> Result<Option<Arc<dyn StateStore>>> {
-        let names = pipeline.store_names();
+        let names = pipeline.source().plan.store_names();
         if names.is_empty() {
             return Ok(None);
         }
         let path = self.state.dir.join(state_dir_name(tp));
-        let identity = StoreIdentity::new(&self.state.application, &tp.topic, tp.partition);
-        let deadline = Instant::now() + STATE_LOCK_WAIT;
         let can_rebuild = !pipeline.source().changelogs.is_empty();
-        let mut rebuilt = false;
-        let store = loop {
-            match RocksStore::open_with_cache(&path, &identity, &names, &self.state.cache) {
-                Ok(store) => break store,
-                // The previous owner of this partition in this process may still be closing.
-                Err(StateError::Locked { .. }) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                // Only damaged files or another identity's state are rebuilt;
-                // any other failure (disk full, permissions, file limits)
-                // stops the run and leaves the files as they are.
-                Err(e) if can_rebuild && !rebuilt && e.is_rebuildable() => {
-                    tracing::warn!(
-                        %tp, path = %path.display(), error = %e,
-                        "the state directory is corrupt or not this partition's; deleting it and rebuilding the state from the changelog"
-                    );
-                    std::fs::remove_dir_all(&path).map_err(|io| {
-                        Error::Runtime(format!(
-                            "deleting the unusable state at {} failed: {io} (it was: {e})",
-                            path.display()
-                        ))
-                    })?;
-                    rebuilt = true;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        };
+        let store = Arc::new(self.open_store(tp, &path, &names, can_rebuild).await?);
         let mut checkpoint = store.checkpoint()?.map(|c| c.next_offset);
-        let store = Arc::new(store);
         if let Some(committed) = committed {
             if checkpoint.is_none_or(|c| c < committed) && committed > 0 {
                 let changelogs = &pipeline.source().changelogs;
@@ -348,25 +320,9 @@ impl Worker {
                     %tp, path = %path.display(), ?checkpoint, committed,
                     "the state is behind the committed offset; restoring it from the changelog"
                 );
-                let (kafka, changelogs, partition) =
-                    (self.state.kafka.clone(), changelogs.clone(), tp.partition);
-                let target = Arc::clone(&store);
-                let from = checkpoint;
-                let stats = Arc::clone(&self.stats);
-                tokio::task::spawn_blocking(move || {
-                    let counted = |n| stats.add_restored(n);
-                    changelog::restore(
-                        &kafka,
-                        &changelogs,
-                        partition,
-                        from,
-                        committed,
-                        &*target,
-                        &counted,
-                    )
-                })
-                .await
-                .map_err(|e| Error::Runtime(format!("restoring {tp}: {e}")))??;
+                let target = Arc::clone(&store) as Arc<dyn StateStore>;
+                self.restore(tp, changelogs, target, (checkpoint, committed))
+                    .await?;
                 checkpoint = Some(committed);
             }
         }
@@ -381,6 +337,81 @@ impl Worker {
         Ok(Some(store as Arc<dyn StateStore>))
     }
 
+    /// Opens the RocksDB state at `path` with `stores`, waiting while the
+    /// previous owner in this process still holds it. A damaged state, or
+    /// another partition's, is deleted when it `can_rebuild` from changelogs.
+    async fn open_store(
+        &self,
+        tp: &TopicPartition,
+        path: &std::path::Path,
+        stores: &[String],
+        can_rebuild: bool,
+    ) -> Result<RocksStore> {
+        let names: Vec<&str> = stores.iter().map(String::as_str).collect();
+        let identity = StoreIdentity::new(&self.state.application, &tp.topic, tp.partition);
+        let deadline = Instant::now() + STATE_LOCK_WAIT;
+        let mut rebuilt = false;
+        loop {
+            match RocksStore::open_with_cache(path, &identity, &names, &self.state.cache) {
+                Ok(store) => return Ok(store),
+                // The previous owner of this partition in this process may still be closing.
+                Err(StateError::Locked { .. }) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                // Only damaged files or another identity's state are rebuilt;
+                // any other failure (disk full, permissions, file limits)
+                // stops the run and leaves the files as they are.
+                Err(e) if can_rebuild && !rebuilt && e.is_rebuildable() => {
+                    tracing::warn!(
+                        %tp, path = %path.display(), error = %e,
+                        "the state directory is corrupt or not this partition's; deleting it and rebuilding the state from the changelog"
+                    );
+                    std::fs::remove_dir_all(path).map_err(|io| Error::Io {
+                        what: format!(
+                            "deleting the unusable state at {} (it was: {e})",
+                            path.display()
+                        ),
+                        source: io,
+                    })?;
+                    rebuilt = true;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Rebuilds `store` from `changelogs`: the changes tagged after
+    /// `range.0` (the local checkpoint) up to `range.1` (the committed offset).
+    async fn restore(
+        &self,
+        tp: &TopicPartition,
+        changelogs: &changelog::Changelogs,
+        store: Arc<dyn StateStore>,
+        (from, committed): (Option<i64>, i64),
+    ) -> Result<()> {
+        let (kafka, changelogs, partition) =
+            (self.state.kafka.clone(), changelogs.clone(), tp.partition);
+        let stats = Arc::clone(&self.stats);
+        tokio::task::spawn_blocking(move || {
+            let counted = |n| stats.add_restored(n);
+            changelog::restore(
+                &kafka,
+                &changelogs,
+                partition,
+                from,
+                committed,
+                &*store,
+                &counted,
+            )
+        })
+        .await
+        .map_err(|e| Error::Task {
+            task: format!("restoring {tp}"),
+            source: Box::new(e),
+        })?
+        .map(drop)
+    }
+
     async fn run_partition(
         self: &Arc<Self>,
         tp: &TopicPartition,
@@ -391,12 +422,53 @@ impl Worker {
     ) -> Result<()> {
         let producer = txn_producer.clone().or_else(|| self.producer.clone());
         let mut pipeline =
-            PartitionPipeline::new(source, producer, Arc::clone(&self.stats), &self.ctx);
+            PartitionPipeline::new(source, producer, Arc::clone(&self.stats), &self.ctx)?;
         let store = self.open_state(tp, committed, &mut pipeline).await?;
         match txn_producer {
             Some(producer) => exactly_once::run(self, tp, pipeline, store, producer, rx).await,
             None => self.run_at_least_once(tp, pipeline, store, rx).await,
         }
+    }
+
+    /// Waits for each batch's deliveries in order, then checkpoints its state
+    /// and makes its offset committable; a failed delivery stops the run.
+    fn spawn_checkpointer(
+        self: &Arc<Self>,
+        tp: &TopicPartition,
+        store: Option<Arc<dyn StateStore>>,
+        mut done_rx: mpsc::Receiver<Delivered>,
+    ) -> AbortOnDrop<()> {
+        let worker = Arc::clone(self);
+        let tp = tp.clone();
+        AbortOnDrop(tokio::spawn(async move {
+            let checkpointed = async {
+                while let Some(delivered) = done_rx.recv().await {
+                    wait_for_deliveries(&tp, &delivered.ack, delivered.next_offset).await?;
+                    metrics::histogram!("flumen_ack_seconds")
+                        .record(delivered.processed.elapsed().as_secs_f64());
+                    // A killed run behaves like a crashed one: nothing more is
+                    // checkpointed or made committable.
+                    if worker.mode() == StopMode::Kill {
+                        return Ok(());
+                    }
+                    // The state is checkpointed only once everything the batch
+                    // produced was delivered: a checkpoint never covers a lost output.
+                    if let Some(store) = &store {
+                        let checkpoint = Checkpoint {
+                            next_offset: delivered.next_offset,
+                        };
+                        store.write(delivered.state, Some(checkpoint))?;
+                    }
+                    lock(&worker.committable).insert(tp.clone(), delivered.next_offset);
+                }
+                Ok::<(), Error>(())
+            };
+            // A failed delivery stops the run at once (the partition may
+            // be waiting for input that never comes).
+            if let Err(error) = checkpointed.await {
+                worker.fail(error);
+            }
+        }))
     }
 
     /// Processes batches while earlier ones are being delivered; a batch's
@@ -409,43 +481,10 @@ impl Worker {
         store: Option<Arc<dyn StateStore>>,
         mut rx: mpsc::Receiver<RawBatch>,
     ) -> Result<()> {
-        let (done_tx, mut done_rx) =
-            mpsc::channel::<Delivered>(self.settings.unacknowledged_batches);
+        let (done_tx, done_rx) = mpsc::channel::<Delivered>(self.settings.unacknowledged_batches);
         // Deliveries are awaited in order beside processing, so the next batch can
         // be processed while the previous one is still being acknowledged.
-        let waiter = AbortOnDrop({
-            let worker = Arc::clone(self);
-            let tp = tp.clone();
-            tokio::spawn(async move {
-                let checkpointed = async {
-                    while let Some(delivered) = done_rx.recv().await {
-                        wait_for_deliveries(&tp, &delivered.ack, delivered.next_offset).await?;
-                        metrics::histogram!("flumen_ack_seconds")
-                            .record(delivered.processed.elapsed().as_secs_f64());
-                        // A killed run behaves like a crashed one: nothing more is
-                        // checkpointed or made committable.
-                        if worker.mode() == StopMode::Kill {
-                            return Ok(());
-                        }
-                        // The state is checkpointed only once everything the batch
-                        // produced was delivered: a checkpoint never covers a lost output.
-                        if let Some(store) = &store {
-                            let checkpoint = Checkpoint {
-                                next_offset: delivered.next_offset,
-                            };
-                            store.write(delivered.state, Some(checkpoint))?;
-                        }
-                        lock(&worker.committable).insert(tp.clone(), delivered.next_offset);
-                    }
-                    Ok::<(), Error>(())
-                };
-                // A failed delivery stops the run at once (the partition may
-                // be waiting for input that never comes).
-                if let Err(error) = checkpointed.await {
-                    worker.fail(error);
-                }
-            })
-        });
+        let waiter = self.spawn_checkpointer(tp, store, done_rx);
         let mut result = Ok(());
         while let Some(raw) = rx.recv().await {
             if self.failed() {
@@ -487,7 +526,10 @@ impl Worker {
         drop(done_tx);
         match waiter.join().await {
             Ok(()) => result,
-            Err(e) => Err(Error::Runtime(format!("delivery waiter of {tp} died: {e}"))),
+            Err(e) => Err(Error::Task {
+                task: format!("the delivery waiter of {tp}"),
+                source: Box::new(e),
+            }),
         }
     }
 
@@ -512,7 +554,10 @@ impl Worker {
             for (tp, mut join) in joins {
                 match tokio::time::timeout(deadline, &mut join).await {
                     Ok(Ok(())) => {}
-                    Ok(Err(e)) => self.fail(Error::Runtime(format!("task of {tp} died: {e}"))),
+                    Ok(Err(e)) => self.fail(Error::Task {
+                        task: format!("the task of {tp}"),
+                        source: Box::new(e),
+                    }),
                     Err(_) => {
                         // Stopped for certain: nothing more is produced,
                         // checkpointed or made committable for it.

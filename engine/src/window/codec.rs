@@ -12,7 +12,8 @@ pub(crate) const STREAM_TIME_KEY: &[u8] = b"t";
 pub(crate) const SIGNATURE_KEY: &[u8] = b"s";
 
 /// Why stored window state could not be read.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
 pub(crate) struct CorruptState(pub(crate) String);
 
 /// `w` + start (big endian, sign bit flipped so negative starts sort first) + key.

@@ -62,6 +62,29 @@ pub struct Processed {
     pub late: Vec<(u32, i64)>,
 }
 
+/// Why a batch could not be added to the windows.
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError {
+    /// Slicing a user-defined aggregation's input per window failed.
+    #[error("slicing the input of aggregation {index}: {source}")]
+    Slice {
+        /// The aggregation's position.
+        index: usize,
+        /// The Arrow error.
+        #[source]
+        source: arrow::error::ArrowError,
+    },
+    /// A user-defined aggregation refused its input.
+    #[error("aggregation {index}: {source}")]
+    Aggregator {
+        /// The aggregation's position.
+        index: usize,
+        /// The aggregator's error.
+        #[source]
+        source: crate::BoxError,
+    },
+}
+
 /// Counters of records a window aggregation did not use.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Dropped {
@@ -159,7 +182,7 @@ impl WindowCore {
     /// Replaces the state with `entries` read from a state store (see
     /// [`WindowCore::take_changes`]).
     #[cfg(test)]
-    pub(crate) fn restore(&mut self, entries: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), String> {
+    pub(crate) fn restore(&mut self, entries: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), CorruptState> {
         self.begin_restore();
         for (key, value) in entries {
             self.restore_entry(&key, &value)?;
@@ -179,26 +202,26 @@ impl WindowCore {
     }
 
     /// Adds one stored entry (stream time, signature or a window).
-    pub(crate) fn restore_entry(&mut self, key: &[u8], value: &[u8]) -> Result<(), String> {
+    pub(crate) fn restore_entry(&mut self, key: &[u8], value: &[u8]) -> Result<(), CorruptState> {
         if key == codec::SIGNATURE_KEY {
             return self.check_signature(value);
         }
         if key == codec::STREAM_TIME_KEY {
             let bytes: [u8; 8] = value
                 .try_into()
-                .map_err(|_| "stream time is malformed".to_string())?;
+                .map_err(|_| CorruptState("stream time is malformed".into()))?;
             self.stream_time = Some(i64::from_be_bytes(bytes));
             return Ok(());
         }
-        let window = codec::decode_window_key(key).map_err(|e| e.0)?;
+        let window = codec::decode_window_key(key)?;
         let states = self.decode_restored(value)?;
         if states.len() != self.kinds.len() {
-            return Err(format!(
+            return Err(CorruptState(format!(
                 "window {window:?} has {} aggregations stored, the pipeline has {}; \
                  a changed pipeline needs a new state directory or consumer group",
                 states.len(),
                 self.kinds.len()
-            ));
+            )));
         }
         let (start, key) = window;
         if self
@@ -218,7 +241,7 @@ impl WindowCore {
         self.drop_closed_windows();
     }
 
-    fn decode_restored(&self, value: &[u8]) -> Result<Vec<AggState>, String> {
+    fn decode_restored(&self, value: &[u8]) -> Result<Vec<AggState>, CorruptState> {
         let custom = |i: usize, bytes: &[u8]| -> Result<AggState, CorruptState> {
             let agg = self
                 .customs
@@ -233,19 +256,19 @@ impl WindowCore {
                 .map(AggState::Custom)
                 .map_err(|e| CorruptState(format!("aggregation {i}: {e}")))
         };
-        codec::decode_states(value, &custom).map_err(|e| e.0)
+        codec::decode_states(value, &custom)
     }
 
     /// Refuses a state written by other aggregations (reordered, replaced),
     /// whose states would otherwise be read under the wrong names.
-    fn check_signature(&mut self, stored: &[u8]) -> Result<(), String> {
+    fn check_signature(&mut self, stored: &[u8]) -> Result<(), CorruptState> {
         if stored != self.signature.as_slice() {
-            return Err(format!(
+            return Err(CorruptState(format!(
                 "it was written by the aggregations [{}], the pipeline has [{}]; \
                  a changed pipeline needs a new state directory and consumer group",
                 String::from_utf8_lossy(stored),
                 String::from_utf8_lossy(&self.signature)
-            ));
+            )));
         }
         self.signature_stored = true;
         Ok(())
@@ -307,7 +330,8 @@ impl WindowCore {
     }
 
     /// Windows currently open.
-    pub fn open_windows(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn open_windows(&self) -> usize {
         self.open
     }
 
@@ -327,10 +351,28 @@ impl WindowCore {
     }
 
     /// Adds a batch and returns the windows to emit and the late rows.
-    pub fn process(&mut self, input: &WindowInput<'_>) -> Result<Processed, String> {
+    pub fn process(&mut self, input: &WindowInput<'_>) -> Result<Processed, UpdateError> {
+        let (mut partials, late) = self.pre_aggregate(input);
+        if self.customs.iter().any(Option::is_some) {
+            self.update_customs(&mut partials, input.raw)?;
+        }
+        let touched = self.merge(partials);
+        let mut rows = Vec::new();
+        for (start, key) in touched {
+            if let Some(states) = self.get(start, &key) {
+                rows.push(self.row(key.to_string(), start, states));
+            }
+        }
+        self.close_windows(&mut rows);
+        Ok(Processed { rows, late })
+    }
+
+    /// The batch's partial states per (window start, key), and its late rows
+    /// with the watermark each met; moves the stream time on.
+    fn pre_aggregate<'a>(&mut self, input: &WindowInput<'a>) -> (Partials<'a>, Vec<(u32, i64)>) {
         let size = self.windows.size_ms();
         let has_custom = self.customs.iter().any(Option::is_some);
-        let mut partials: Partials<'_> = Map::default();
+        let mut partials: Partials<'a> = Map::default();
         let mut late_rows = Vec::new();
         let mut stream_time = self.stream_time;
         for row in 0..input.timestamps.len() {
@@ -370,9 +412,12 @@ impl WindowCore {
             self.stream_time = stream_time;
             self.stream_time_changed = true;
         }
-        if has_custom {
-            self.update_customs(&mut partials, input.raw)?;
-        }
+        (partials, late_rows)
+    }
+
+    /// Merges a batch's partial states into the windows; returns the windows
+    /// to emit now under `Emit::Current` (none under `Emit::Final`), sorted.
+    fn merge(&mut self, partials: Partials<'_>) -> Vec<(i64, Arc<str>)> {
         let mut touched = Vec::new();
         for ((start, key), (partial, _)) in partials {
             let windows = self.state.entry(start).or_default();
@@ -402,20 +447,8 @@ impl WindowCore {
             // A window already changed keeps what it was at the last take.
             self.changed.entry(window).or_insert(stored);
         }
-        let mut out = Vec::new();
-        if self.emit == Emit::Current {
-            touched.sort();
-            for (start, key) in touched {
-                if let Some(states) = self.get(start, &key) {
-                    out.push(self.row(key.to_string(), start, states));
-                }
-            }
-        }
-        self.close_windows(&mut out);
-        Ok(Processed {
-            rows: out,
-            late: late_rows,
-        })
+        touched.sort();
+        touched
     }
 
     /// Moves the stream time to `time` (when it is later) without a record, as
@@ -465,7 +498,7 @@ impl WindowCore {
         &self,
         partials: &mut Partials<'_>,
         raw: &[Option<ArrayRef>],
-    ) -> Result<(), String> {
+    ) -> Result<(), UpdateError> {
         for (i, custom) in self.customs.iter().enumerate() {
             let (Some(agg), Some(Some(values))) = (custom, raw.get(i)) else {
                 continue;
@@ -473,10 +506,10 @@ impl WindowCore {
             for (states, rows) in partials.values_mut() {
                 let indices = UInt32Array::from(rows.clone());
                 let slice = arrow::compute::take(values.as_ref(), &indices, None)
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|source| UpdateError::Slice { index: i, source })?;
                 if let AggState::Custom(state) = &mut states[i] {
                     agg.update(state.as_mut(), &slice)
-                        .map_err(|e| format!("aggregation {i}: {e}"))?;
+                        .map_err(|source| UpdateError::Aggregator { index: i, source })?;
                 }
             }
         }
@@ -554,7 +587,7 @@ mod tests {
             ),
             (codec::window_key(0, "k"), codec::encode_states(&[counted])),
         ];
-        let error = first.restore(entries).expect_err("refused");
+        let error = first.restore(entries).expect_err("refused").0;
         assert!(
             error.contains("Sum(temp), Count()") && error.contains("Count(), Sum(temp)"),
             "{error}"

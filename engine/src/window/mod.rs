@@ -11,7 +11,9 @@ pub use aggregate::{
     avg, collect, count, first, last, max, mean, min, sum, AggKind, AggState, AggValue, Aggregation,
 };
 pub use assign::{Windows, MAX_WINDOWS_PER_RECORD};
-pub use core::{Dropped, Emit, Processed, WindowCore, WindowInput, WindowRow};
+pub(crate) use codec::CorruptState;
+pub use core::{Dropped, Emit};
+pub(crate) use core::{WindowCore, WindowInput, WindowRow};
 pub use custom::{aggregate, Aggregator, CustomState};
 
 #[cfg(test)]
