@@ -11,6 +11,11 @@ use serde_arrow::schema::{SchemaLike, TracingOptions};
 
 use crate::plan::{BatchFn, BoxError};
 
+/// The output type of a `map` has no Arrow schema.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("cannot derive an Arrow schema for the map output type: {0}")]
+struct NoSchema(#[source] Arc<serde_arrow::Error>);
+
 /// Builds a batch function that maps each row `In -> Out` through serde. Metadata
 /// columns (`_key`, `_timestamp`, ...) of the input are carried over unless `Out`
 /// has fields of the same names.
@@ -20,14 +25,12 @@ where
     Out: Serialize + DeserializeOwned + 'static,
     F: Fn(In) -> Out + Send + Sync + 'static,
 {
-    let out_fields: OnceLock<Result<Vec<FieldRef>, String>> = OnceLock::new();
+    let out_fields: OnceLock<Result<Vec<FieldRef>, NoSchema>> = OnceLock::new();
     Arc::new(move |batch: RecordBatch| -> Result<RecordBatch, BoxError> {
         let fields = out_fields
             .get_or_init(|| {
                 Vec::<FieldRef>::from_type::<Out>(TracingOptions::default().allow_null_fields(true))
-                    .map_err(|e| {
-                        format!("cannot derive an Arrow schema for the map output type: {e}")
-                    })
+                    .map_err(|e| NoSchema(Arc::new(e)))
             })
             .clone()?;
         let schema = batch.schema();

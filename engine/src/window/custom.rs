@@ -127,7 +127,7 @@ pub(crate) trait DynAggregator: Send + Sync {
     fn update(&self, state: &mut dyn CustomState, values: &ArrayRef) -> Result<(), BoxError>;
     fn merge(&self, state: &mut dyn CustomState, other: &dyn CustomState);
     fn result(&self, state: &dyn CustomState) -> ScalarValue;
-    fn decode(&self, bytes: &[u8]) -> Result<Box<dyn CustomState>, String>;
+    fn decode(&self, bytes: &[u8]) -> Result<Box<dyn CustomState>, serde_json::Error>;
 }
 
 struct Erased<A>(A);
@@ -162,9 +162,7 @@ impl<A: Aggregator> DynAggregator for Erased<A> {
             None => ScalarValue::try_from(&self.0.output_type()).unwrap_or(ScalarValue::Null),
         }
     }
-    fn decode(&self, bytes: &[u8]) -> Result<Box<dyn CustomState>, String> {
-        serde_json::from_slice::<A::State>(bytes)
-            .map(|s| Box::new(s) as Box<dyn CustomState>)
-            .map_err(|e| e.to_string())
+    fn decode(&self, bytes: &[u8]) -> Result<Box<dyn CustomState>, serde_json::Error> {
+        serde_json::from_slice::<A::State>(bytes).map(|s| Box::new(s) as Box<dyn CustomState>)
     }
 }
