@@ -10,11 +10,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flumen_kafka::{Producer, RawBatch, TopicPartition};
-use flumen_state::{Checkpoint, StateStore, WriteBatch};
-use tokio::sync::mpsc;
+use std::ops::ControlFlow;
 
-use crate::runtime::pipeline::{BatchOutcome, PartitionPipeline};
+use flumen_kafka::{Producer, TopicPartition};
+use flumen_state::{Checkpoint, StateStore, WriteBatch};
+
+use crate::runtime::pipeline::BatchOutcome;
+use crate::runtime::processing::{CommitStrategy, LoopEnd};
 use crate::runtime::stop::StopMode;
 use crate::runtime::worker::{wait_for_deliveries, Worker};
 use crate::{Error, Result};
@@ -34,7 +36,7 @@ fn unsupported(error: &flumen_kafka::KafkaError) -> Error {
 }
 
 /// The open transaction of one partition.
-struct Transaction<'a> {
+pub(crate) struct Transaction<'a> {
     worker: &'a Worker,
     tp: &'a TopicPartition,
     producer: Arc<Producer>,
@@ -45,71 +47,69 @@ struct Transaction<'a> {
     due: Option<Instant>,
 }
 
-/// Runs the partition until its queue closes (revoked, stopping) or a batch
-/// or transaction fails.
-pub(crate) async fn run(
-    worker: &Arc<Worker>,
-    tp: &TopicPartition,
-    mut pipeline: PartitionPipeline,
-    store: Option<Arc<dyn StateStore>>,
-    producer: Arc<Producer>,
-    mut rx: mpsc::Receiver<RawBatch>,
-) -> Result<()> {
-    let mut txn = Transaction {
-        worker,
-        tp,
-        producer,
-        store,
-        batches: Vec::new(),
-        due: None,
-    };
-    loop {
-        let next = match txn.due {
-            Some(due) => {
-                tokio::select! {
-                    raw = rx.recv() => raw,
-                    () = tokio::time::sleep_until(due.into()) => {
-                        txn.commit().await?;
-                        continue;
-                    }
-                }
-            }
-            None => rx.recv().await,
-        };
-        let Some(raw) = next else { break };
-        if worker.failed() {
-            break;
-        }
-        txn.begin().await?;
-        let started = Instant::now();
-        let mut outcome = match pipeline.process(raw).await {
-            Ok(outcome) => outcome,
-            Err(error) => {
-                txn.abort().await;
-                return Err(error);
-            }
-        };
-        metrics::histogram!("flumen_batch_seconds").record(started.elapsed().as_secs_f64());
-        let failure = outcome.failure.take();
-        txn.batches.push(outcome);
-        if let Some(error) = failure {
-            // The records before the bad one are committed; the run stops at it.
-            txn.commit().await?;
-            return Err(error);
-        }
-        if txn.due.is_some_and(|due| Instant::now() >= due) {
-            txn.commit().await?;
+impl<'a> Transaction<'a> {
+    /// The strategy for partition `tp` of `worker`, whose transactional
+    /// producer is `producer`; no transaction is open yet.
+    pub(crate) fn new(
+        worker: &'a Worker,
+        tp: &'a TopicPartition,
+        producer: Arc<Producer>,
+        store: Option<Arc<dyn StateStore>>,
+    ) -> Self {
+        Transaction {
+            worker,
+            tp,
+            producer,
+            store,
+            batches: Vec::new(),
+            due: None,
         }
     }
-    match worker.mode() {
-        // As a crash would: the open transaction stays open until the
-        // partition's next owner fences this producer and aborts it.
-        StopMode::Kill => Ok(()),
-        _ if worker.failed() => {
-            txn.abort().await;
-            Ok(())
+}
+
+impl CommitStrategy for Transaction<'_> {
+    fn due(&self) -> Option<Instant> {
+        self.due
+    }
+
+    async fn on_due(&mut self) -> Result<()> {
+        self.commit().await
+    }
+
+    async fn before_batch(&mut self) -> Result<()> {
+        self.begin().await
+    }
+
+    async fn after_batch(&mut self, outcome: BatchOutcome) -> Result<ControlFlow<()>> {
+        self.batches.push(outcome);
+        if self.due.is_some_and(|due| Instant::now() >= due) {
+            self.commit().await?;
         }
-        _ => txn.commit().await,
+        Ok(ControlFlow::Continue(()))
+    }
+
+    async fn finish(mut self, end: LoopEnd) -> Result<()> {
+        match end {
+            LoopEnd::Failed(error) => {
+                self.abort().await;
+                Err(error)
+            }
+            // The records before the bad one are committed; the run stops at it.
+            LoopEnd::Stopped(error) => {
+                self.commit().await?;
+                Err(error)
+            }
+            LoopEnd::Drained => match self.worker.mode() {
+                // As a crash would: the open transaction stays open until the
+                // partition's next owner fences this producer and aborts it.
+                StopMode::Kill => Ok(()),
+                _ if self.worker.failed() => {
+                    self.abort().await;
+                    Ok(())
+                }
+                _ => self.commit().await,
+            },
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Running a pipeline: the application, partition tasks, commits and stopping.
 
 mod application;
+mod at_least_once;
 mod changelog;
 mod driver;
 mod event_time;
@@ -8,6 +9,7 @@ mod exactly_once;
 mod internal_topics;
 mod pipeline;
 mod poller;
+mod processing;
 mod prometheus;
 mod repartition;
 mod state_dir;

@@ -12,17 +12,17 @@ use flumen_kafka::{
     GroupConsumer, GroupMetadata, KafkaConfig, Producer, RawBatch, RebalanceListener,
     TopicPartition,
 };
-use flumen_state::{
-    BlockCache, Checkpoint, RocksStore, StateError, StateStore, StoreIdentity, WriteBatch,
-};
+use flumen_state::{BlockCache, RocksStore, StateError, StateStore, StoreIdentity};
 use futures::FutureExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::runtime::at_least_once::{AtLeastOnce, Checkpoints};
 use crate::runtime::changelog;
-use crate::runtime::exactly_once;
+use crate::runtime::exactly_once::Transaction;
 use crate::runtime::pipeline::{PartitionPipeline, SourcePlan};
 use crate::runtime::poller::{Batcher, Cut, Dispatch};
+use crate::runtime::processing;
 use crate::runtime::stats::Stats;
 use crate::runtime::stop::{StopHandle, StopMode};
 use crate::{Error, Result};
@@ -95,21 +95,6 @@ const STATE_LOCK_WAIT: Duration = Duration::from_secs(30);
 /// The longest the polling thread waits for a record: how soon an idle run
 /// notices a stop (or cuts a batch older than `max_delay`).
 const POLL_TIMEOUT: Duration = Duration::from_millis(10);
-
-/// Memory a record waiting in the producer's queue holds, about (librdkafka's
-/// message plus a typical output record).
-const QUEUED_RECORD_BYTES: usize = 400;
-
-/// What the delivery waiter does once a batch's outputs are acknowledged.
-struct Delivered {
-    ack: Arc<flumen_kafka::DeliveryBatch>,
-    next_offset: i64,
-    state: WriteBatch,
-    /// When the batch's processing ended (for `flumen_ack_seconds`).
-    processed: Instant,
-    /// The batch's share of the unacknowledged-bytes budget, returned when it is done.
-    _budget: tokio::sync::OwnedSemaphorePermit,
-}
 
 struct PartitionTask {
     tx: mpsc::Sender<RawBatch>,
@@ -417,119 +402,29 @@ impl Worker {
         tp: &TopicPartition,
         committed: Option<i64>,
         source: Arc<SourcePlan>,
-        rx: mpsc::Receiver<RawBatch>,
+        mut rx: mpsc::Receiver<RawBatch>,
         txn_producer: Option<Arc<Producer>>,
     ) -> Result<()> {
         let producer = txn_producer.clone().or_else(|| self.producer.clone());
         let mut pipeline =
             PartitionPipeline::new(source, producer, Arc::clone(&self.stats), &self.ctx)?;
         let store = self.open_state(tp, committed, &mut pipeline).await?;
+        let failed = || self.failed();
         match txn_producer {
-            Some(producer) => exactly_once::run(self, tp, pipeline, store, producer, rx).await,
-            None => self.run_at_least_once(tp, pipeline, store, rx).await,
-        }
-    }
-
-    /// Waits for each batch's deliveries in order, then checkpoints its state
-    /// and makes its offset committable; a failed delivery stops the run.
-    fn spawn_checkpointer(
-        self: &Arc<Self>,
-        tp: &TopicPartition,
-        store: Option<Arc<dyn StateStore>>,
-        mut done_rx: mpsc::Receiver<Delivered>,
-    ) -> AbortOnDrop<()> {
-        let worker = Arc::clone(self);
-        let tp = tp.clone();
-        AbortOnDrop(tokio::spawn(async move {
-            let checkpointed = async {
-                while let Some(delivered) = done_rx.recv().await {
-                    wait_for_deliveries(&tp, &delivered.ack, delivered.next_offset).await?;
-                    metrics::histogram!("flumen_ack_seconds")
-                        .record(delivered.processed.elapsed().as_secs_f64());
-                    // A killed run behaves like a crashed one: nothing more is
-                    // checkpointed or made committable.
-                    if worker.mode() == StopMode::Kill {
-                        return Ok(());
-                    }
-                    // The state is checkpointed only once everything the batch
-                    // produced was delivered: a checkpoint never covers a lost output.
-                    if let Some(store) = &store {
-                        let checkpoint = Checkpoint {
-                            next_offset: delivered.next_offset,
-                        };
-                        store.write(delivered.state, Some(checkpoint))?;
-                    }
-                    lock(&worker.committable).insert(tp.clone(), delivered.next_offset);
-                }
-                Ok::<(), Error>(())
-            };
-            // A failed delivery stops the run at once (the partition may
-            // be waiting for input that never comes).
-            if let Err(error) = checkpointed.await {
-                worker.fail(error);
+            Some(producer) => {
+                let transaction = Transaction::new(self, tp, producer, store);
+                processing::run(failed, &mut pipeline, transaction, &mut rx).await
             }
-        }))
-    }
-
-    /// Processes batches while earlier ones are being delivered; a batch's
-    /// state is checkpointed and its offset made committable once everything
-    /// it produced was acknowledged.
-    async fn run_at_least_once(
-        self: &Arc<Self>,
-        tp: &TopicPartition,
-        mut pipeline: PartitionPipeline,
-        store: Option<Arc<dyn StateStore>>,
-        mut rx: mpsc::Receiver<RawBatch>,
-    ) -> Result<()> {
-        let (done_tx, done_rx) = mpsc::channel::<Delivered>(self.settings.unacknowledged_batches);
-        // Deliveries are awaited in order beside processing, so the next batch can
-        // be processed while the previous one is still being acknowledged.
-        let waiter = self.spawn_checkpointer(tp, store, done_rx);
-        let mut result = Ok(());
-        while let Some(raw) = rx.recv().await {
-            if self.failed() {
-                break;
+            None => {
+                let budget = (
+                    Arc::clone(&self.unacknowledged),
+                    unacknowledged_kib(&self.settings),
+                );
+                let run = Arc::clone(self) as Arc<dyn Checkpoints>;
+                let in_flight = self.settings.unacknowledged_batches;
+                let strategy = AtLeastOnce::start(run, tp, store, in_flight, budget);
+                processing::run(failed, &mut pipeline, strategy, &mut rx).await
             }
-            let started = Instant::now();
-            let outcome = match pipeline.process(raw).await {
-                Ok(outcome) => outcome,
-                Err(error) => {
-                    result = Err(error);
-                    break;
-                }
-            };
-            metrics::histogram!("flumen_batch_seconds").record(started.elapsed().as_secs_f64());
-            let failure = outcome.failure;
-            // A batch larger than the whole budget waits until nothing else does.
-            let bytes =
-                outcome.state.approximate_bytes() + outcome.ack.pending() * QUEUED_RECORD_BYTES;
-            let kib = (bytes >> 10).clamp(1, unacknowledged_kib(&self.settings));
-            let budget = Arc::clone(&self.unacknowledged);
-            let Ok(permit) = budget.acquire_many_owned(kib as u32).await else {
-                break;
-            };
-            let delivered = Delivered {
-                ack: outcome.ack,
-                next_offset: outcome.next_offset,
-                state: outcome.state,
-                processed: Instant::now(),
-                _budget: permit,
-            };
-            if done_tx.send(delivered).await.is_err() {
-                break;
-            }
-            if let Some(error) = failure {
-                result = Err(error);
-                break;
-            }
-        }
-        drop(done_tx);
-        match waiter.join().await {
-            Ok(()) => result,
-            Err(e) => Err(Error::Task {
-                task: format!("the delivery waiter of {tp}"),
-                source: Box::new(e),
-            }),
         }
     }
 
@@ -674,6 +569,20 @@ impl Worker {
             Some(error) => Err(error),
             None => Ok(()),
         }
+    }
+}
+
+impl Checkpoints for Worker {
+    fn mode(&self) -> StopMode {
+        Worker::mode(self)
+    }
+
+    fn committable(&self, tp: &TopicPartition, next_offset: i64) {
+        lock(&self.committable).insert(tp.clone(), next_offset);
+    }
+
+    fn fail(&self, error: Error) {
+        Worker::fail(self, error);
     }
 }
 
