@@ -45,6 +45,7 @@ mod plan;
 pub mod publisher;
 mod runtime;
 pub mod sink;
+mod state;
 mod topic;
 pub mod window;
 

@@ -14,15 +14,13 @@ use crate::dataframe::{Outputs, StreamingDataFrame};
 use crate::plan::physical::PhysicalPlan;
 use crate::plan::{Output, SinkSpec};
 use crate::publisher::{Input, Publisher};
-use crate::runtime::changelog::{self, Changelogs};
 use crate::runtime::pipeline::{PartitionPipeline, SourcePlan};
 use crate::runtime::repartition::{self, Stages};
 use crate::runtime::stats::Stats;
 use crate::runtime::stop::StopHandle;
-use crate::runtime::worker::{
-    BatchSettings, Rebalancer, RunSettings, StateSettings, TransactionSettings, Worker,
-};
+use crate::runtime::worker::{BatchSettings, Rebalancer, RunSettings, TransactionSettings, Worker};
 use crate::runtime::{internal_topics, state_dir};
+use crate::state::{self, Changelogs, StateSettings};
 use crate::topic::Topic;
 use crate::{Error, Result};
 
@@ -696,7 +694,7 @@ impl Application {
     ) -> Result<Changelogs> {
         let mut changelogs = Changelogs::new();
         for store in plan.plan.store_names() {
-            let name = changelog::topic_name(&self.group, topic, &store);
+            let name = state::topic_name(&self.group, topic, &store);
             let spec = internal_topics::ChangelogTopic {
                 name: &name,
                 source: topic,

@@ -8,13 +8,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use flumen_kafka::{DeliveryBatch, TopicPartition};
-use flumen_state::{Checkpoint, StateStore, WriteBatch};
+use flumen_state::WriteBatch;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::runtime::pipeline::BatchOutcome;
 use crate::runtime::processing::{CommitStrategy, LoopEnd};
 use crate::runtime::stop::StopMode;
 use crate::runtime::worker::{wait_for_deliveries, AbortOnDrop};
+use crate::state::PartitionState;
 use crate::{Error, Result};
 
 /// Memory a record waiting in the producer's queue holds, about (librdkafka's
@@ -58,7 +59,7 @@ impl AtLeastOnce {
     pub(crate) fn start(
         run: Arc<dyn Checkpoints>,
         tp: &TopicPartition,
-        store: Option<Arc<dyn StateStore>>,
+        state: Option<Arc<PartitionState>>,
         in_flight: usize,
         (budget, budget_kib): (Arc<Semaphore>, usize),
     ) -> Self {
@@ -66,7 +67,7 @@ impl AtLeastOnce {
         AtLeastOnce {
             tp: tp.clone(),
             done_tx,
-            checkpointer: spawn_checkpointer(run, tp.clone(), store, done_rx),
+            checkpointer: spawn_checkpointer(run, tp.clone(), state, done_rx),
             budget,
             budget_kib,
         }
@@ -127,7 +128,7 @@ impl CommitStrategy for AtLeastOnce {
 fn spawn_checkpointer(
     run: Arc<dyn Checkpoints>,
     tp: TopicPartition,
-    store: Option<Arc<dyn StateStore>>,
+    state: Option<Arc<PartitionState>>,
     mut done_rx: mpsc::Receiver<Delivered>,
 ) -> AbortOnDrop<()> {
     AbortOnDrop(tokio::spawn(async move {
@@ -143,11 +144,8 @@ fn spawn_checkpointer(
                 }
                 // The state is checkpointed only once everything the batch
                 // produced was delivered: a checkpoint never covers a lost output.
-                if let Some(store) = &store {
-                    let checkpoint = Checkpoint {
-                        next_offset: delivered.next_offset,
-                    };
-                    store.write(delivered.state, Some(checkpoint))?;
+                if let Some(state) = &state {
+                    state.commit(delivered.state, delivered.next_offset)?;
                 }
                 run.committable(&tp, delivered.next_offset);
             }
@@ -222,7 +220,8 @@ mod tests {
     }
 
     fn start(run: &Arc<Recorded>, store: &Arc<MemoryStore>) -> AtLeastOnce {
-        let store = Arc::clone(store) as Arc<dyn StateStore>;
+        let local = Arc::clone(store) as Arc<dyn flumen_state::StateStore>;
+        let store = Arc::new(PartitionState::in_memory(local, 0));
         let budget = (Arc::new(Semaphore::new(1024)), 1024);
         AtLeastOnce::start(
             Arc::clone(run) as Arc<dyn Checkpoints>,
@@ -242,7 +241,8 @@ mod tests {
     }
 
     fn checkpoint(store: &MemoryStore) -> Option<i64> {
-        let checkpoint = StateStore::checkpoint(store).unwrap_or_else(|e| panic!("{e}"));
+        let checkpoint =
+            flumen_state::StateStore::checkpoint(store).unwrap_or_else(|e| panic!("{e}"));
         checkpoint.map(|c| c.next_offset)
     }
 

@@ -13,12 +13,13 @@ use std::time::{Duration, Instant};
 use std::ops::ControlFlow;
 
 use flumen_kafka::{Producer, TopicPartition};
-use flumen_state::{Checkpoint, StateStore, WriteBatch};
+use flumen_state::WriteBatch;
 
 use crate::runtime::pipeline::BatchOutcome;
 use crate::runtime::processing::{CommitStrategy, LoopEnd};
 use crate::runtime::stop::StopMode;
 use crate::runtime::worker::{wait_for_deliveries, Worker};
+use crate::state::PartitionState;
 use crate::{Error, Result};
 
 /// How often a retriable failure of a commit is retried before the
@@ -40,7 +41,7 @@ pub(crate) struct Transaction<'a> {
     worker: &'a Worker,
     tp: &'a TopicPartition,
     producer: Arc<Producer>,
-    store: Option<Arc<dyn StateStore>>,
+    state: Option<Arc<PartitionState>>,
     /// Batches processed inside the open transaction, in order.
     batches: Vec<BatchOutcome>,
     /// When the open transaction is due to commit (`None`: none is open).
@@ -54,13 +55,13 @@ impl<'a> Transaction<'a> {
         worker: &'a Worker,
         tp: &'a TopicPartition,
         producer: Arc<Producer>,
-        store: Option<Arc<dyn StateStore>>,
+        state: Option<Arc<PartitionState>>,
     ) -> Self {
         Transaction {
             worker,
             tp,
             producer,
-            store,
+            state,
             batches: Vec::new(),
             due: None,
         }
@@ -215,12 +216,12 @@ impl Transaction<'_> {
             return Err(self.aborted(error));
         }
         self.worker.stats.add_transaction(true);
-        if let Some(store) = &self.store {
+        if let Some(state) = &self.state {
             let mut changes = WriteBatch::default();
             for batch in batches {
                 changes.extend(batch.state);
             }
-            store.write(changes, Some(Checkpoint { next_offset }))?;
+            state.commit(changes, next_offset)?;
         }
         tracing::debug!(tp = %self.tp, next_offset, "transaction committed");
         Ok(())

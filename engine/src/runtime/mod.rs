@@ -2,11 +2,10 @@
 
 mod application;
 mod at_least_once;
-mod changelog;
 mod driver;
 mod event_time;
 mod exactly_once;
-mod internal_topics;
+pub(crate) mod internal_topics;
 mod pipeline;
 mod poller;
 mod processing;
@@ -22,3 +21,4 @@ pub use driver::TestDriver;
 pub use prometheus::serve_metrics;
 pub use stats::Stats;
 pub use stop::StopHandle;
+pub(crate) use worker::file_safe;

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use crate::runtime::changelog::{self, Changelogs};
 use crate::sink::{Acks, DeadLetterRoute};
+use crate::state::{Changelogs, PartitionState};
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::prelude::SessionContext;
@@ -85,6 +85,8 @@ pub(crate) struct PartitionPipeline {
     /// One per node of the plan, in its order.
     operators: Vec<Box<dyn Operator>>,
     sinks: Vec<SinkWriter>,
+    /// The partition's state stores (none: stateless, or in memory only).
+    state: Option<Arc<PartitionState>>,
     /// Records before this offset are already reflected in the state; skipped.
     skip_below: i64,
     /// Rejects records whose event time is too far ahead.
@@ -182,6 +184,7 @@ impl PartitionPipeline {
             stats,
             operators,
             sinks,
+            state: None,
             skip_below: i64::MIN,
             event_time,
         })
@@ -215,6 +218,14 @@ impl PartitionPipeline {
     /// What this pipeline runs.
     pub(crate) fn source(&self) -> &SourcePlan {
         &self.source
+    }
+
+    /// Loads the operators' state from `state`, skips the records it already
+    /// reflects, and logs every batch's changes to its changelogs.
+    pub(crate) fn attach(&mut self, state: Arc<PartitionState>) -> Result<()> {
+        self.restore(state.local(), state.checkpoint())?;
+        self.state = Some(state);
+        Ok(())
     }
 
     /// Loads the operators' state from `store` and skips records before
@@ -337,17 +348,10 @@ impl PartitionPipeline {
         // committed that far) must not move the checkpoint back: the state
         // already reflects every record up to it.
         let next_offset = next_offset.max(self.skip_below);
-        if !state.is_empty() && !self.source.changelogs.is_empty() {
-            let changelogs = &self.source.changelogs;
-            changelog::send(
-                self.producer()?,
-                changelogs,
-                raw.partition(),
-                &state,
-                next_offset,
-                &ack,
-            )
-            .await?;
+        if let (Some(partition_state), false) = (&self.state, state.is_empty()) {
+            partition_state
+                .log(self.producer()?, &state, next_offset, &ack)
+                .await?;
         }
         Ok(BatchOutcome {
             ack,

@@ -12,19 +12,18 @@ use flumen_kafka::{
     GroupConsumer, GroupMetadata, KafkaConfig, Producer, RawBatch, RebalanceListener,
     TopicPartition,
 };
-use flumen_state::{BlockCache, RocksStore, StateError, StateStore, StoreIdentity};
 use futures::FutureExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::runtime::at_least_once::{AtLeastOnce, Checkpoints};
-use crate::runtime::changelog;
 use crate::runtime::exactly_once::Transaction;
 use crate::runtime::pipeline::{PartitionPipeline, SourcePlan};
 use crate::runtime::poller::{Batcher, Cut, Dispatch};
 use crate::runtime::processing;
 use crate::runtime::stats::Stats;
 use crate::runtime::stop::{StopHandle, StopMode};
+use crate::state::{self, StateSettings};
 use crate::{Error, Result};
 
 /// How micro-batches are cut and offsets committed.
@@ -45,18 +44,6 @@ pub(crate) struct BatchSettings {
     /// every record changes a window).
     pub(crate) unacknowledged_bytes: usize,
     pub(crate) drain_timeout: Duration,
-}
-
-/// Where and how partitions keep their state.
-#[derive(Debug, Clone)]
-pub(crate) struct StateSettings {
-    /// The cluster, for restoring from changelogs.
-    pub(crate) kafka: flumen_kafka::KafkaConfig,
-    /// One RocksDB database per (source topic, partition) below this directory.
-    pub(crate) dir: std::path::PathBuf,
-    /// The application (consumer group) the state belongs to.
-    pub(crate) application: String,
-    pub(crate) cache: BlockCache,
 }
 
 /// Exactly-once mode: how partitions' transactional producers are made.
@@ -87,10 +74,6 @@ pub(crate) struct RunSettings {
     pub(crate) state: StateSettings,
     pub(crate) transactions: Option<TransactionSettings>,
 }
-
-/// How long opening a state waits for the previous owner in this process
-/// (a task being torn down) to release its lock.
-const STATE_LOCK_WAIT: Duration = Duration::from_secs(30);
 
 /// The longest the polling thread waits for a record: how soon an idle run
 /// notices a stop (or cuts a batch older than `max_delay`).
@@ -272,131 +255,6 @@ impl Worker {
         lock(&self.txn_producers).extend(made);
     }
 
-    /// Opens the partition's state (when the pipeline has any), checks it against
-    /// the group's committed offset and loads it into `pipeline`.
-    async fn open_state(
-        &self,
-        tp: &TopicPartition,
-        committed: Option<i64>,
-        pipeline: &mut PartitionPipeline,
-    ) -> Result<Option<Arc<dyn StateStore>>> {
-        let names = pipeline.source().plan.store_names();
-        if names.is_empty() {
-            return Ok(None);
-        }
-        let path = self.state.dir.join(state_dir_name(tp));
-        let can_rebuild = !pipeline.source().changelogs.is_empty();
-        let store = Arc::new(self.open_store(tp, &path, &names, can_rebuild).await?);
-        let mut checkpoint = store.checkpoint()?.map(|c| c.next_offset);
-        if let Some(committed) = committed {
-            if checkpoint.is_none_or(|c| c < committed) && committed > 0 {
-                let changelogs = &pipeline.source().changelogs;
-                if changelogs.is_empty() {
-                    return Err(Error::StateBehind {
-                        topic: tp.topic.clone(),
-                        partition: tp.partition,
-                        path: path.display().to_string(),
-                        group: self.state.application.clone(),
-                        checkpoint: checkpoint.map_or("none".into(), |c| c.to_string()),
-                        committed,
-                    });
-                }
-                tracing::info!(
-                    %tp, path = %path.display(), ?checkpoint, committed,
-                    "the state is behind the committed offset; restoring it from the changelog"
-                );
-                let target = Arc::clone(&store) as Arc<dyn StateStore>;
-                self.restore(tp, changelogs, target, (checkpoint, committed))
-                    .await?;
-                checkpoint = Some(committed);
-            }
-        }
-        pipeline.restore(&*store, checkpoint)?;
-        match checkpoint {
-            Some(at) => tracing::info!(
-                %tp, path = %path.display(), checkpoint = at, ?committed,
-                "state restored; records before the checkpoint are skipped"
-            ),
-            None => tracing::info!(%tp, path = %path.display(), "new state"),
-        }
-        Ok(Some(store as Arc<dyn StateStore>))
-    }
-
-    /// Opens the RocksDB state at `path` with `stores`, waiting while the
-    /// previous owner in this process still holds it. A damaged state, or
-    /// another partition's, is deleted when it `can_rebuild` from changelogs.
-    async fn open_store(
-        &self,
-        tp: &TopicPartition,
-        path: &std::path::Path,
-        stores: &[String],
-        can_rebuild: bool,
-    ) -> Result<RocksStore> {
-        let names: Vec<&str> = stores.iter().map(String::as_str).collect();
-        let identity = StoreIdentity::new(&self.state.application, &tp.topic, tp.partition);
-        let deadline = Instant::now() + STATE_LOCK_WAIT;
-        let mut rebuilt = false;
-        loop {
-            match RocksStore::open_with_cache(path, &identity, &names, &self.state.cache) {
-                Ok(store) => return Ok(store),
-                // The previous owner of this partition in this process may still be closing.
-                Err(StateError::Locked { .. }) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                // Only damaged files or another identity's state are rebuilt;
-                // any other failure (disk full, permissions, file limits)
-                // stops the run and leaves the files as they are.
-                Err(e) if can_rebuild && !rebuilt && e.is_rebuildable() => {
-                    tracing::warn!(
-                        %tp, path = %path.display(), error = %e,
-                        "the state directory is corrupt or not this partition's; deleting it and rebuilding the state from the changelog"
-                    );
-                    std::fs::remove_dir_all(path).map_err(|io| Error::Io {
-                        what: format!(
-                            "deleting the unusable state at {} (it was: {e})",
-                            path.display()
-                        ),
-                        source: io,
-                    })?;
-                    rebuilt = true;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-
-    /// Rebuilds `store` from `changelogs`: the changes tagged after
-    /// `range.0` (the local checkpoint) up to `range.1` (the committed offset).
-    async fn restore(
-        &self,
-        tp: &TopicPartition,
-        changelogs: &changelog::Changelogs,
-        store: Arc<dyn StateStore>,
-        (from, committed): (Option<i64>, i64),
-    ) -> Result<()> {
-        let (kafka, changelogs, partition) =
-            (self.state.kafka.clone(), changelogs.clone(), tp.partition);
-        let stats = Arc::clone(&self.stats);
-        tokio::task::spawn_blocking(move || {
-            let counted = |n| stats.add_restored(n);
-            changelog::restore(
-                &kafka,
-                &changelogs,
-                partition,
-                from,
-                committed,
-                &*store,
-                &counted,
-            )
-        })
-        .await
-        .map_err(|e| Error::Task {
-            task: format!("restoring {tp}"),
-            source: Box::new(e),
-        })?
-        .map(drop)
-    }
-
     async fn run_partition(
         self: &Arc<Self>,
         tp: &TopicPartition,
@@ -408,11 +266,24 @@ impl Worker {
         let producer = txn_producer.clone().or_else(|| self.producer.clone());
         let mut pipeline =
             PartitionPipeline::new(source, producer, Arc::clone(&self.stats), &self.ctx)?;
-        let store = self.open_state(tp, committed, &mut pipeline).await?;
+        let source = pipeline.source();
+        let stores = source.plan.store_names();
+        let opened = state::open(
+            &self.state,
+            tp,
+            &stores,
+            &source.changelogs,
+            committed,
+            &self.stats,
+        );
+        let state = opened.await?.map(Arc::new);
+        if let Some(state) = &state {
+            pipeline.attach(Arc::clone(state))?;
+        }
         let failed = || self.failed();
         match txn_producer {
             Some(producer) => {
-                let transaction = Transaction::new(self, tp, producer, store);
+                let transaction = Transaction::new(self, tp, producer, state);
                 processing::run(failed, &mut pipeline, transaction, &mut rx).await
             }
             None => {
@@ -422,7 +293,7 @@ impl Worker {
                 );
                 let run = Arc::clone(self) as Arc<dyn Checkpoints>;
                 let in_flight = self.settings.unacknowledged_batches;
-                let strategy = AtLeastOnce::start(run, tp, store, in_flight, budget);
+                let strategy = AtLeastOnce::start(run, tp, state, in_flight, budget);
                 processing::run(failed, &mut pipeline, strategy, &mut rx).await
             }
         }
@@ -782,11 +653,6 @@ pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .map(|s| (*s).to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "(a panic without a message)".into())
-}
-
-/// The directory name of a partition's state: topic and partition.
-fn state_dir_name(tp: &TopicPartition) -> String {
-    format!("{}-{}", file_safe(&tp.topic), tp.partition)
 }
 
 /// `name` with every character that is not safe in a file name replaced by `_`.

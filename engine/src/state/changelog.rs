@@ -15,8 +15,8 @@ use flumen_kafka::{
 use flumen_state::{BatchOp, Checkpoint, StateStore, WriteBatch};
 
 use crate::error::{Error, Result};
+use crate::runtime::file_safe;
 use crate::runtime::internal_topics::GENESIS_KEY;
-use crate::runtime::worker::file_safe;
 
 /// Header holding the next source offset the change reflects.
 const OFFSET_HEADER: &str = "flumen.offset";
@@ -38,16 +38,29 @@ pub(crate) fn topic_name(group: &str, topic: &str, store: &str) -> String {
 /// The changelog topics of one pipeline, by store name.
 pub(crate) type Changelogs = HashMap<String, String>;
 
-/// Produces `changes` to their stores' changelogs, partition `partition`,
-/// tagged `next_offset`; `ack` tracks the deliveries.
+/// Where a batch's changes are logged.
+pub(crate) struct Logged<'a> {
+    /// The changelog topic of each store.
+    pub(crate) changelogs: &'a Changelogs,
+    /// The input partition (and so the changelog partition).
+    pub(crate) partition: i32,
+    /// The batch's next input offset, tagged on every change.
+    pub(crate) next_offset: i64,
+}
+
+/// Produces `changes` to their stores' changelogs, tagged with the batch's
+/// next offset; `ack` tracks the deliveries.
 pub(crate) async fn send(
     producer: &Producer,
-    changelogs: &Changelogs,
-    partition: i32,
+    logged: &Logged<'_>,
     changes: &WriteBatch,
-    next_offset: i64,
     ack: &Arc<DeliveryBatch>,
 ) -> Result<()> {
+    let Logged {
+        changelogs,
+        partition,
+        next_offset,
+    } = *logged;
     let tag = next_offset.to_string();
     for op in changes.ops() {
         let (store, key, value) = match op {
