@@ -564,10 +564,8 @@ impl Application {
                 )));
             }
             let plan = Arc::new(source_plan(topic, mine, plan).await?);
-            let mut pipeline =
-                PartitionPipeline::new(Arc::clone(&plan), None, Arc::clone(&self.stats), ctx)?;
-            pipeline.collect_topic_outputs();
-            pipeline.validate()?;
+            PartitionPipeline::new(Arc::clone(&plan), None, Arc::clone(&self.stats), ctx)?
+                .validate()?;
             sources.insert(name.clone(), plan);
         }
         Ok(sources)

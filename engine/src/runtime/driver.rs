@@ -1,13 +1,16 @@
 //! Running an application's pipelines in memory, without a broker.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arrow::array::RecordBatch;
 use datafusion::prelude::SessionContext;
-use flumen_kafka::RawBatch;
+use flumen_kafka::{DeliveryBatch, RawBatch};
+use futures::future::BoxFuture;
 
+use crate::runtime::outputs::OutputWriter;
 use crate::runtime::pipeline::{PartitionPipeline, SourcePlan};
+use crate::sink::SourcePosition;
 use crate::{Application, Error, Result};
 
 /// Runs the pipelines of an [`Application`] on records handed to it in memory,
@@ -56,7 +59,8 @@ use crate::{Application, Error, Result};
 /// ```
 pub struct TestDriver {
     sources: HashMap<String, Arc<SourcePlan>>,
-    pipelines: HashMap<(String, i32), PartitionPipeline>,
+    /// Per input partition, its pipeline and the batches of its Kafka outputs.
+    pipelines: HashMap<(String, i32), (PartitionPipeline, Vec<Collected>)>,
     app_stats: Arc<crate::Stats>,
     ctx: Arc<SessionContext>,
 }
@@ -98,11 +102,11 @@ impl TestDriver {
                     Arc::clone(&self.app_stats),
                     &self.ctx,
                 )?;
-                pipeline.collect_topic_outputs();
-                self.pipelines.entry(key).or_insert(pipeline)
+                let collected = collect_kafka_outputs(&mut pipeline);
+                self.pipelines.entry(key).or_insert((pipeline, collected))
             }
         };
-        let outcome = pipeline.process(batch).await?;
+        let outcome = pipeline.0.process(batch).await?;
         match outcome.failure {
             Some(error) => Err(error),
             None => Ok(()),
@@ -114,11 +118,56 @@ impl TestDriver {
     pub fn take_output(&mut self, topic: &str) -> Vec<RecordBatch> {
         let mut partitions: Vec<_> = self.pipelines.iter_mut().collect();
         partitions.sort_by(|a, b| a.0.cmp(b.0));
-        partitions
-            .into_iter()
-            .flat_map(|(_, pipeline)| pipeline.take_collected(topic))
-            .collect()
+        let mut taken = Vec::new();
+        for (_, (_, collected)) in partitions {
+            for output in collected.iter().filter(|c| c.topic == topic) {
+                taken.append(&mut lock(&output.batches));
+            }
+        }
+        taken
     }
+}
+
+/// A Kafka output of a [`TestDriver`]: its batches, kept until taken.
+#[derive(Clone)]
+pub(crate) struct Collected {
+    pub(crate) topic: String,
+    pub(crate) batches: Arc<Mutex<Vec<RecordBatch>>>,
+}
+
+impl OutputWriter for Collected {
+    fn name(&self) -> &str {
+        &self.topic
+    }
+
+    fn write<'a>(
+        &'a mut self,
+        batch: &'a RecordBatch,
+        _position: SourcePosition<'a>,
+        _ack: &'a Arc<DeliveryBatch>,
+    ) -> BoxFuture<'a, Result<()>> {
+        lock(&self.batches).push(batch.clone());
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+/// Keeps the batches of `pipeline`'s Kafka outputs in memory instead of
+/// producing them; returns where.
+pub(crate) fn collect_kafka_outputs(pipeline: &mut PartitionPipeline) -> Vec<Collected> {
+    let mut collected = Vec::new();
+    pipeline.replace_kafka_outputs(|topic| {
+        let output = Collected {
+            topic: topic.name().to_string(),
+            batches: Arc::default(),
+        };
+        collected.push(output.clone());
+        Box::new(output)
+    });
+    collected
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ mod driver;
 mod event_time;
 mod exactly_once;
 pub(crate) mod internal_topics;
+mod outputs;
 mod pipeline;
 mod poller;
 mod processing;

@@ -3,12 +3,10 @@
 
 use std::sync::Arc;
 
-use crate::sink::{Acks, DeadLetterRoute};
 use crate::state::{Changelogs, PartitionState};
 use arrow::array::RecordBatch;
-use arrow::datatypes::SchemaRef;
 use datafusion::prelude::SessionContext;
-use flumen_kafka::format::{BadRecord, RecordDecoder, RecordEncoder};
+use flumen_kafka::format::{BadRecord, RecordDecoder};
 use flumen_kafka::{headers_with, DeliveryBatch, OutRecord, Producer, RawBatch};
 use flumen_state::{StateStore, WriteBatch};
 
@@ -16,6 +14,7 @@ use crate::operators::{LateRecord, OpContext, OpError, Operator};
 use crate::plan::physical::PhysicalPlan;
 use crate::plan::{Output, SinkSpec};
 use crate::runtime::event_time::{now_ms, EventTimeBound};
+use crate::runtime::outputs::{KafkaOutput, OutputWriter, PrintOutput, SinkOutput};
 use crate::runtime::stats::Stats;
 use crate::topic::{BadInputPolicy, Topic};
 use crate::{Error, Result};
@@ -48,35 +47,6 @@ pub(crate) struct BatchOutcome {
     pub(crate) state: WriteBatch,
 }
 
-struct TopicWriter {
-    topic: Topic,
-    /// The encoder for the last batch schema seen.
-    encoder: Option<(SchemaRef, RecordEncoder)>,
-}
-
-enum SinkWriter {
-    Topic(Box<TopicWriter>),
-    Print,
-    Custom(CustomWriter),
-    /// A custom sink while validating (not opened yet).
-    Unopened,
-    /// A Kafka output kept in memory (the [`TestDriver`](crate::testing::TestDriver)).
-    Collect(CollectedOutput),
-}
-
-/// The batches a Kafka output received, kept until taken.
-struct CollectedOutput {
-    topic: String,
-    batches: Vec<RecordBatch>,
-}
-
-/// An opened [`Sink`](crate::sink::Sink) of a pipeline.
-struct CustomWriter {
-    name: Arc<str>,
-    writer: Arc<dyn crate::sink::SinkWriter>,
-    dead_letters: Option<Arc<DeadLetterRoute>>,
-}
-
 /// The operators and sinks of one source partition.
 pub(crate) struct PartitionPipeline {
     source: Arc<SourcePlan>,
@@ -84,7 +54,8 @@ pub(crate) struct PartitionPipeline {
     stats: Arc<Stats>,
     /// One per node of the plan, in its order.
     operators: Vec<Box<dyn Operator>>,
-    sinks: Vec<SinkWriter>,
+    /// One writer per output, in the order of the plan's outputs.
+    outputs: Vec<Box<dyn OutputWriter>>,
     /// The partition's state stores (none: stateless, or in memory only).
     state: Option<Arc<PartitionState>>,
     /// Records before this offset are already reflected in the state; skipped.
@@ -121,31 +92,6 @@ impl BatchRef<'_> {
     }
 }
 
-impl TopicWriter {
-    /// The encoder for batches of `schema` (a new one when the schema changed).
-    fn encoder_for(&mut self, schema: &SchemaRef) -> Result<&RecordEncoder> {
-        let topic = &self.topic;
-        if self.encoder.as_ref().is_none_or(|(s, _)| s != schema) {
-            let value_format = topic.value_format.clone().unwrap_or_else(|| {
-                flumen_kafka::format::Format::json(arrow::datatypes::Schema::empty())
-            });
-            let built = RecordEncoder::new(
-                topic.name(),
-                topic.key_format.clone(),
-                value_format,
-                topic.key_column.clone(),
-                schema,
-            )
-            .map_err(|e| Error::Plan(e.to_string()))?;
-            self.encoder = Some((Arc::clone(schema), built));
-        }
-        match &self.encoder {
-            Some((_, encoder)) => Ok(encoder),
-            None => Err(Error::Internal("encoder missing")),
-        }
-    }
-}
-
 impl PartitionPipeline {
     pub(crate) fn new(
         source: Arc<SourcePlan>,
@@ -155,64 +101,37 @@ impl PartitionPipeline {
     ) -> Result<Self> {
         let event_time = EventTimeBound::new(source.topic.max_event_time_ahead_ms());
         let operators = source.plan.instantiate(ctx)?;
-        let sinks = source
+        let outputs = source
             .outputs
             .iter()
-            .enumerate()
-            .map(|(i, o)| match &o.sink {
-                SinkSpec::Topic(topic) => SinkWriter::Topic(Box::new(TopicWriter {
-                    topic: topic.clone(),
-                    encoder: None,
-                })),
-                SinkSpec::Print => SinkWriter::Print,
-                SinkSpec::Custom(sink) => match source.writers.get(i).cloned().flatten() {
-                    Some(writer) => SinkWriter::Custom(CustomWriter {
-                        name: Arc::from(sink.name()),
-                        writer,
-                        dead_letters: sink
-                            .dead_letter_topic()
-                            .zip(producer.clone())
-                            .map(|(topic, producer)| Arc::new(DeadLetterRoute { producer, topic })),
-                    }),
-                    None => SinkWriter::Unopened,
-                },
-            })
-            .collect();
+            .zip(&source.writers)
+            .map(|(output, writer)| output_writer(&output.sink, writer.as_ref(), &producer))
+            .collect::<Result<_>>()?;
         Ok(PartitionPipeline {
             source,
             producer,
             stats,
             operators,
-            sinks,
+            outputs,
             state: None,
             skip_below: i64::MIN,
             event_time,
         })
     }
 
-    /// Keeps what goes to Kafka outputs in memory instead of producing it.
-    pub(crate) fn collect_topic_outputs(&mut self) {
-        for sink in &mut self.sinks {
-            if let SinkWriter::Topic(writer) = sink {
-                *sink = SinkWriter::Collect(CollectedOutput {
-                    topic: writer.topic.name().to_string(),
-                    batches: Vec::new(),
-                });
+    /// Replaces the writer of every Kafka output with the one `make` gives
+    /// for its topic (the [`TestDriver`](crate::testing::TestDriver) keeps
+    /// their batches in memory).
+    pub(crate) fn replace_kafka_outputs(
+        &mut self,
+        mut make: impl FnMut(&Topic) -> Box<dyn OutputWriter>,
+    ) {
+        let source = Arc::clone(&self.source);
+        for (writer, output) in self.outputs.iter_mut().zip(&source.outputs) {
+            if let SinkSpec::Topic(topic) = &output.sink {
+                *writer = make(topic);
             }
         }
-    }
-
-    /// The batches collected for the Kafka output `topic` since the last call.
-    pub(crate) fn take_collected(&mut self, topic: &str) -> Vec<RecordBatch> {
-        let mut taken = Vec::new();
-        for sink in &mut self.sinks {
-            if let SinkWriter::Collect(output) = sink {
-                if output.topic == topic {
-                    taken.append(&mut output.batches);
-                }
-            }
-        }
-        taken
     }
 
     /// What this pipeline runs.
@@ -278,13 +197,11 @@ impl PartitionPipeline {
         batch
     }
 
-    /// Checks that every Kafka output can encode the schema it receives.
+    /// Checks that every output can write the schema it receives.
     pub(crate) fn validate(&mut self) -> Result<()> {
         let source = Arc::clone(&self.source);
-        for (sink, (_, schema)) in self.sinks.iter_mut().zip(&source.plan.outputs) {
-            if let SinkWriter::Topic(writer) = sink {
-                writer.encoder_for(schema)?;
-            }
+        for (writer, (_, schema)) in self.outputs.iter_mut().zip(&source.plan.outputs) {
+            writer.check(schema)?;
         }
         Ok(())
     }
@@ -564,85 +481,36 @@ impl PartitionPipeline {
         ack: &Arc<DeliveryBatch>,
         at: &BatchRef<'_>,
     ) -> Result<()> {
-        let producer = self.producer.clone();
-        let stats = Arc::clone(&self.stats);
-        match &mut self.sinks[index] {
-            SinkWriter::Unopened => Ok(()),
-            SinkWriter::Collect(output) => {
-                if batch.num_rows() > 0 {
-                    stats.add_out(&output.topic, batch.num_rows());
-                    output.batches.push(batch.clone());
-                }
-                Ok(())
-            }
-            SinkWriter::Custom(custom) => {
-                if batch.num_rows() == 0 {
-                    return Ok(());
-                }
-                let position = crate::sink::SourcePosition {
-                    topic: at.topic,
-                    partition: at.partition,
-                    first_offset: at.first,
-                    last_offset: at.last,
-                };
-                let acks = Acks::new(ack, &custom.name, custom.dead_letters.as_ref(), position);
-                custom
-                    .writer
-                    .write(batch.clone(), position, acks)
-                    .await
-                    .map_err(|source| Error::Sink {
-                        sink: custom.name.to_string(),
-                        source,
-                    })?;
-                stats.add_out(&custom.name, batch.num_rows());
-                Ok(())
-            }
-            SinkWriter::Print => {
-                if batch.num_rows() > 0 {
-                    match arrow::util::pretty::pretty_format_batches(std::slice::from_ref(batch)) {
-                        Ok(table) => println!("{table}"),
-                        Err(e) => {
-                            return Err(Error::Sink {
-                                sink: "print".into(),
-                                source: Box::new(e),
-                            })
-                        }
-                    }
-                    stats.add_out("print", batch.num_rows());
-                }
-                Ok(())
-            }
-            SinkWriter::Topic(writer) => {
-                write_topic(writer, batch, producer.as_deref(), ack, &stats).await
-            }
+        if batch.num_rows() == 0 {
+            return Ok(());
         }
+        let position = crate::sink::SourcePosition {
+            topic: at.topic,
+            partition: at.partition,
+            first_offset: at.first,
+            last_offset: at.last,
+        };
+        let writer = &mut self.outputs[index];
+        writer.write(batch, position, ack).await?;
+        self.stats.add_out(writer.name(), batch.num_rows());
+        Ok(())
     }
 }
 
-/// Encodes `batch` for a Kafka output and produces its records.
-async fn write_topic(
-    writer: &mut TopicWriter,
-    batch: &RecordBatch,
-    producer: Option<&Producer>,
-    ack: &Arc<DeliveryBatch>,
-    stats: &Stats,
-) -> Result<()> {
-    let encoder = writer.encoder_for(batch.schema_ref())?;
-    if batch.num_rows() == 0 {
-        return Ok(());
-    }
-    let encoded = encoder.encode(batch)?;
-    let producer = producer.ok_or(Error::Internal("no producer for a Kafka output"))?;
-    for row in 0..encoded.len() {
-        let record = OutRecord {
-            topic: encoder.topic(),
-            key: encoded.key(row),
-            value: encoded.value(row),
-            timestamp_ms: encoded.timestamp(row),
-            partition: None,
-        };
-        producer.send(record, None, ack).await?;
-    }
-    stats.add_out(encoder.topic(), encoded.len());
-    Ok(())
+/// The writer of an output to `sink` (`opened`: a custom sink's writer).
+fn output_writer(
+    sink: &SinkSpec,
+    opened: Option<&Arc<dyn crate::sink::SinkWriter>>,
+    producer: &Option<Arc<Producer>>,
+) -> Result<Box<dyn OutputWriter>> {
+    Ok(match (sink, opened) {
+        (SinkSpec::Topic(topic), _) => Box::new(KafkaOutput::new(topic.clone(), producer.clone())),
+        (SinkSpec::Print, _) => Box::new(PrintOutput),
+        (SinkSpec::Custom(sink), Some(writer)) => Box::new(SinkOutput::new(
+            sink.as_ref(),
+            Arc::clone(writer),
+            producer.clone(),
+        )),
+        (SinkSpec::Custom(_), None) => return Err(Error::Internal("a sink was not opened")),
+    })
 }

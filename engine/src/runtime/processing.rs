@@ -109,6 +109,7 @@ mod tests {
     use datafusion::prelude::SessionContext;
 
     use super::*;
+    use crate::runtime::driver::{collect_kafka_outputs, Collected};
     use crate::{Application, BadInputPolicy, Topic};
 
     /// What the loop asked of the strategy, in order.
@@ -156,7 +157,7 @@ mod tests {
     /// The pipeline of partition 0 of `readings` -> `f` -> `out` (kept in memory).
     async fn pipeline(
         f: impl Fn(crate::StreamingDataFrame) -> crate::StreamingDataFrame,
-    ) -> Result<PartitionPipeline> {
+    ) -> Result<(PartitionPipeline, Vec<Collected>)> {
         let app = Application::builder()
             .brokers("unused:9092")
             .consumer_group("loop-test")
@@ -178,8 +179,8 @@ mod tests {
             .get("readings")
             .ok_or(Error::Internal("no source"))?;
         let mut pipeline = PartitionPipeline::new(Arc::clone(source), None, app.stats(), &ctx)?;
-        pipeline.collect_topic_outputs();
-        Ok(pipeline)
+        let collected = collect_kafka_outputs(&mut pipeline);
+        Ok((pipeline, collected))
     }
 
     fn batch(offsets: std::ops::Range<i64>, bad: Option<i64>) -> RawBatch {
@@ -209,7 +210,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_bad_record_stops_the_loop_after_the_records_before_it() -> Result<()> {
-        let mut pipeline = pipeline(|f| f).await?;
+        let (mut pipeline, _) = pipeline(|f| f).await?;
         let mut recording = Recording::default();
         let batches = vec![batch(0..3, None), batch(3..8, Some(5)), batch(8..9, None)];
         run_with(&mut pipeline, &mut recording, batches).await?;
@@ -234,7 +235,7 @@ mod tests {
                 _ => Err("refused".into()),
             })
         };
-        let mut pipeline = pipeline(failing).await?;
+        let (mut pipeline, _) = pipeline(failing).await?;
         let mut recording = Recording::default();
         run_with(&mut pipeline, &mut recording, vec![batch(0..3, None)]).await?;
         assert_eq!(recording.events, ["before", "finish failed"]);
@@ -243,7 +244,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_due_commit_runs_while_no_input_arrives() -> Result<()> {
-        let mut pipeline = pipeline(|f| f).await?;
+        let (mut pipeline, _) = pipeline(|f| f).await?;
         let (due_ran, when_due_ran) = tokio::sync::oneshot::channel();
         let mut recording = Recording {
             due: Some(Instant::now() + Duration::from_millis(20)),
@@ -270,7 +271,7 @@ mod tests {
 
     #[tokio::test]
     async fn records_the_restored_state_reflects_are_skipped() -> Result<()> {
-        let mut pipeline = pipeline(|f| f).await?;
+        let (mut pipeline, collected) = pipeline(|f| f).await?;
         pipeline.restore(&flumen_state::MemoryStore::default(), Some(5))?;
         let mut recording = Recording::default();
         run_with(
@@ -279,11 +280,11 @@ mod tests {
             vec![batch(0..3, None), batch(3..8, None)],
         )
         .await?;
-        let out: usize = pipeline
-            .take_collected("out")
-            .iter()
-            .map(|b| b.num_rows())
-            .sum();
+        let batches = collected[0]
+            .batches
+            .lock()
+            .map_err(|_| Error::Internal("lock"))?;
+        let out: usize = batches.iter().map(|b| b.num_rows()).sum();
         assert_eq!(out, 3, "offsets 5, 6 and 7 only");
         // A batch wholly below the checkpoint does not move it back.
         assert_eq!(
@@ -301,7 +302,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_run_processes_nothing_more() -> Result<()> {
-        let mut pipeline = pipeline(|f| f).await?;
+        let (mut pipeline, _) = pipeline(|f| f).await?;
         let mut recording = Recording::default();
         let (tx, mut rx) = mpsc::channel(1);
         tx.send(batch(0..2, None))
