@@ -1,6 +1,6 @@
 //! `flumen::Error`: every error a pipeline can return.
 
-use flumen_kafka::format::BadInputKind;
+use crate::records::BadInputKind;
 
 /// Errors of the flumen engine and, converted, of its connectors.
 #[derive(Debug, thiserror::Error)]
@@ -8,6 +8,9 @@ pub enum Error {
     /// The Kafka connector failed.
     #[error(transparent)]
     Kafka(Box<flumen_kafka::KafkaError>),
+    /// A record format cannot work, or a record cannot be encoded.
+    #[error(transparent)]
+    Format(#[from] crate::records::FormatError),
     /// The state store failed.
     #[error(transparent)]
     State(#[from] flumen_state::StateError),

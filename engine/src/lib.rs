@@ -43,6 +43,7 @@ mod error;
 mod operators;
 mod plan;
 pub mod publisher;
+mod records;
 mod runtime;
 pub mod sink;
 mod state;
@@ -60,11 +61,11 @@ pub mod testing {
     pub use flumen_kafka::RawBatch;
 }
 
-/// Record formats and bad-input kinds (from `flumen-kafka`).
+/// Record formats, metadata columns and bad-input kinds.
 pub mod format {
-    pub use flumen_kafka::format::{
-        BadInputKind, Format, TimestampSource, KEY_COLUMN, OFFSET_COLUMN, PARTITION_COLUMN,
-        TIMESTAMP_COLUMN,
+    pub use crate::records::{
+        BadInputKind, Format, FormatError, TimestampSource, KEY_COLUMN, OFFSET_COLUMN,
+        PARTITION_COLUMN, TIMESTAMP_COLUMN,
     };
 }
 

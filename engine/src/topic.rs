@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::records::{BadInputKind, Format, TimestampSource};
 use arrow::datatypes::Schema;
-use flumen_kafka::format::{BadInputKind, Format, TimestampSource};
 
 /// What to do with a record that cannot be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -39,17 +39,6 @@ pub enum KafkaError {
         /// Whether a retry could succeed.
         retriable: bool,
     },
-    /// A schema or format was declared in a way that cannot work.
-    #[error("kafka: invalid format: {0}")]
-    Format(String),
-    /// Encoding a record for output failed.
-    #[error("kafka: cannot encode a record for topic '{topic}': {reason}")]
-    Encode {
-        /// The destination topic.
-        topic: String,
-        /// Why it failed.
-        reason: String,
-    },
     /// An operating-system call failed (e.g. starting a thread).
     #[error("kafka: {context}: {source}")]
     Io {

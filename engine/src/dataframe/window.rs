@@ -45,7 +45,7 @@ impl StreamingDataFrame {
     /// Grouping by `col("_key")` (the message key) never repartitions.
     pub fn group_by(&self, key: Expr) -> GroupedFrame {
         let by_message_key =
-            matches!(&key, Expr::Column(c) if c.name == flumen_kafka::format::KEY_COLUMN);
+            matches!(&key, Expr::Column(c) if c.name == crate::records::KEY_COLUMN);
         let repartition = (!by_message_key).then(|| RepartitionSpec {
             name: topic_safe(&match &key {
                 Expr::Column(c) => c.name.clone(),

@@ -12,7 +12,7 @@ use futures::future::BoxFuture;
 
 use super::expr::{compile, evaluate};
 use super::{LogicalOperator, OpContext, OpError, Operator};
-use flumen_kafka::format::is_metadata_column;
+use crate::records::is_metadata_column;
 
 /// Replaces the columns with `exprs`; metadata columns travel along unless
 /// selected explicitly.

@@ -2,9 +2,9 @@
 
 use std::sync::{Arc, OnceLock};
 
+use crate::records::is_metadata_column;
 use arrow::array::RecordBatch;
 use arrow::datatypes::{FieldRef, Schema};
-use flumen_kafka::format::is_metadata_column;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_arrow::schema::{SchemaLike, TracingOptions};

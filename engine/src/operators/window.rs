@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use crate::records::{KEY_COLUMN, OFFSET_COLUMN, TIMESTAMP_COLUMN};
 use arrow::array::{
     Array, ArrayRef, AsArray, Float64Array, Float64Builder, Int64Array, ListBuilder, RecordBatch,
     StringArray, TimestampMillisecondArray,
@@ -13,7 +14,6 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::common::ScalarValue;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::prelude::SessionContext;
-use flumen_kafka::format::{KEY_COLUMN, OFFSET_COLUMN, TIMESTAMP_COLUMN};
 use flumen_state::WriteBatch;
 use futures::future::BoxFuture;
 

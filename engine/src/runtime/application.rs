@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::records::RecordDecoder;
 use datafusion::prelude::SessionContext;
-use flumen_kafka::format::RecordDecoder;
 use flumen_kafka::{Admin, AutoOffsetReset, GroupConsumer, KafkaConfig, Producer};
 
 use crate::dataframe::{Outputs, StreamingDataFrame};

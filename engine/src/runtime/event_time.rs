@@ -6,10 +6,10 @@
 
 use std::sync::Arc;
 
+use crate::records::{BadInputKind, BadRecord, Decoded};
 use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{DataType, TimestampMillisecondType};
-use flumen_kafka::format::{BadInputKind, BadRecord, Decoded};
 
 use crate::{Error, Result};
 
@@ -110,7 +110,7 @@ impl EventTimeBound {
 
 /// The `_timestamp` column as epoch ms.
 fn event_times(batch: &RecordBatch) -> Option<Arc<arrow::array::TimestampMillisecondArray>> {
-    let column = batch.column_by_name(flumen_kafka::format::TIMESTAMP_COLUMN)?;
+    let column = batch.column_by_name(crate::records::TIMESTAMP_COLUMN)?;
     match column.data_type() {
         DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, _) => Some(Arc::new(
             column.as_primitive::<TimestampMillisecondType>().clone(),
@@ -134,7 +134,7 @@ mod tests {
 
     fn decoded(times: &[i64]) -> Decoded {
         let schema = Arc::new(Schema::new(vec![Field::new(
-            flumen_kafka::format::TIMESTAMP_COLUMN,
+            crate::records::TIMESTAMP_COLUMN,
             DataType::Timestamp(TimeUnit::Millisecond, None),
             false,
         )]));

@@ -5,9 +5,9 @@
 
 use std::sync::Arc;
 
+use crate::records::RecordEncoder;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
-use flumen_kafka::format::RecordEncoder;
 use flumen_kafka::{DeliveryBatch, OutRecord, Producer};
 use futures::future::BoxFuture;
 
@@ -58,9 +58,10 @@ impl KafkaOutput {
     fn encoder_for(&mut self, schema: &SchemaRef) -> Result<&RecordEncoder> {
         let topic = &self.topic;
         if self.encoder.as_ref().is_none_or(|(s, _)| s != schema) {
-            let value_format = topic.value_format.clone().unwrap_or_else(|| {
-                flumen_kafka::format::Format::json(arrow::datatypes::Schema::empty())
-            });
+            let value_format = topic
+                .value_format
+                .clone()
+                .unwrap_or_else(|| crate::records::Format::json(arrow::datatypes::Schema::empty()));
             let built = RecordEncoder::new(
                 topic.name(),
                 topic.key_format.clone(),

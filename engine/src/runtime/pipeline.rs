@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
+use crate::records::{BadRecord, RecordDecoder};
 use crate::state::{Changelogs, PartitionState};
 use arrow::array::RecordBatch;
 use datafusion::prelude::SessionContext;
-use flumen_kafka::format::{BadRecord, RecordDecoder};
 use flumen_kafka::{headers_with, DeliveryBatch, OutRecord, Producer, RawBatch};
 use flumen_state::{StateStore, WriteBatch};
 

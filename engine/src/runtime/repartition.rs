@@ -11,10 +11,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::records::{is_metadata_column, KEY_COLUMN};
 use arrow::datatypes::{DataType, Schema};
 use datafusion::logical_expr::cast;
 use datafusion::prelude::SessionContext;
-use flumen_kafka::format::{is_metadata_column, KEY_COLUMN};
 
 use crate::operators::WithColumn;
 use crate::plan::physical::frame_schema;

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use flumen_kafka::format::BadInputKind;
+use crate::records::BadInputKind;
 
 /// Live counters of one application (the same numbers go to `metrics`).
 #[derive(Debug, Default)]

@@ -11,7 +11,8 @@ use arrow::datatypes::{DataType, Schema, SchemaRef, TimeUnit};
 use arrow_json::ReaderBuilder;
 
 use super::{json_check, metadata_fields, BadInputKind, Format};
-use crate::{KafkaError, RawBatch, Result};
+use super::{FormatError, Result};
+use flumen_kafka::RawBatch;
 
 /// Where a record's event time comes from.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -44,7 +45,7 @@ pub struct Decoded {
     /// The records that could not be decoded, in index order.
     pub bad: Vec<BadRecord>,
     /// The latest message timestamp of the batch's heartbeats (records with
-    /// a [`HEARTBEAT_HEADER`](crate::HEARTBEAT_HEADER) header; they are not rows).
+    /// a [`HEARTBEAT_HEADER`](flumen_kafka::HEARTBEAT_HEADER) header; they are not rows).
     pub heartbeat: Option<i64>,
 }
 
@@ -77,7 +78,7 @@ impl RecordDecoder {
                     .iter()
                     .position(|f| f.name() == name)
                     .ok_or_else(|| {
-                        KafkaError::Format(format!(
+                        FormatError::Invalid(format!(
                             "timestamp field '{name}' is not in the value schema (fields: {})",
                             value_fields
                                 .iter()
@@ -89,7 +90,7 @@ impl RecordDecoder {
                 match value_fields[index].data_type() {
                     DataType::Int64 | DataType::Timestamp(..) => Some(index),
                     other => {
-                        return Err(KafkaError::Format(format!(
+                        return Err(FormatError::Invalid(format!(
                             "timestamp field '{name}' has type {other}; expected Int64 (epoch ms) or Timestamp"
                         )))
                     }
@@ -132,7 +133,7 @@ impl RecordDecoder {
             rows.iter().map(|&i| raw.offset(i as usize)),
         )));
         let batch = RecordBatch::try_new(Arc::clone(&self.schema), columns)
-            .map_err(|e| KafkaError::Format(format!("assembling decoded batch: {e}")))?;
+            .map_err(|e| FormatError::Invalid(format!("assembling decoded batch: {e}")))?;
         Ok(Decoded {
             batch,
             rows,
@@ -183,12 +184,12 @@ impl RecordDecoder {
             values[index].as_ref(),
             &DataType::Timestamp(TimeUnit::Millisecond, None),
         )
-        .map_err(|e| KafkaError::Format(format!("casting the timestamp field: {e}")))?;
+        .map_err(|e| FormatError::Invalid(format!("casting the timestamp field: {e}")))?;
         let column = column
             .as_any()
             .downcast_ref::<TimestampMillisecondArray>()
             .cloned()
-            .ok_or_else(|| KafkaError::Format("timestamp cast gave another type".into()))?;
+            .ok_or_else(|| FormatError::Invalid("timestamp cast gave another type".into()))?;
         if column.null_count() == 0 {
             return Ok((values, rows, column));
         }
@@ -211,12 +212,12 @@ impl RecordDecoder {
             .map(|(r, _)| r)
             .collect();
         let filtered = arrow::compute::filter(&column, &keep)
-            .map_err(|e| KafkaError::Format(e.to_string()))?;
+            .map_err(|e| FormatError::Invalid(e.to_string()))?;
         let times = filtered
             .as_any()
             .downcast_ref::<TimestampMillisecondArray>()
             .cloned()
-            .ok_or_else(|| KafkaError::Format("timestamp filter gave another type".into()))?;
+            .ok_or_else(|| FormatError::Invalid("timestamp filter gave another type".into()))?;
         Ok((values, rows, times))
     }
 
@@ -327,7 +328,7 @@ fn filter_columns(columns: Vec<ArrayRef>, keep: &BooleanArray) -> Result<Vec<Arr
         .iter()
         .map(|c| arrow::compute::filter(c.as_ref(), keep))
         .collect::<std::result::Result<_, _>>()
-        .map_err(|e| KafkaError::Format(format!("filtering decoded rows: {e}")))
+        .map_err(|e| FormatError::Invalid(format!("filtering decoded rows: {e}")))
 }
 
 /// Decodes `rows` of `raw` in one pass. Fails (without saying which record) when
@@ -388,8 +389,9 @@ fn decode_json(
             }
         }
     }
-    let batch = decode_json_fast(schema, raw, &good)
-        .map_err(|e| KafkaError::Format(format!("records that decode alone fail together: {e}")))?;
+    let batch = decode_json_fast(schema, raw, &good).map_err(|e| {
+        FormatError::Invalid(format!("records that decode alone fail together: {e}"))
+    })?;
     Ok((batch.columns().to_vec(), good))
 }
 
@@ -539,6 +541,8 @@ mod tests {
             false,
             64,
         );
-        assert!(matches!(err, Err(KafkaError::Format(m)) if m.contains("'device' has type Utf8")));
+        assert!(
+            matches!(err, Err(FormatError::Invalid(m)) if m.contains("'device' has type Utf8"))
+        );
     }
 }

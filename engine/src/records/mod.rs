@@ -1,4 +1,6 @@
-//! Record formats: how keys and values turn into Arrow columns and back.
+//! Kafka records as the engine sees them: how keys and values turn into
+//! Arrow columns (with the metadata columns `_key`, `_timestamp`,
+//! `_partition`, `_offset`) and back, and what makes an input record bad.
 
 mod decode;
 mod encode;
@@ -11,7 +13,24 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 pub use decode::{BadRecord, Decoded, RecordDecoder, TimestampSource};
 pub use encode::RecordEncoder;
 
-use crate::{KafkaError, Result};
+/// A format that cannot work, or a record that cannot be encoded.
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    /// A schema or format was declared in a way that cannot work.
+    #[error("invalid format: {0}")]
+    Invalid(String),
+    /// Encoding a record for output failed.
+    #[error("cannot encode a record for topic '{topic}': {reason}")]
+    Encode {
+        /// The destination topic.
+        topic: String,
+        /// Why it failed.
+        reason: String,
+    },
+}
+
+/// Result of the record formats.
+pub type Result<T, E = FormatError> = std::result::Result<T, E>;
 
 /// Column holding the record key.
 pub const KEY_COLUMN: &str = "_key";
@@ -60,14 +79,14 @@ impl Format {
             .into_iter()
             .map(serde_json::from_slice::<serde_json::Value>)
             .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| KafkaError::Format(format!("a sample record is not JSON: {e}")))?;
+            .map_err(|e| FormatError::Invalid(format!("a sample record is not JSON: {e}")))?;
         if values.is_empty() {
-            return Err(KafkaError::Format(
+            return Err(FormatError::Invalid(
                 "cannot infer a JSON schema from no samples".into(),
             ));
         }
         let schema = arrow_json::reader::infer_json_schema_from_iterator(values.iter().map(Ok))
-            .map_err(|e| KafkaError::Format(format!("cannot infer a JSON schema: {e}")))?;
+            .map_err(|e| FormatError::Invalid(format!("cannot infer a JSON schema: {e}")))?;
         Ok(Format::json(schema))
     }
 
@@ -195,7 +214,7 @@ mod tests {
         assert!(fields.contains(&("n".into(), DataType::Int64)));
         assert!(matches!(
             Format::json_inferred([&b"{"[..]]),
-            Err(KafkaError::Format(_))
+            Err(FormatError::Invalid(_))
         ));
         Ok(())
     }

@@ -11,7 +11,8 @@ use arrow::util::display::{ArrayFormatter, FormatOptions};
 use arrow_json::writer::{make_encoder, EncoderOptions};
 
 use super::{is_metadata_column, Format, KEY_COLUMN, TIMESTAMP_COLUMN, VALUE_COLUMN};
-use crate::{KafkaError, RawBatch, Result};
+use super::{FormatError, Result};
+use flumen_kafka::RawBatch;
 
 /// Encodes the rows of batches for one output topic. Columns whose names start
 /// with `_` (flumen metadata) are not written into JSON values.
@@ -20,7 +21,6 @@ pub struct RecordEncoder {
     topic: Arc<str>,
     key_format: Format,
     value_format: Format,
-    key_column: Option<String>,
     value_columns: Vec<usize>,
     value_fields: Fields,
     key_index: Option<usize>,
@@ -38,7 +38,7 @@ impl RecordEncoder {
         key_column: Option<String>,
         schema: &Schema,
     ) -> Result<Self> {
-        let invalid = |reason: String| KafkaError::Encode {
+        let invalid = |reason: String| FormatError::Encode {
             topic: topic.to_string(),
             reason,
         };
@@ -96,7 +96,6 @@ impl RecordEncoder {
             topic: Arc::from(topic),
             key_format,
             value_format,
-            key_column,
             value_columns,
             value_fields: Fields::from(value_fields),
             key_index,
@@ -109,13 +108,8 @@ impl RecordEncoder {
         &self.topic
     }
 
-    /// The column the key is taken from, if one was named.
-    pub fn key_column(&self) -> Option<&str> {
-        self.key_column.as_deref()
-    }
-
-    fn error(&self, reason: impl std::fmt::Display) -> KafkaError {
-        KafkaError::Encode {
+    fn error(&self, reason: impl std::fmt::Display) -> FormatError {
+        FormatError::Encode {
             topic: self.topic.to_string(),
             reason: reason.to_string(),
         }
@@ -295,7 +289,7 @@ mod tests {
                 Arc::new(TimestampMillisecondArray::from(vec![Some(7), Some(8)])),
             ],
         )
-        .map_err(|e| KafkaError::Format(e.to_string()))?;
+        .map_err(|e| FormatError::Invalid(e.to_string()))?;
         let kept = RecordEncoder::new(
             "out",
             Format::String,
@@ -330,7 +324,7 @@ mod tests {
             Arc::clone(&schema),
             vec![Arc::new(Int64Array::from(vec![5]))],
         )
-        .map_err(|e| KafkaError::Format(e.to_string()))?;
+        .map_err(|e| FormatError::Invalid(e.to_string()))?;
         let enc = RecordEncoder::new(
             "out",
             Format::String,
@@ -349,7 +343,7 @@ mod tests {
             &schema,
         );
         assert!(
-            matches!(err, Err(KafkaError::Encode { reason, .. }) if reason.contains("key column 'nope'"))
+            matches!(err, Err(FormatError::Encode { reason, .. }) if reason.contains("key column 'nope'"))
         );
         Ok(())
     }
