@@ -12,7 +12,9 @@ use datafusion::logical_expr::Expr;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::operators::{typed_map, DropColumns, Filter, MapBatches, Select, WithColumn};
+use crate::operators::{
+    typed_map, Deduplicate, DropColumns, Filter, MapBatches, Select, WithColumn,
+};
 use crate::plan::{BoxError, Node, Op, Output, SinkSpec};
 use crate::topic::Topic;
 
@@ -98,6 +100,27 @@ impl StreamingDataFrame {
             name,
             f: typed_map(f),
         })))
+    }
+
+    /// Drops a record when one with the same `key` was kept less than
+    /// `within` apart in event time (per input partition: key the input by
+    /// it, or `group_by` first). The kept keys are state, in a store named
+    /// `deduplicate-<n>` (changelogged, restored after a restart like window
+    /// state); a key is forgotten once the partition's stream time passed
+    /// its kept time plus `within`, so a repeat arriving later than that is
+    /// kept. Records without a key or event time are kept. Dropped repeats
+    /// are counted (`Stats::duplicate_records`, `flumen_duplicate_records_total`).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use flumen::prelude::*;
+    ///
+    /// fn once_per_minute(orders: &StreamingDataFrame) -> StreamingDataFrame {
+    ///     orders.deduplicate(col("order_id"), Duration::from_secs(60))
+    /// }
+    /// ```
+    pub fn deduplicate(&self, key: Expr, within: std::time::Duration) -> Self {
+        self.with(Op::Operator(Arc::new(Deduplicate { key, within })))
     }
 
     fn output(&self, sink: SinkSpec) {

@@ -12,6 +12,7 @@
 //! Adding an operator takes one file here (its logical and running forms) and
 //! one DSL method that adds it with `Op::Operator(Arc::new(..))`.
 
+mod deduplicate;
 mod drop;
 mod error;
 mod expr;
@@ -29,6 +30,7 @@ use datafusion::prelude::SessionContext;
 use flumen_state::WriteBatch;
 use futures::future::BoxFuture;
 
+pub(crate) use deduplicate::Deduplicate;
 pub(crate) use drop::DropColumns;
 pub(crate) use error::OpError;
 pub(crate) use filter::Filter;

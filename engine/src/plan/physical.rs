@@ -104,20 +104,24 @@ impl PhysicalPlan {
     }
 
     /// Gives every stateful operator its store name: the one asked for or
-    /// `<prefix>-<n>`, n counting the stores of this input in plan order.
+    /// `<prefix>-<n>`, n counting this input's stateful operators of that
+    /// kind in plan order (adding a deduplicate does not rename the windows'
+    /// stores).
     fn name_stores(&mut self, topic: &str) -> Result<()> {
         let mut names: Vec<String> = Vec::new();
+        let mut per_kind: HashMap<&'static str, usize> = HashMap::new();
         for node in &mut self.nodes {
             let Some(request) = node.op.store() else {
                 continue;
             };
-            let name = request
-                .name
-                .unwrap_or_else(|| format!("{}-{}", request.default_prefix, names.len()));
+            let n = per_kind.entry(request.default_prefix).or_default();
+            let default = format!("{}-{n}", request.default_prefix);
+            *n += 1;
+            let name = request.name.unwrap_or(default);
             if names.contains(&name) {
                 return Err(Error::Plan(format!(
-                    "two windows of topic '{topic}' use the state store name '{name}'; \
-                     name them apart with store_name(...)"
+                    "two stateful operators of topic '{topic}' use the state store name \
+                     '{name}'; name windows apart with store_name(...)"
                 )));
             }
             names.push(name.clone());
@@ -172,4 +176,118 @@ pub(crate) fn frame_schema(
         .next()
         .map(|(_, schema)| schema)
         .ok_or_else(|| Error::Plan(format!("a frame of topic '{topic}' has no schema")))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+    use crate::prelude::*;
+
+    fn app() -> Result<(Application, StreamingDataFrame)> {
+        let app = Application::builder()
+            .brokers("unused:9092")
+            .consumer_group("plan-test")
+            .build()?;
+        let schema = Schema::new(vec![
+            Field::new("device", DataType::Utf8, false),
+            Field::new("ts", DataType::Int64, false),
+            Field::new("temp", DataType::Float64, true),
+        ]);
+        let frame = app.dataframe(Topic::json("in").schema(schema).timestamp_field("ts"))?;
+        Ok((app, frame))
+    }
+
+    fn plan(app: &Application) -> Result<PhysicalPlan> {
+        let outputs = app.outputs();
+        let topic = Topic::json("in").schema(Schema::new(vec![
+            Field::new("device", DataType::Utf8, false),
+            Field::new("ts", DataType::Int64, false),
+            Field::new("temp", DataType::Float64, true),
+        ]));
+        let schema = crate::runtime::decoder_of(&topic.timestamp_field("ts"))?
+            .schema()
+            .clone();
+        PhysicalPlan::new("in", &schema, &outputs, &Arc::new(SessionContext::new()))
+    }
+
+    #[test]
+    fn stores_are_named_per_kind_and_shared_prefixes_planned_once() -> Result<()> {
+        let (app, frame) = app()?;
+        let windows = |f: &StreamingDataFrame| {
+            f.tumbling_window(Duration::from_secs(10))
+                .agg([count()])
+                .final_()
+        };
+        let deduplicated = frame.deduplicate(col("device"), Duration::from_secs(5));
+        windows(&frame).print();
+        windows(&deduplicated).print();
+        deduplicated.print();
+        let plan = plan(&app)?;
+        assert_eq!(
+            plan.store_names(),
+            ["window-0", "deduplicate-0", "window-1"]
+        );
+        // window, deduplicate, window: the deduplicate is planned once for two outputs.
+        assert_eq!(plan.nodes.len(), 3);
+        assert_eq!(plan.outputs[2].0, [1]);
+        Ok(())
+    }
+
+    #[test]
+    fn output_schemas_come_from_expressions() -> Result<()> {
+        let (app, frame) = app()?;
+        frame
+            .select([col("device"), (col("temp") * lit(2)).alias("t2")])
+            .print();
+        let plan = plan(&app)?;
+        let schema = &plan.outputs[0].1;
+        let fields: Vec<(&str, &DataType)> = schema
+            .fields()
+            .iter()
+            .map(|f| (f.name().as_str(), f.data_type()))
+            .collect();
+        assert_eq!(
+            fields[..2],
+            [("device", &DataType::Utf8), ("t2", &DataType::Float64)]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn errors_name_the_output_the_topic_and_the_dsl_call() -> Result<()> {
+        let (app, frame) = app()?;
+        frame.print();
+        frame.filter(col("nope").gt(lit(1))).print();
+        let Err(error) = plan(&app) else {
+            panic!("an unknown column is an error")
+        };
+        let error = error.to_string();
+        assert!(
+            error.contains("output 1 of topic 'in'") && error.contains("filter(nope > Int32(1))"),
+            "{error}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn two_stores_of_one_name_are_refused() -> Result<()> {
+        let (app, frame) = app()?;
+        for _ in 0..2 {
+            frame
+                .tumbling_window(Duration::from_secs(10))
+                .store_name("counts")
+                .agg([count()])
+                .final_()
+                .print();
+        }
+        let Err(error) = plan(&app) else {
+            panic!("a store name used twice is an error")
+        };
+        assert!(error.to_string().contains("'counts'"), "{error}");
+        Ok(())
+    }
 }

@@ -508,6 +508,12 @@ impl Application {
         result.and(publishers)
     }
 
+    /// The outputs of the frames built so far.
+    #[cfg(test)]
+    pub(crate) fn outputs(&self) -> Vec<Output> {
+        lock(&self.outputs).clone()
+    }
+
     /// Checks topics and the plan, connects the producer, builds the worker.
     /// The inputs and outputs of the frames built so far, split into stages at
     /// their repartitions.

@@ -17,6 +17,8 @@ mod stats;
 mod stop;
 mod worker;
 
+#[cfg(test)]
+pub(crate) use application::decoder_of;
 pub use application::{Application, ApplicationBuilder, ProcessingGuarantee};
 pub use driver::TestDriver;
 pub use prometheus::serve_metrics;

@@ -154,6 +154,14 @@ impl Stats {
             .unwrap_or(0)
     }
 
+    /// Records `deduplicate` dropped as repeats, over every partition.
+    pub fn duplicate_records(&self) -> u64 {
+        self.dropped
+            .lock()
+            .map(|m| m.values().map(|d| d.duplicates).sum())
+            .unwrap_or(0)
+    }
+
     pub(crate) fn set_dropped(
         &self,
         topic: &str,
@@ -171,6 +179,11 @@ impl Stats {
         if late > 0 {
             metrics::counter!("flumen_late_records_total", "topic" => topic.to_string())
                 .increment(late);
+        }
+        let duplicates = now.duplicates.saturating_sub(before.duplicates);
+        if duplicates > 0 {
+            metrics::counter!("flumen_duplicate_records_total", "topic" => topic.to_string())
+                .increment(duplicates);
         }
         let null_keys = now.null_keys.saturating_sub(before.null_keys);
         if null_keys > 0 {

@@ -92,6 +92,8 @@ pub struct Dropped {
     pub late: u64,
     /// Records without a key.
     pub null_keys: u64,
+    /// Records `deduplicate` dropped as repeats.
+    pub duplicates: u64,
 }
 
 type Customs = Vec<Option<Arc<dyn DynAggregator>>>;

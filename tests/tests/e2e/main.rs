@@ -14,6 +14,7 @@ mod cassandra_options;
 mod cassandra_sink;
 mod cassandra_source;
 mod cql_server;
+mod deduplicate;
 mod exactly_once;
 mod faults;
 mod metrics;
