@@ -103,8 +103,8 @@ impl StreamingDataFrame {
     }
 
     /// Drops a record when one with the same `key` was kept less than
-    /// `within` apart in event time (per input partition: key the input by
-    /// it, or `group_by` first). The kept keys are state, in a store named
+    /// `within` apart in event time (per input partition: the input must be
+    /// keyed, that is partitioned, by it). The kept keys are state, in a store named
     /// `deduplicate-<n>` (changelogged, restored after a restart like window
     /// state); a key is forgotten once the partition's stream time passed
     /// its kept time plus `within`, so a repeat arriving later than that is

@@ -276,6 +276,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_batch_waits_while_the_memory_budget_is_held_by_unacknowledged_ones() -> Result<()> {
+        let run = Arc::new(Recorded::default());
+        let local = Arc::new(MemoryStore::default()) as Arc<dyn flumen_state::StateStore>;
+        let state = Some(Arc::new(PartitionState::in_memory(local, 0)));
+        // A budget of 4 KiB; each batch's state changes take 3 KiB of it.
+        let budget = (Arc::new(Semaphore::new(4)), 4);
+        let mut strategy = AtLeastOnce::start(Arc::clone(&run) as _, &tp(), state, 8, budget);
+        let big = |next_offset: i64| {
+            let (mut batch, ticket) = outcome(next_offset);
+            batch.state.put("w", b"big", &[0u8; 3 << 10]);
+            (batch, ticket)
+        };
+        let (first, first_ticket) = big(10);
+        let (second, second_ticket) = big(20);
+        assert!(strategy.after_batch(first).await?.is_continue());
+        let waiting =
+            tokio::time::timeout(Duration::from_millis(100), strategy.after_batch(second));
+        let Err(_) = waiting.await else {
+            panic!("the second batch must wait for the first's acknowledgement")
+        };
+        first_ticket.done(Ok(()));
+        let (second, _) = big(20);
+        let admitted = tokio::time::timeout(Duration::from_secs(5), strategy.after_batch(second));
+        assert!(
+            admitted.await.is_ok(),
+            "admitted once the first batch was acknowledged"
+        );
+        drop(second_ticket);
+        Ok(())
+    }
+
+    #[tokio::test]
     async fn a_killed_run_checkpoints_nothing_more() -> Result<()> {
         let run = Arc::new(Recorded::default());
         let store = Arc::new(MemoryStore::default());
