@@ -39,6 +39,10 @@ pub enum KafkaError {
         /// Whether a retry could succeed.
         retriable: bool,
     },
+    /// A transaction's offsets cannot be sent: the consumer has no group
+    /// metadata (it is not a member of the group's current generation).
+    #[error("kafka: the consumer has no group metadata for the transaction's offsets")]
+    NoGroupMetadata,
     /// An operating-system call failed (e.g. starting a thread).
     #[error("kafka: {context}: {source}")]
     Io {

@@ -12,7 +12,7 @@ use flumen_state::WriteBatch;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::runtime::pipeline::BatchOutcome;
-use crate::runtime::processing::{CommitStrategy, LoopEnd};
+use crate::runtime::processing::{CommitStrategy, LoopEnd, RunControl};
 use crate::runtime::stop::StopMode;
 use crate::runtime::worker::{wait_for_deliveries, AbortOnDrop};
 use crate::state::PartitionState;
@@ -21,16 +21,6 @@ use crate::{Error, Result};
 /// Memory a record waiting in the producer's queue holds, about (librdkafka's
 /// message plus a typical output record).
 const QUEUED_RECORD_BYTES: usize = 400;
-
-/// What the partition's checkpointer needs from the run.
-pub(crate) trait Checkpoints: Send + Sync + 'static {
-    /// How the run is stopping (a killed run checkpoints nothing more).
-    fn mode(&self) -> StopMode;
-    /// Offsets before `next_offset` of `tp` may be committed.
-    fn committable(&self, tp: &TopicPartition, next_offset: i64);
-    /// Stops the run with `error`.
-    fn fail(&self, error: Error);
-}
 
 /// A processed batch on its way to its checkpoint.
 struct Delivered {
@@ -57,7 +47,7 @@ impl AtLeastOnce {
     /// Starts the partition's checkpointer; at most `in_flight` batches wait
     /// for acknowledgements, and together at most `budget_kib` of the budget.
     pub(crate) fn start(
-        run: Arc<dyn Checkpoints>,
+        run: Arc<dyn RunControl>,
         tp: &TopicPartition,
         state: Option<Arc<PartitionState>>,
         in_flight: usize,
@@ -126,7 +116,7 @@ impl CommitStrategy for AtLeastOnce {
 /// Waits for each batch's deliveries in order, then checkpoints its state
 /// and makes its offset committable; a failed delivery stops the run.
 fn spawn_checkpointer(
-    run: Arc<dyn Checkpoints>,
+    run: Arc<dyn RunControl>,
     tp: TopicPartition,
     state: Option<Arc<PartitionState>>,
     mut done_rx: mpsc::Receiver<Delivered>,
@@ -177,12 +167,19 @@ mod tests {
         failures: Mutex<Vec<String>>,
     }
 
-    impl Checkpoints for Recorded {
+    impl RunControl for Recorded {
         fn mode(&self) -> StopMode {
             match self.killed.load(std::sync::atomic::Ordering::SeqCst) {
                 true => StopMode::Kill,
                 false => StopMode::Running,
             }
+        }
+        fn failed(&self) -> bool {
+            !self
+                .failures
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty()
         }
         fn committable(&self, _: &TopicPartition, next_offset: i64) {
             self.committable
@@ -224,7 +221,7 @@ mod tests {
         let store = Arc::new(PartitionState::in_memory(local, 0));
         let budget = (Arc::new(Semaphore::new(1024)), 1024);
         AtLeastOnce::start(
-            Arc::clone(run) as Arc<dyn Checkpoints>,
+            Arc::clone(run) as Arc<dyn RunControl>,
             &tp(),
             Some(store),
             4,

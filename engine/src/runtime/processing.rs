@@ -7,11 +7,24 @@ use std::future::Future;
 use std::ops::ControlFlow;
 use std::time::Instant;
 
-use flumen_kafka::RawBatch;
+use flumen_kafka::{RawBatch, TopicPartition};
 use tokio::sync::mpsc;
 
 use crate::runtime::pipeline::{BatchOutcome, PartitionPipeline};
+use crate::runtime::stop::StopMode;
 use crate::{Error, Result};
+
+/// What a commit strategy needs from the run it is part of.
+pub(crate) trait RunControl: Send + Sync + 'static {
+    /// How the run is stopping (a killed run checkpoints nothing more).
+    fn mode(&self) -> StopMode;
+    /// Whether the run failed elsewhere.
+    fn failed(&self) -> bool;
+    /// Stops the run with `error`.
+    fn fail(&self, error: Error);
+    /// Offsets before `next_offset` of `tp` may be committed (at-least-once).
+    fn committable(&self, tp: &TopicPartition, next_offset: i64);
+}
 
 /// What a guarantee does around the processing of batches.
 pub(crate) trait CommitStrategy: Send {

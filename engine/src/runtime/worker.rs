@@ -16,11 +16,11 @@ use futures::FutureExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::runtime::at_least_once::{AtLeastOnce, Checkpoints};
-use crate::runtime::exactly_once::Transaction;
+use crate::runtime::at_least_once::AtLeastOnce;
+use crate::runtime::exactly_once::{KafkaTransactions, Transaction, TransactionTiming};
 use crate::runtime::pipeline::{PartitionPipeline, SourcePlan};
 use crate::runtime::poller::{Batcher, Cut, Dispatch};
-use crate::runtime::processing;
+use crate::runtime::processing::{self, RunControl};
 use crate::runtime::stats::Stats;
 use crate::runtime::stop::{StopHandle, StopMode};
 use crate::state::{self, StateSettings};
@@ -283,7 +283,22 @@ impl Worker {
         let failed = || self.failed();
         match txn_producer {
             Some(producer) => {
-                let transaction = Transaction::new(self, tp, producer, state);
+                let worker = Arc::clone(self);
+                let calls = KafkaTransactions {
+                    producer,
+                    group: Arc::new(move || worker.group_metadata()),
+                };
+                let timing = TransactionTiming {
+                    commit_interval: self.settings.commit_interval,
+                    timeout: self
+                        .transactions
+                        .as_ref()
+                        .map_or(Duration::from_secs(60), |t| t.timeout),
+                };
+                let run = Arc::clone(self) as Arc<dyn RunControl>;
+                let stats = Arc::clone(&self.stats);
+                let transaction =
+                    Transaction::new(run, tp, Arc::new(calls), (state, stats), timing);
                 processing::run(failed, &mut pipeline, transaction, &mut rx).await
             }
             None => {
@@ -291,7 +306,7 @@ impl Worker {
                     Arc::clone(&self.unacknowledged),
                     unacknowledged_kib(&self.settings),
                 );
-                let run = Arc::clone(self) as Arc<dyn Checkpoints>;
+                let run = Arc::clone(self) as Arc<dyn RunControl>;
                 let in_flight = self.settings.unacknowledged_batches;
                 let strategy = AtLeastOnce::start(run, tp, state, in_flight, budget);
                 processing::run(failed, &mut pipeline, strategy, &mut rx).await
@@ -443,9 +458,13 @@ impl Worker {
     }
 }
 
-impl Checkpoints for Worker {
+impl RunControl for Worker {
     fn mode(&self) -> StopMode {
         Worker::mode(self)
+    }
+
+    fn failed(&self) -> bool {
+        Worker::failed(self)
     }
 
     fn committable(&self, tp: &TopicPartition, next_offset: i64) {
