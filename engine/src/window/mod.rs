@@ -7,9 +7,8 @@ mod core;
 mod custom;
 
 pub use crate::operators::{WINDOW_END, WINDOW_START};
-pub use aggregate::{
-    avg, collect, count, first, last, max, mean, min, sum, AggKind, AggState, AggValue, Aggregation,
-};
+pub(crate) use aggregate::AggValue;
+pub use aggregate::{avg, collect, count, first, last, max, mean, min, sum, AggKind, Aggregation};
 pub use assign::{Windows, MAX_WINDOWS_PER_RECORD};
 pub(crate) use codec::CorruptState;
 pub use core::{Dropped, Emit};
