@@ -686,3 +686,123 @@ pub(crate) fn file_safe(name: &str) -> String {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+    use crate::prelude::*;
+    use crate::state::StateSettings;
+
+    /// A worker for the stateless pipeline `readings` -> filter -> print,
+    /// without a broker: partitions are assigned and revoked by hand.
+    async fn worker() -> Result<Arc<Worker>> {
+        let app = Application::builder()
+            .brokers("unused:9092")
+            .consumer_group("worker-test")
+            .build()?;
+        let schema = Schema::new(vec![
+            Field::new("device", DataType::Utf8, false),
+            Field::new("ts", DataType::Int64, false),
+        ]);
+        app.dataframe(Topic::json("readings").schema(schema).timestamp_field("ts"))?
+            .filter(col("ts").lt(lit(0)))
+            .print();
+        let ctx = Arc::new(SessionContext::new());
+        let sources = app.in_memory_sources(&ctx).await?;
+        let batches = BatchSettings {
+            max_records: 100,
+            max_bytes: 1 << 20,
+            max_delay: Duration::from_millis(10),
+            commit_interval: Duration::from_millis(100),
+            queued_batches: 2,
+            unacknowledged_batches: 4,
+            unacknowledged_bytes: 1 << 20,
+            drain_timeout: Duration::from_secs(10),
+        };
+        let state = StateSettings {
+            kafka: KafkaConfig::new("unused:9092"),
+            dir: PathBuf::from("/nonexistent"),
+            application: "worker-test".into(),
+            cache: flumen_state::BlockCache::new(1 << 20),
+        };
+        let settings = RunSettings {
+            batches,
+            state,
+            transactions: None,
+        };
+        let stats = app.stats();
+        let stop = StopHandle::default();
+        Ok(Arc::new(Worker::new(
+            sources, None, ctx, stats, stop, settings,
+        )))
+    }
+
+    fn batch(offsets: std::ops::Range<i64>) -> RawBatch {
+        let mut batch = RawBatch::new(Arc::from("readings"), 0);
+        for offset in offsets {
+            let value = format!(r#"{{"device":"d","ts":{offset}}}"#);
+            batch.push(None, Some(value.as_bytes()), None, offset, None);
+        }
+        batch
+    }
+
+    /// On a revoke, the partition's queued batches are processed and their
+    /// offsets returned for the final commit, and the partition is closed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_revoke_drains_the_partition_and_returns_its_offsets() -> Result<()> {
+        let worker = worker().await?;
+        let rebalancer = Rebalancer(Arc::downgrade(&worker));
+        let tp = TopicPartition {
+            topic: "readings".into(),
+            partition: 0,
+        };
+        let (assigned, revoked) = (tp.clone(), tp.clone());
+        let on_poll_thread = Arc::clone(&worker);
+        let offsets = tokio::task::spawn_blocking(move || {
+            rebalancer.on_assign(&[(assigned.clone(), None)], None);
+            on_poll_thread.dispatch_blocking(&assigned, batch(0..3));
+            on_poll_thread.dispatch_blocking(&assigned, batch(3..5));
+            rebalancer.on_revoke(&[revoked])
+        })
+        .await
+        .map_err(|e| Error::Task {
+            task: "the test's poll thread".into(),
+            source: Box::new(e),
+        })?;
+        assert_eq!(offsets, [(tp.clone(), 5)]);
+        assert!(lock(&worker.tasks).is_empty(), "the task is closed");
+        assert!(!lock(&worker.assigned).contains(&tp));
+        assert_eq!(worker.stats.records_in(), 5);
+        assert!(!worker.failed());
+        Ok(())
+    }
+
+    /// A killed run gives nothing back for the final commit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_revoke_while_killed_commits_nothing() -> Result<()> {
+        let worker = worker().await?;
+        let rebalancer = Rebalancer(Arc::downgrade(&worker));
+        let tp = TopicPartition {
+            topic: "readings".into(),
+            partition: 0,
+        };
+        let on_poll_thread = Arc::clone(&worker);
+        let offsets = tokio::task::spawn_blocking(move || {
+            rebalancer.on_assign(&[(tp.clone(), None)], None);
+            on_poll_thread.dispatch_blocking(&tp, batch(0..3));
+            on_poll_thread.stop.kill();
+            rebalancer.on_revoke(&[tp])
+        })
+        .await
+        .map_err(|e| Error::Task {
+            task: "the test's poll thread".into(),
+            source: Box::new(e),
+        })?;
+        assert!(offsets.is_empty(), "{offsets:?}");
+        Ok(())
+    }
+}
