@@ -100,18 +100,19 @@ impl Kept {
 
     /// Whether a record of `key` at `ts` is kept (and remembered).
     fn keep(&mut self, key: &str, ts: i64) -> bool {
+        if self.stream_time.is_none_or(|t| ts > t) {
+            self.stream_time = Some(ts);
+            self.stream_time_changed = true;
+        }
         if let Some(&kept) = self.at.get(key) {
             if ts.abs_diff(kept) < self.within_ms.unsigned_abs() {
                 self.dropped += 1;
                 return false;
             }
         }
-        self.remember(Arc::from(key), ts);
-        self.changed.insert(Arc::from(key));
-        if self.stream_time.is_none_or(|t| ts > t) {
-            self.stream_time = Some(ts);
-            self.stream_time_changed = true;
-        }
+        let key: Arc<str> = Arc::from(key);
+        self.remember(Arc::clone(&key), ts);
+        self.changed.insert(key);
         true
     }
 
