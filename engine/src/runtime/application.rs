@@ -14,6 +14,7 @@ use crate::dataframe::{Outputs, StreamingDataFrame};
 use crate::plan::physical::PhysicalPlan;
 use crate::plan::{Output, SinkSpec};
 use crate::publisher::{Input, Publisher};
+use crate::runtime::lock;
 use crate::runtime::pipeline::{PartitionPipeline, SourcePlan};
 use crate::runtime::repartition::{self, Stages};
 use crate::runtime::stats::Stats;
@@ -514,20 +515,11 @@ impl Application {
         lock(&self.outputs).clone()
     }
 
-    /// Checks topics and the plan, connects the producer, builds the worker.
     /// The inputs and outputs of the frames built so far, split into stages at
     /// their repartitions.
     fn stages(&self, ctx: &Arc<SessionContext>) -> Result<Stages> {
-        let topics = self
-            .topics
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let outputs = self
-            .outputs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let topics = lock(&self.topics).clone();
+        let outputs = lock(&self.outputs).clone();
         if topics.is_empty() {
             return Err(Error::Plan(
                 "the application has no input: call Application::dataframe".into(),
@@ -577,6 +569,7 @@ impl Application {
         Ok(sources)
     }
 
+    /// Checks topics and the plan, connects the producer, builds the worker.
     async fn prepare(&self) -> Result<Worker> {
         state_dir::prepare(&self.state_dir())?;
         let ctx = Arc::new(SessionContext::new());
@@ -658,8 +651,6 @@ impl Application {
 }
 
 impl Application {
-    /// The changelog topics of `plan`'s window stores, created when missing
-    /// and checked when present.
     /// The plan of input `topic` with its `outputs`, after checking the
     /// topics it reads and writes; adds those it writes to `produced`.
     async fn source_of(
@@ -690,6 +681,8 @@ impl Application {
         Ok(plan)
     }
 
+    /// The changelog topics of `plan`'s state stores, created when missing
+    /// and checked when present.
     async fn changelogs_of(
         &self,
         admin: &Admin,
@@ -870,10 +863,6 @@ async fn finish_publishers(mut publishers: tokio::task::JoinSet<Result<()>>) -> 
 
 /// How long a stopping application waits for its publishers.
 const PUBLISHER_STOP_TIMEOUT: Duration = Duration::from_secs(30);
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// An input topic's value format is usable.
 fn check_input_topic(topic: &Topic) -> Result<()> {

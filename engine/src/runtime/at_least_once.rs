@@ -151,47 +151,12 @@ fn spawn_checkpointer(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
     use std::time::Duration;
 
     use flumen_state::MemoryStore;
 
     use super::*;
-
-    /// The run as the checkpointer sees it: offsets made committable and
-    /// failures, recorded.
-    #[derive(Default)]
-    struct Recorded {
-        killed: std::sync::atomic::AtomicBool,
-        committable: Mutex<Vec<i64>>,
-        failures: Mutex<Vec<String>>,
-    }
-
-    impl RunControl for Recorded {
-        fn mode(&self) -> StopMode {
-            match self.killed.load(std::sync::atomic::Ordering::SeqCst) {
-                true => StopMode::Kill,
-                false => StopMode::Running,
-            }
-        }
-        fn failed(&self) -> bool {
-            !self
-                .failures
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .is_empty()
-        }
-        fn committable(&self, _: &TopicPartition, next_offset: i64) {
-            self.committable
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(next_offset);
-        }
-        fn fail(&self, error: Error) {
-            let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-            failures.push(error.to_string());
-        }
-    }
+    use crate::runtime::processing::testing::Recorded;
 
     fn tp() -> TopicPartition {
         TopicPartition {
@@ -311,7 +276,7 @@ mod tests {
         let mut strategy = start(&run, &store);
         let (batch, ticket) = outcome(10);
         assert!(strategy.after_batch(batch).await?.is_continue());
-        run.killed.store(true, std::sync::atomic::Ordering::SeqCst);
+        run.kill();
         ticket.done(Ok(()));
         strategy.finish(LoopEnd::Drained).await?;
         assert_eq!(checkpoint(&store), None);

@@ -8,6 +8,7 @@ use datafusion::prelude::SessionContext;
 use flumen_kafka::{DeliveryBatch, RawBatch};
 use futures::future::BoxFuture;
 
+use crate::runtime::lock;
 use crate::runtime::outputs::OutputWriter;
 use crate::runtime::pipeline::{PartitionPipeline, SourcePlan};
 use crate::sink::SourcePosition;
@@ -164,10 +165,6 @@ pub(crate) fn collect_kafka_outputs(pipeline: &mut PartitionPipeline) -> Vec<Col
         Box::new(output)
     });
     collected
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

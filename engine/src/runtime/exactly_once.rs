@@ -315,6 +315,7 @@ mod tests {
     use flumen_state::MemoryStore;
 
     use super::*;
+    use crate::runtime::processing::testing::Recorded;
 
     /// Transactional calls, recorded; `commit` fails while `refuse_commit` is set.
     #[derive(Default)]
@@ -364,28 +365,9 @@ mod tests {
         }
     }
 
-    #[derive(Default)]
-    struct Run {
-        killed: AtomicBool,
-    }
-
-    impl RunControl for Run {
-        fn mode(&self) -> StopMode {
-            match self.killed.load(Ordering::SeqCst) {
-                true => StopMode::Kill,
-                false => StopMode::Running,
-            }
-        }
-        fn failed(&self) -> bool {
-            false
-        }
-        fn fail(&self, _: Error) {}
-        fn committable(&self, _: &TopicPartition, _: i64) {}
-    }
-
     struct Fixture {
         calls: Arc<Calls>,
-        run: Arc<Run>,
+        run: Arc<Recorded>,
         store: Arc<MemoryStore>,
         stats: Arc<Stats>,
     }
@@ -515,7 +497,7 @@ mod tests {
         let fixture = Fixture::new();
         let mut txn = fixture.transaction();
         process(&mut txn, outcome(10, true)).await?;
-        fixture.run.killed.store(true, Ordering::SeqCst);
+        fixture.run.kill();
         txn.finish(LoopEnd::Drained).await?;
         assert_eq!(fixture.calls.made(), ["begin"]);
         assert_eq!(fixture.checkpoint(), None);

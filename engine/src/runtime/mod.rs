@@ -25,3 +25,8 @@ pub use prometheus::serve_metrics;
 pub use stats::Stats;
 pub use stop::StopHandle;
 pub(crate) use worker::file_safe;
+
+/// Locks `m`, also when a panicking holder poisoned it (the data stays usable).
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

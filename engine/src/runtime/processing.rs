@@ -114,6 +114,57 @@ async fn process(
 }
 
 #[cfg(test)]
+pub(crate) mod testing {
+    //! A run for the commit strategies' unit tests.
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// The run as a strategy sees it: offsets made committable and failures,
+    /// recorded; killed on demand.
+    #[derive(Default)]
+    pub(crate) struct Recorded {
+        killed: AtomicBool,
+        pub(crate) committable: Mutex<Vec<i64>>,
+        pub(crate) failures: Mutex<Vec<String>>,
+    }
+
+    impl Recorded {
+        /// Kills the run (as `StopHandle::kill`).
+        pub(crate) fn kill(&self) {
+            self.killed.store(true, Ordering::SeqCst);
+        }
+    }
+
+    impl RunControl for Recorded {
+        fn mode(&self) -> StopMode {
+            match self.killed.load(Ordering::SeqCst) {
+                true => StopMode::Kill,
+                false => StopMode::Running,
+            }
+        }
+        fn failed(&self) -> bool {
+            !self
+                .failures
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty()
+        }
+        fn committable(&self, _: &TopicPartition, next_offset: i64) {
+            self.committable
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(next_offset);
+        }
+        fn fail(&self, error: Error) {
+            let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+            failures.push(error.to_string());
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use std::sync::Arc;
     use std::time::Duration;

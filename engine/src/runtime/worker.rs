@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use datafusion::prelude::SessionContext;
@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 
 use crate::runtime::at_least_once::AtLeastOnce;
 use crate::runtime::exactly_once::{KafkaTransactions, Transaction, TransactionTiming};
+use crate::runtime::lock;
 use crate::runtime::pipeline::{PartitionPipeline, SourcePlan};
 use crate::runtime::poller::{Batcher, Cut, Dispatch};
 use crate::runtime::processing::{self, RunControl};
@@ -116,10 +117,6 @@ pub(crate) struct Worker {
 /// The budget of unacknowledged bytes in KiB (a semaphore's permits are u32).
 fn unacknowledged_kib(settings: &BatchSettings) -> usize {
     (settings.unacknowledged_bytes >> 10).clamp(1, 1 << 30)
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Worker {
