@@ -82,4 +82,9 @@ impl WriteBatch {
     pub fn ops(&self) -> &[BatchOp] {
         &self.ops
     }
+
+    /// The changes, in order, taken out of the batch.
+    pub fn into_ops(self) -> Vec<BatchOp> {
+        self.ops
+    }
 }

@@ -54,18 +54,18 @@ impl StateStore for MemoryStore {
 
     fn write(&self, batch: WriteBatch, checkpoint: Option<Checkpoint>) -> Result<(), StateError> {
         let mut inner = self.lock();
-        for op in batch.ops() {
+        for op in batch.into_ops() {
             match op {
                 BatchOp::Put { store, key, value } => {
-                    inner
-                        .stores
-                        .entry(store.clone())
-                        .or_default()
-                        .insert(key.clone(), value.clone());
+                    let entries = match inner.stores.get_mut(&store) {
+                        Some(entries) => entries,
+                        None => inner.stores.entry(store).or_default(),
+                    };
+                    entries.insert(key, value);
                 }
                 BatchOp::Delete { store, key } => {
-                    if let Some(s) = inner.stores.get_mut(store) {
-                        s.remove(key);
+                    if let Some(s) = inner.stores.get_mut(&store) {
+                        s.remove(&key);
                     }
                 }
             }

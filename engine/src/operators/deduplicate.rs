@@ -1,9 +1,8 @@
 //! `deduplicate(key, within)`: drops a record when one with the same key was
 //! kept less than `within` apart in event time. A stateful operator in one
-//! file: it declares its store, keeps the kept keys in memory and hands its
-//! changes and restores through [`OperatorState`].
+//! file: it declares its store and reads and writes it key by key through
+//! its [`StoreHandle`], so the kept keys live in RocksDB, not in memory.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,17 +12,22 @@ use arrow::datatypes::{DataType, Int64Type, SchemaRef};
 use datafusion::logical_expr::Expr;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::prelude::SessionContext;
-use flumen_state::WriteBatch;
 use futures::future::BoxFuture;
 
 use super::expr::{compile, evaluate};
-use super::{LogicalOperator, OpContext, OpError, Operator, OperatorState, StoreRequest};
+use super::{
+    LogicalOperator, OpContext, OpError, Operator, OperatorState, StoreError, StoreRequest,
+};
 use crate::records::TIMESTAMP_COLUMN;
+use crate::state::StoreHandle;
 use crate::window::{CorruptState, Dropped};
 
-/// Stored key of the stream time (keys of kept records start with `k`).
+/// Stored key of the stream time.
 const STREAM_TIME_KEY: &[u8] = b"t";
+/// `k` + key -> the event time of the record kept for it.
 const KEPT_PREFIX: u8 = b'k';
+/// `x` + expiry time (sortable) + key -> nothing: when to forget the key.
+const EXPIRY_PREFIX: u8 = b'x';
 
 /// Drops records whose key was kept less than `within` apart in event time.
 pub(crate) struct Deduplicate {
@@ -59,7 +63,9 @@ impl LogicalOperator for Deduplicate {
             key,
             timestamp,
             schema: Arc::clone(input),
-            kept: Kept::new(within_ms),
+            within_ms,
+            kept: None,
+            dropped: 0,
         }))
     }
 
@@ -71,101 +77,127 @@ impl LogicalOperator for Deduplicate {
     }
 }
 
-/// The keys kept within the interval, with when they were kept.
+/// A time as bytes that sort like the times.
+fn sortable(time: i64) -> [u8; 8] {
+    ((time as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+fn time_of(bytes: &[u8]) -> Result<i64, CorruptState> {
+    let bytes: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| CorruptState(format!("{bytes:?} is not an event time")))?;
+    Ok(i64::from_be_bytes(bytes))
+}
+
+/// The keys kept within the interval, in the operator's store.
 struct Kept {
+    store: StoreHandle,
     within_ms: i64,
-    /// Key -> event time of the record kept for it.
-    at: HashMap<Arc<str>, i64>,
-    /// Expiry time -> keys, to forget keys once the stream time passed it.
-    expiring: BTreeMap<i64, Vec<Arc<str>>>,
     stream_time: Option<i64>,
-    /// Keys changed (kept or forgotten) since the last take.
-    changed: HashSet<Arc<str>>,
-    stream_time_changed: bool,
-    dropped: u64,
+    /// `k` + the key being checked (reused).
+    key: Vec<u8>,
 }
 
 impl Kept {
-    fn new(within_ms: i64) -> Self {
-        Kept {
+    fn open(store: StoreHandle, within_ms: i64) -> Result<Self, StoreError> {
+        let stream_time = store
+            .get(STREAM_TIME_KEY)?
+            .map(|t| time_of(&t))
+            .transpose()?;
+        Ok(Kept {
+            store,
             within_ms,
-            at: HashMap::new(),
-            expiring: BTreeMap::new(),
-            stream_time: None,
-            changed: HashSet::new(),
-            stream_time_changed: false,
-            dropped: 0,
-        }
+            stream_time,
+            key: vec![KEPT_PREFIX],
+        })
     }
 
     /// Whether a record of `key` at `ts` is kept (and remembered).
-    fn keep(&mut self, key: &str, ts: i64) -> bool {
+    fn keep(&mut self, key: &str, ts: i64) -> Result<bool, StoreError> {
         if self.stream_time.is_none_or(|t| ts > t) {
             self.stream_time = Some(ts);
-            self.stream_time_changed = true;
         }
-        if let Some(&kept) = self.at.get(key) {
-            if ts.abs_diff(kept) < self.within_ms.unsigned_abs() {
-                self.dropped += 1;
-                return false;
+        self.key.truncate(1);
+        self.key.extend_from_slice(key.as_bytes());
+        if let Some(kept) = self.store.get(&self.key)? {
+            if ts.abs_diff(time_of(&kept)?) < self.within_ms.unsigned_abs() {
+                return Ok(false);
             }
         }
-        let key: Arc<str> = Arc::from(key);
-        self.remember(Arc::clone(&key), ts);
-        self.changed.insert(key);
-        true
+        self.store.put(&self.key, &ts.to_be_bytes());
+        let mut expiry = vec![EXPIRY_PREFIX];
+        expiry.extend_from_slice(&sortable(ts.saturating_add(self.within_ms)));
+        expiry.extend_from_slice(key.as_bytes());
+        self.store.put(&expiry, &[]);
+        Ok(true)
     }
 
-    fn remember(&mut self, key: Arc<str>, ts: i64) {
-        let expiry = ts.saturating_add(self.within_ms);
-        self.expiring
-            .entry(expiry)
-            .or_default()
-            .push(Arc::clone(&key));
-        self.at.insert(key, ts);
-    }
-
-    /// Forgets the keys whose interval the stream time has passed.
-    fn expire(&mut self) {
-        let Some(now) = self.stream_time else { return };
-        while let Some(entry) = self.expiring.first_entry() {
-            if *entry.key() > now {
-                break;
-            }
-            let (expiry, keys) = entry.remove_entry();
-            for key in keys {
-                // Only if the key was not kept again since.
-                if self.at.get(&key).map(|t| t.saturating_add(self.within_ms)) == Some(expiry) {
-                    self.at.remove(&key);
-                    self.changed.insert(key);
+    /// Forgets the keys whose interval the stream time has passed, and
+    /// stores the stream time.
+    fn expire(&mut self) -> Result<(), StoreError> {
+        let Some(now) = self.stream_time else {
+            return Ok(());
+        };
+        self.store.put(STREAM_TIME_KEY, &now.to_be_bytes());
+        let mut to = vec![EXPIRY_PREFIX];
+        to.extend_from_slice(&sortable(now.saturating_add(1)));
+        for (entry, _) in self.store.range(&[EXPIRY_PREFIX], &to)? {
+            self.store.delete(&entry);
+            let Some(expiry) = entry.get(1..9) else {
+                return Err(CorruptState(format!("expiry entry {entry:?}")).into());
+            };
+            let expiry = u64::from_be_bytes(sortable_bytes(expiry)?) ^ (1 << 63);
+            self.key.truncate(1);
+            self.key.extend_from_slice(&entry[9..]);
+            // Only if the key was not kept again since.
+            if let Some(kept) = self.store.get(&self.key)? {
+                if time_of(&kept)?.saturating_add(self.within_ms) == expiry as i64 {
+                    self.store.delete(&self.key);
                 }
             }
         }
+        Ok(())
     }
+}
+
+fn sortable_bytes(bytes: &[u8]) -> Result<[u8; 8], CorruptState> {
+    bytes
+        .try_into()
+        .map_err(|_| CorruptState(format!("{bytes:?} is not an expiry time")))
 }
 
 struct DeduplicateOperator {
     key: Arc<dyn PhysicalExpr>,
     timestamp: usize,
     schema: SchemaRef,
-    kept: Kept,
+    within_ms: i64,
+    /// Opened with the operator's store.
+    kept: Option<Kept>,
+    dropped: u64,
 }
 
 impl DeduplicateOperator {
     fn deduplicate(&mut self, batch: &RecordBatch) -> Result<RecordBatch, OpError> {
+        let Some(kept) = &mut self.kept else {
+            return Err(OpError::eval(crate::Error::Internal(
+                "deduplicate ran before its store was opened",
+            )));
+        };
         let keys: ArrayRef =
             cast(&evaluate(&self.key, batch)?, &DataType::Utf8).map_err(OpError::eval)?;
         let keys = keys.as_string::<i32>();
         let times = cast(batch.column(self.timestamp), &DataType::Int64).map_err(OpError::eval)?;
         let times = times.as_primitive::<Int64Type>();
         // Records without a key or an event time cannot be duplicates.
-        let mask: BooleanArray = (0..batch.num_rows())
+        let mask = (0..batch.num_rows())
             .map(|row| match (keys.is_valid(row), times.is_valid(row)) {
-                (true, true) => Some(self.kept.keep(keys.value(row), times.value(row))),
-                _ => Some(true),
+                (true, true) => kept.keep(keys.value(row), times.value(row)).map(Some),
+                _ => Ok(Some(true)),
             })
-            .collect();
-        self.kept.expire();
+            .collect::<Result<BooleanArray, StoreError>>()
+            .map_err(OpError::eval)?;
+        kept.expire().map_err(OpError::eval)?;
+        self.dropped += mask.false_count() as u64;
         filter_record_batch(batch, &mask).map_err(OpError::eval)
     }
 }
@@ -189,53 +221,14 @@ impl Operator for DeduplicateOperator {
 }
 
 impl OperatorState for DeduplicateOperator {
-    fn begin_restore(&mut self) {
-        self.kept = Kept::new(self.kept.within_ms);
-    }
-
-    fn restore_entry(&mut self, key: &[u8], value: &[u8]) -> Result<(), CorruptState> {
-        let time: [u8; 8] = value
-            .try_into()
-            .map_err(|_| CorruptState(format!("entry {key:?} is not an event time")))?;
-        let time = i64::from_be_bytes(time);
-        match key.split_first() {
-            Some((&KEPT_PREFIX, kept)) => {
-                let kept = std::str::from_utf8(kept)
-                    .map_err(|_| CorruptState(format!("key {kept:?} is not UTF-8")))?;
-                self.kept.remember(Arc::from(kept), time);
-            }
-            _ if key == STREAM_TIME_KEY => self.kept.stream_time = Some(time),
-            _ => return Err(CorruptState(format!("unknown entry {key:?}"))),
-        }
+    fn open(&mut self, store: StoreHandle) -> Result<(), StoreError> {
+        self.kept = Some(Kept::open(store, self.within_ms)?);
         Ok(())
-    }
-
-    fn finish_restore(&mut self) {
-        self.kept.expire();
-        self.kept.changed.clear();
-    }
-
-    fn take_changes(&mut self, store: &str) -> WriteBatch {
-        let mut batch = WriteBatch::default();
-        for key in self.kept.changed.drain() {
-            let mut stored = vec![KEPT_PREFIX];
-            stored.extend_from_slice(key.as_bytes());
-            match self.kept.at.get(&key) {
-                Some(time) => batch.put(store, &stored, &time.to_be_bytes()),
-                None => batch.delete(store, &stored),
-            }
-        }
-        if std::mem::take(&mut self.kept.stream_time_changed) {
-            if let Some(time) = self.kept.stream_time {
-                batch.put(store, STREAM_TIME_KEY, &time.to_be_bytes());
-            }
-        }
-        batch
     }
 
     fn dropped(&self) -> Dropped {
         Dropped {
-            duplicates: self.kept.dropped,
+            duplicates: self.dropped,
             ..Dropped::default()
         }
     }
@@ -248,6 +241,8 @@ mod tests {
 
     use super::*;
     use crate::expr::col;
+    use crate::state::PartitionState;
+    use flumen_state::MemoryStore;
 
     fn batch(rows: &[(&str, i64)]) -> RecordBatch {
         let schema = Arc::new(Schema::new(vec![
@@ -269,18 +264,37 @@ mod tests {
         RecordBatch::try_new(schema, columns).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    fn operator() -> Box<dyn Operator> {
+    fn operator(state: &PartitionState) -> Box<dyn Operator> {
         let dedup = Deduplicate {
             key: col("id"),
             within: Duration::from_secs(10),
         };
-        dedup
+        let mut op = dedup
             .plan(&batch(&[]).schema(), &Arc::new(SessionContext::new()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        op.state()
+            .map(|s| s.open(state.handle("d")))
+            .unwrap_or_else(|| panic!("stateful"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        op
+    }
+
+    fn state() -> PartitionState {
+        PartitionState::in_memory(Arc::new(MemoryStore::default()), 0)
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
-    fn ids(op: &mut Box<dyn Operator>, rows: &[(&str, i64)]) -> Vec<String> {
+    /// Processes `rows` as the batch before `next_offset`, and commits it.
+    fn ids(
+        (op, state): (&mut Box<dyn Operator>, &PartitionState),
+        rows: &[(&str, i64)],
+        next_offset: i64,
+    ) -> Vec<String> {
         let out = futures::executor::block_on(op.process(batch(rows), &mut OpContext::default()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let changes = state.seal(next_offset);
+        state
+            .commit(changes, next_offset)
             .unwrap_or_else(|e| panic!("{e}"));
         let ids = out.column(0).as_string::<i32>();
         ids.iter().flatten().map(str::to_string).collect()
@@ -288,14 +302,20 @@ mod tests {
 
     #[test]
     fn repeats_within_the_interval_are_dropped_and_later_ones_kept() {
-        let mut op = operator();
+        let state = state();
+        let mut op = operator(&state);
         let kept = ids(
-            &mut op,
+            (&mut op, &state),
             &[("a", 1_000), ("b", 2_000), ("a", 5_000), ("a", 10_999)],
+            4,
         );
         assert_eq!(kept, ["a", "b"]);
         // 11 s after the kept "a": a new one; "b" 9 s after its first: a repeat.
-        let kept = ids(&mut op, &[("a", 11_000), ("b", 10_999), ("c", 11_000)]);
+        let kept = ids(
+            (&mut op, &state),
+            &[("a", 11_000), ("b", 10_999), ("c", 11_000)],
+            7,
+        );
         assert_eq!(kept, ["a", "c"]);
         let dropped = op.state().map(|s| s.dropped().duplicates);
         assert_eq!(dropped, Some(3));
@@ -303,29 +323,20 @@ mod tests {
 
     #[test]
     fn the_kept_keys_survive_a_restore_and_expire() {
-        let mut op = operator();
-        assert_eq!(ids(&mut op, &[("a", 1_000), ("b", 30_000)]), ["a", "b"]);
-        let Some(state) = op.state() else {
-            panic!("stateful")
-        };
-        let changes = state.take_changes("d");
-        // "a" expired when the stream time reached 30 s: its put became a delete.
-        let store = flumen_state::MemoryStore::default();
-        flumen_state::StateStore::write(&store, changes, None).unwrap_or_else(|e| panic!("{e}"));
-        let entries =
-            flumen_state::StateStore::prefix(&store, "d", b"").unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(entries.len(), 2, "b and the stream time: {entries:?}");
-        let mut restored = operator();
-        let Some(state) = restored.state() else {
-            panic!("stateful")
-        };
-        state.begin_restore();
-        for (key, value) in &entries {
-            state
-                .restore_entry(key, value)
-                .unwrap_or_else(|e| panic!("{e}"));
-        }
-        state.finish_restore();
-        assert_eq!(ids(&mut restored, &[("b", 35_000), ("a", 35_000)]), ["a"]);
+        let state = state();
+        let mut op = operator(&state);
+        let kept = ids((&mut op, &state), &[("a", 1_000), ("b", 30_000)], 2);
+        assert_eq!(kept, ["a", "b"]);
+        // "a" expired when the stream time reached 30 s.
+        let entries = state
+            .local()
+            .prefix("d", b"")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let keys: Vec<&[u8]> = entries.iter().map(|(k, _)| k.as_slice()).collect();
+        assert_eq!(keys.len(), 3, "b, its expiry and the stream time: {keys:?}");
+        assert!(keys.contains(&&b"kb"[..]) && keys.contains(&STREAM_TIME_KEY));
+        let mut restored = operator(&state);
+        let kept = ids((&mut restored, &state), &[("b", 35_000), ("a", 35_000)], 4);
+        assert_eq!(kept, ["a"]);
     }
 }

@@ -27,8 +27,9 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::prelude::SessionContext;
-use flumen_state::WriteBatch;
 use futures::future::BoxFuture;
+
+use crate::state::StoreHandle;
 
 pub(crate) use deduplicate::Deduplicate;
 pub(crate) use drop::DropColumns;
@@ -94,22 +95,30 @@ pub(crate) trait Operator: Send + Sync {
     }
 }
 
-/// The state of a stateful operator: restored from and written to its store.
+/// The state of a stateful operator, kept in its store.
 pub(crate) trait OperatorState: Send + Sync {
-    /// Starts a restore: forgets what the state holds.
-    fn begin_restore(&mut self);
-    /// Loads one stored entry.
-    fn restore_entry(
-        &mut self,
-        key: &[u8],
-        value: &[u8],
-    ) -> Result<(), crate::window::CorruptState>;
-    /// Ends a restore.
-    fn finish_restore(&mut self);
-    /// The changes since the last call, as writes to `store`.
-    fn take_changes(&mut self, store: &str) -> WriteBatch;
+    /// Opens the state on its store, when the partition is assigned (again).
+    /// An operator that keeps its whole state in memory (a window) loads it
+    /// here with [`StoreHandle::for_each`]; one that reads key by key keeps
+    /// the handle.
+    fn open(&mut self, store: StoreHandle) -> Result<(), StoreError>;
+    /// Called after every batch: an operator that keeps its state in memory
+    /// writes what changed since the last call
+    /// ([`StoreHandle::write_batch`]).
+    fn flush(&mut self) {}
     /// Records the operator did not use so far.
     fn dropped(&self) -> crate::window::Dropped;
+}
+
+/// Why an operator's stored state could not be read.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StoreError {
+    /// The store failed.
+    #[error(transparent)]
+    Read(#[from] flumen_state::StateError),
+    /// An entry is not what the operator wrote.
+    #[error("{0}")]
+    Corrupt(#[from] crate::window::CorruptState),
 }
 
 /// What an operator sees besides its input batch, and where its side

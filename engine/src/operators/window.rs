@@ -14,17 +14,16 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::common::ScalarValue;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::prelude::SessionContext;
-use flumen_state::WriteBatch;
 use futures::future::BoxFuture;
 
 use super::expr::{compile, evaluate};
 use super::{
-    LateRecord, LogicalOperator, OpContext, OpError, Operator, OperatorState, StoreRequest,
+    LateRecord, LogicalOperator, OpContext, OpError, Operator, OperatorState, StoreError,
+    StoreRequest,
 };
 use crate::plan::WindowSpec;
-use crate::window::{
-    AggKind, AggValue, CorruptState, Dropped, LateRecords, WindowCore, WindowInput, WindowRow,
-};
+use crate::state::StoreHandle;
+use crate::window::{AggKind, AggValue, Dropped, LateRecords, WindowCore, WindowInput, WindowRow};
 
 /// Column of the group key in results when grouping by the message key.
 pub const MESSAGE_KEY: &str = "key";
@@ -74,6 +73,7 @@ impl LogicalOperator for WindowAggregate {
             compiled,
             core,
             late_topic,
+            store: None,
         }))
     }
 
@@ -115,6 +115,8 @@ struct WindowOperator {
     core: WindowCore,
     /// Where late records go (`None`: dropped and counted).
     late_topic: Option<Arc<str>>,
+    /// Its store, once opened (the core is the store's cache).
+    store: Option<StoreHandle>,
 }
 
 impl WindowOperator {
@@ -154,20 +156,29 @@ impl Operator for WindowOperator {
 }
 
 impl OperatorState for WindowOperator {
-    fn begin_restore(&mut self) {
+    fn open(&mut self, store: StoreHandle) -> Result<(), StoreError> {
+        // Entries are visited one at a time: the state is never held twice.
         self.core.begin_restore();
-    }
-
-    fn restore_entry(&mut self, key: &[u8], value: &[u8]) -> Result<(), CorruptState> {
-        self.core.restore_entry(key, value)
-    }
-
-    fn finish_restore(&mut self) {
+        let mut failure = None;
+        store.for_each(
+            &mut |key, value| match self.core.restore_entry(key, value) {
+                Ok(()) => true,
+                Err(corrupt) => {
+                    failure = Some(corrupt);
+                    false
+                }
+            },
+        )?;
         self.core.finish_restore();
+        self.store = Some(store);
+        failure.map_or(Ok(()), |corrupt| Err(corrupt.into()))
     }
 
-    fn take_changes(&mut self, store: &str) -> WriteBatch {
-        self.core.take_changes(store)
+    fn flush(&mut self) {
+        match &self.store {
+            Some(store) => store.write_batch(self.core.take_changes(store.name())),
+            None => drop(self.core.take_changes("")),
+        }
     }
 
     fn dropped(&self) -> Dropped {
@@ -626,20 +637,20 @@ mod tests {
             late: crate::window::LateRecords::Drop,
             store: None,
         };
+        let stored = crate::state::PartitionState::in_memory(
+            Arc::new(flumen_state::MemoryStore::default()),
+            0,
+        )
+        .unwrap();
         let mut op = planned(&spec);
+        state(&mut op).open(stored.handle("w")).unwrap();
         let first = batch(&[("a", 1, 1.0), ("b", 2, 2.0), ("a", 3, 3.0)], 0);
         assert_eq!(apply(&mut op, first).num_rows(), 0);
         // Persist, then continue in a fresh operator restored from the store.
-        let store = flumen_state::MemoryStore::default();
-        let changes = state(&mut op).take_changes("w");
-        flumen_state::StateStore::write(&store, changes, None).unwrap();
+        state(&mut op).flush();
+        stored.commit(stored.seal(3), 3).unwrap();
         let mut op = planned(&spec);
-        let entries = flumen_state::StateStore::prefix(&store, "w", b"").unwrap();
-        state(&mut op).begin_restore();
-        for (key, value) in entries {
-            state(&mut op).restore_entry(&key, &value).unwrap();
-        }
-        state(&mut op).finish_restore();
+        state(&mut op).open(stored.handle("w")).unwrap();
         let out = apply(&mut op, batch(&[("a", 5, 1.0), ("b", 30, 1.0)], 3));
         assert_eq!(out.schema().field(4).data_type(), &DataType::Int64);
         let distinct = out.column(4).as_primitive::<arrow::datatypes::Int64Type>();

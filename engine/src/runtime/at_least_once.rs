@@ -183,7 +183,7 @@ mod tests {
 
     fn start(run: &Arc<Recorded>, store: &Arc<MemoryStore>) -> AtLeastOnce {
         let local = Arc::clone(store) as Arc<dyn flumen_state::StateStore>;
-        let store = Arc::new(PartitionState::in_memory(local, 0));
+        let store = Arc::new(PartitionState::in_memory(local, 0).unwrap_or_else(|e| panic!("{e}")));
         let budget = (Arc::new(Semaphore::new(1024)), 1024);
         AtLeastOnce::start(
             Arc::clone(run) as Arc<dyn RunControl>,
@@ -241,7 +241,9 @@ mod tests {
     async fn a_batch_waits_while_the_memory_budget_is_held_by_unacknowledged_ones() -> Result<()> {
         let run = Arc::new(Recorded::default());
         let local = Arc::new(MemoryStore::default()) as Arc<dyn flumen_state::StateStore>;
-        let state = Some(Arc::new(PartitionState::in_memory(local, 0)));
+        let state = Some(Arc::new(
+            PartitionState::in_memory(local, 0).unwrap_or_else(|e| panic!("{e}")),
+        ));
         // A budget of 4 KiB; each batch's state changes take 3 KiB of it.
         let budget = (Arc::new(Semaphore::new(4)), 4);
         let mut strategy = AtLeastOnce::start(Arc::clone(&run) as _, &tp(), state, 8, budget);

@@ -108,6 +108,10 @@ impl TestDriver {
             }
         };
         let outcome = pipeline.0.process(batch).await?;
+        // Nothing to wait for in memory: the batch's state commits at once.
+        if let Some(state) = pipeline.0.state() {
+            state.commit(outcome.state, outcome.next_offset)?;
+        }
         match outcome.failure {
             Some(error) => Err(error),
             None => Ok(()),

@@ -384,7 +384,9 @@ mod tests {
 
         fn transaction(&self) -> Transaction {
             let local = Arc::clone(&self.store) as Arc<dyn flumen_state::StateStore>;
-            let state = Some(Arc::new(PartitionState::in_memory(local, 0)));
+            let state = Some(Arc::new(
+                PartitionState::in_memory(local, 0).unwrap_or_else(|e| panic!("{e}")),
+            ));
             let timing = TransactionTiming {
                 commit_interval: Duration::from_secs(3600),
                 timeout: Duration::from_secs(1),

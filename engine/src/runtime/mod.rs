@@ -27,6 +27,6 @@ pub use stop::StopHandle;
 pub(crate) use worker::file_safe;
 
 /// Locks `m`, also when a panicking holder poisoned it (the data stays usable).
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

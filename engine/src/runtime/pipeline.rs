@@ -8,9 +8,9 @@ use crate::state::{Changelogs, PartitionState};
 use arrow::array::RecordBatch;
 use datafusion::prelude::SessionContext;
 use flumen_kafka::{headers_with, DeliveryBatch, OutRecord, Producer, RawBatch};
-use flumen_state::{StateStore, WriteBatch};
+use flumen_state::WriteBatch;
 
-use crate::operators::{LateRecord, OpContext, OpError, Operator};
+use crate::operators::{LateRecord, OpContext, OpError, Operator, StoreError};
 use crate::plan::physical::PhysicalPlan;
 use crate::plan::{Output, SinkSpec};
 use crate::runtime::event_time::{now_ms, EventTimeBound};
@@ -101,13 +101,14 @@ impl PartitionPipeline {
     ) -> Result<Self> {
         let event_time = EventTimeBound::new(source.topic.max_event_time_ahead_ms());
         let operators = source.plan.instantiate(ctx)?;
+        let in_memory = !source.plan.store_names().is_empty();
         let outputs = source
             .outputs
             .iter()
             .zip(&source.writers)
             .map(|(output, writer)| output_writer(&output.sink, writer.as_ref(), &producer))
             .collect::<Result<_>>()?;
-        Ok(PartitionPipeline {
+        let mut pipeline = PartitionPipeline {
             source,
             producer,
             stats,
@@ -116,7 +117,13 @@ impl PartitionPipeline {
             state: None,
             skip_below: i64::MIN,
             event_time,
-        })
+        };
+        // Until a run attaches the partition's stores, state lives in memory.
+        if in_memory {
+            let local = Arc::new(flumen_state::MemoryStore::default());
+            pipeline.attach(Arc::new(PartitionState::in_memory(local, 0)?))?;
+        }
+        Ok(pipeline)
     }
 
     /// Replaces the writer of every Kafka output with the one `make` gives
@@ -139,62 +146,44 @@ impl PartitionPipeline {
         &self.source
     }
 
-    /// Loads the operators' state from `state`, skips the records it already
-    /// reflects, and logs every batch's changes to its changelogs.
+    /// Opens the operators' state on `state`'s stores, skips the records it
+    /// already reflects, and logs every batch's changes to its changelogs.
     pub(crate) fn attach(&mut self, state: Arc<PartitionState>) -> Result<()> {
-        self.restore(state.local(), state.checkpoint())?;
+        let source = Arc::clone(&self.source);
+        for (node, operator) in source.plan.nodes.iter().zip(&mut self.operators) {
+            let (Some(name), Some(operator)) = (&node.store, operator.state()) else {
+                continue;
+            };
+            operator.open(state.handle(name)).map_err(|e| match e {
+                StoreError::Read(e) => Error::State(e),
+                StoreError::Corrupt(corrupt) => Error::StateUnreadable {
+                    store: name.clone(),
+                    topic: source.topic.name().to_string(),
+                    reason: corrupt.0,
+                },
+            })?;
+        }
+        self.skip_below = state.checkpoint().unwrap_or(i64::MIN);
         self.state = Some(state);
         Ok(())
     }
 
-    /// Loads the operators' state from `store` and skips records before
-    /// `skip_below` (they are already reflected in it).
-    pub(crate) fn restore(
-        &mut self,
-        store: &dyn StateStore,
-        skip_below: Option<i64>,
-    ) -> Result<()> {
-        let source = Arc::clone(&self.source);
-        for (node, operator) in source.plan.nodes.iter().zip(&mut self.operators) {
-            let (Some(name), Some(state)) = (&node.store, operator.state()) else {
-                continue;
-            };
-            // Entries are visited one at a time: the store is never held twice.
-            state.begin_restore();
-            let mut failure = None;
-            store.for_each(
-                name,
-                &mut |key, value| match state.restore_entry(key, value) {
-                    Ok(()) => true,
-                    Err(corrupt) => {
-                        failure = Some(corrupt);
-                        false
-                    }
-                },
-            )?;
-            state.finish_restore();
-            if let Some(corrupt) = failure {
-                return Err(Error::StateUnreadable {
-                    store: name.clone(),
-                    topic: source.topic.name().to_string(),
-                    reason: corrupt.0,
-                });
-            }
-        }
-        self.skip_below = skip_below.unwrap_or(i64::MIN);
-        Ok(())
+    /// The partition's state (none: stateless).
+    pub(crate) fn state(&self) -> Option<&Arc<PartitionState>> {
+        self.state.as_ref()
     }
 
-    /// The state changes since the last call.
-    fn take_state_changes(&mut self) -> WriteBatch {
-        let mut batch = WriteBatch::default();
-        let source = Arc::clone(&self.source);
-        for (node, operator) in source.plan.nodes.iter().zip(&mut self.operators) {
-            if let (Some(name), Some(state)) = (&node.store, operator.state()) {
-                batch.extend(state.take_changes(name));
+    /// Ends the batch before `next_offset`: the operators write what they
+    /// keep in memory, and the batch's state changes are sealed.
+    fn seal_state(&mut self, next_offset: i64) -> WriteBatch {
+        for operator in &mut self.operators {
+            if let Some(state) = operator.state() {
+                state.flush();
             }
         }
-        batch
+        self.state
+            .as_ref()
+            .map_or_else(WriteBatch::default, |state| state.seal(next_offset))
     }
 
     /// Checks that every output can write the schema it receives.
@@ -255,7 +244,6 @@ impl PartitionPipeline {
         if batch.num_rows() > 0 || heartbeat.is_some() {
             self.run_outputs(&batch, heartbeat, &ack, &at).await?;
         }
-        let state = self.take_state_changes();
         let next_offset = if limit < raw.len() {
             raw.offset(limit)
         } else {
@@ -265,7 +253,9 @@ impl PartitionPipeline {
         // committed that far) must not move the checkpoint back: the state
         // already reflects every record up to it.
         let next_offset = next_offset.max(self.skip_below);
-        if let (Some(partition_state), false) = (&self.state, state.is_empty()) {
+        let state = self.seal_state(next_offset);
+        let logged = self.state.as_ref().filter(|s| s.is_logged());
+        if let (Some(partition_state), false) = (logged, state.is_empty()) {
             partition_state
                 .log(self.producer()?, &state, next_offset, &ack)
                 .await?;

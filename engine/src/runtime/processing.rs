@@ -336,7 +336,10 @@ mod tests {
     #[tokio::test]
     async fn records_the_restored_state_reflects_are_skipped() -> Result<()> {
         let (mut pipeline, collected) = pipeline(|f| f).await?;
-        pipeline.restore(&flumen_state::MemoryStore::default(), Some(5))?;
+        let local = Arc::new(flumen_state::MemoryStore::default());
+        let checkpoint = Some(flumen_state::Checkpoint { next_offset: 5 });
+        flumen_state::StateStore::write(&*local, Default::default(), checkpoint)?;
+        pipeline.attach(Arc::new(crate::state::PartitionState::in_memory(local, 0)?))?;
         let mut recording = Recording::default();
         run_with(
             &mut pipeline,

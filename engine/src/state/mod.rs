@@ -1,28 +1,36 @@
-//! The state of one input partition, in layers: the operators keep what is
-//! open in memory (the cache), every batch's changes are logged to the
-//! stores' changelog topics (the changelogging layer, in the batch's
-//! deliveries or transaction), and once the guarantee allows it they are
-//! written with the checkpoint to the local RocksDB store (the local layer),
-//! in one [`PartitionState::commit`]. Opening the state checks it against the
-//! group's committed offset and restores what it lacks from the changelogs.
+//! The state of one input partition, in layers behind the operators' store
+//! handles ([`StoreHandle`]): a batch's writes, readable at once; the
+//! batches processed but not committed yet, still readable; the local
+//! RocksDB store. When a batch ends its writes are sealed and logged to the
+//! stores' changelog topics (in the batch's deliveries or transaction); once
+//! the guarantee allows it they are written with the checkpoint to the local
+//! store, in one [`PartitionState::commit`]. Opening the state checks it
+//! against the group's committed offset and restores what it lacks from the
+//! changelogs.
 
 pub(crate) mod changelog;
 mod open;
+mod store;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use flumen_kafka::{DeliveryBatch, Producer};
 use flumen_state::{Checkpoint, StateStore, WriteBatch};
 
 pub(crate) use changelog::{topic_name, Changelogs};
 pub(crate) use open::{open, StateSettings};
+use store::Layers;
+pub(crate) use store::StoreHandle;
 
+use crate::runtime::lock;
 use crate::Result;
 
 /// The state stores of one input partition.
 pub(crate) struct PartitionState {
     /// The local store (RocksDB), holding every store of the partition.
     local: Arc<dyn StateStore>,
+    /// The writes the local store does not hold yet.
+    layers: Arc<Mutex<Layers>>,
     /// The changelog topic of each store (empty: changelogs are off).
     changelogs: Changelogs,
     partition: i32,
@@ -31,14 +39,39 @@ pub(crate) struct PartitionState {
 }
 
 impl PartitionState {
-    /// The local store, to load the operators' state from.
-    pub(crate) fn local(&self) -> &dyn StateStore {
-        &*self.local
+    /// The state of partition `partition` in `local` alone, without
+    /// changelogs (the [`TestDriver`](crate::testing::TestDriver) keeps it
+    /// in a [`flumen_state::MemoryStore`]).
+    pub(crate) fn in_memory(local: Arc<dyn StateStore>, partition: i32) -> Result<Self> {
+        let checkpoint = local.checkpoint()?.map(|c| c.next_offset);
+        Ok(PartitionState {
+            local,
+            layers: Arc::default(),
+            changelogs: Changelogs::new(),
+            partition,
+            checkpoint,
+        })
+    }
+
+    /// The handle of store `name`.
+    pub(crate) fn handle(&self, name: &str) -> StoreHandle {
+        StoreHandle::new(name, Arc::clone(&self.local), Arc::clone(&self.layers))
     }
 
     /// The input offset the state reflects records up to (`None`: new state).
     pub(crate) fn checkpoint(&self) -> Option<i64> {
         self.checkpoint
+    }
+
+    /// Ends the batch before `next_offset`: returns the writes of its
+    /// operators, to log and later commit.
+    pub(crate) fn seal(&self, next_offset: i64) -> WriteBatch {
+        lock(&self.layers).seal(next_offset)
+    }
+
+    /// Whether changes are logged to changelog topics.
+    pub(crate) fn is_logged(&self) -> bool {
+        !self.changelogs.is_empty()
     }
 
     /// Logs a batch's `changes` to the changelogs, tagged with the batch's
@@ -50,7 +83,7 @@ impl PartitionState {
         next_offset: i64,
         ack: &Arc<DeliveryBatch>,
     ) -> Result<()> {
-        if changes.is_empty() || self.changelogs.is_empty() {
+        if changes.is_empty() || !self.is_logged() {
             return Ok(());
         }
         let logged = changelog::Logged {
@@ -61,23 +94,19 @@ impl PartitionState {
         changelog::send(producer, &logged, changes, ack).await
     }
 
-    /// The state of partition `partition` in `local` alone (no changelogs).
-    #[cfg(test)]
-    pub(crate) fn in_memory(local: Arc<dyn StateStore>, partition: i32) -> Self {
-        PartitionState {
-            local,
-            changelogs: Changelogs::new(),
-            partition,
-            checkpoint: None,
-        }
-    }
-
     /// Writes `changes` and the checkpoint `next_offset` to the local store,
     /// atomically: after the batches they belong to were delivered
     /// (at-least-once) or committed (exactly-once).
     pub(crate) fn commit(&self, changes: WriteBatch, next_offset: i64) -> Result<()> {
         self.local
-            .write(changes, Some(Checkpoint { next_offset }))
-            .map_err(Into::into)
+            .write(changes, Some(Checkpoint { next_offset }))?;
+        lock(&self.layers).committed(next_offset);
+        Ok(())
+    }
+
+    /// The local store (for tests).
+    #[cfg(test)]
+    pub(crate) fn local(&self) -> &Arc<dyn StateStore> {
+        &self.local
     }
 }

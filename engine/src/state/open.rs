@@ -84,6 +84,7 @@ pub(crate) async fn open(
     }
     Ok(Some(PartitionState {
         local,
+        layers: Arc::default(),
         changelogs: changelogs.clone(),
         partition: tp.partition,
         checkpoint,
