@@ -47,6 +47,15 @@ pub enum Error {
         #[source]
         source: crate::BoxError,
     },
+    /// A lookup table could not be opened.
+    #[error("{lookup}: {source}")]
+    Lookup {
+        /// The lookup (`lookup(cassandra table 'ks.devices')`).
+        lookup: String,
+        /// Why.
+        #[source]
+        source: crate::BoxError,
+    },
     /// A publisher (an input such as a Cassandra table) failed.
     #[error("{publisher}: {source}")]
     Publisher {

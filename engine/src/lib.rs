@@ -40,6 +40,7 @@
 
 mod dataframe;
 mod error;
+pub mod lookup;
 mod operators;
 mod plan;
 pub mod publisher;

@@ -48,6 +48,7 @@
 mod connection;
 mod convert;
 mod error;
+mod lookup;
 mod retry;
 mod schema;
 mod sink;
@@ -57,6 +58,7 @@ mod tls;
 mod writer;
 
 pub use error::CassandraError;
+pub use lookup::CassandraLookup;
 pub use sink::{CassandraSink, Consistency, Ttl};
 pub use source::{Capture, CassandraSource, SourceStats};
 pub use timestamp::WriteTimestamp;

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::operators::{
-    typed_map, Deduplicate, DropColumns, Filter, MapBatches, Select, WithColumn,
+    typed_map, Deduplicate, DropColumns, Filter, LookupJoin, MapBatches, Select, WithColumn,
 };
 use crate::plan::{BoxError, Node, Op, Output, SinkSpec};
 use crate::topic::Topic;
@@ -121,6 +121,18 @@ impl StreamingDataFrame {
     /// ```
     pub fn deduplicate(&self, key: Expr, within: std::time::Duration) -> Self {
         self.with(Op::Operator(Arc::new(Deduplicate { key, within })))
+    }
+
+    /// Adds the columns of a lookup table to each row: a lookup join, e.g.
+    /// with flumen-cassandra's `CassandraLookup`. Each batch looks every
+    /// distinct key up once, in the cache first (see
+    /// [`LookupCache`](crate::lookup::LookupCache)); rows keep their order.
+    /// The looked-up columns are nullable: a row whose key is null or not
+    /// found keeps nulls there, unless the lookup drops it
+    /// ([`OnMiss`](crate::lookup::OnMiss)). A looked-up column may not have
+    /// the name of a column of the frame.
+    pub fn lookup(&self, lookup: impl crate::lookup::Lookup) -> Self {
+        self.with(Op::Operator(Arc::new(LookupJoin::new(Arc::new(lookup)))))
     }
 
     fn output(&self, sink: SinkSpec) {

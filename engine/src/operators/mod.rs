@@ -17,6 +17,7 @@ mod drop;
 mod error;
 mod expr;
 mod filter;
+mod lookup;
 mod map;
 mod project;
 mod typed_map;
@@ -35,6 +36,7 @@ pub(crate) use deduplicate::Deduplicate;
 pub(crate) use drop::DropColumns;
 pub(crate) use error::OpError;
 pub(crate) use filter::Filter;
+pub(crate) use lookup::LookupJoin;
 pub(crate) use map::MapBatches;
 pub(crate) use project::{Select, WithColumn};
 pub use typed_map::typed_map;
@@ -54,6 +56,13 @@ pub(crate) trait LogicalOperator: Send + Sync {
         input: &SchemaRef,
         ctx: &Arc<SessionContext>,
     ) -> Result<Box<dyn Operator>, OpError>;
+
+    /// Connects what the operator needs before it can be planned (a lookup's
+    /// table). Called once per run, before planning; an error stops the
+    /// start.
+    fn connect(&self) -> BoxFuture<'_, Result<(), crate::BoxError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
 
     /// The state store the operator keeps, if it keeps one.
     fn store(&self) -> Option<StoreRequest> {

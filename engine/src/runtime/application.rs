@@ -539,6 +539,8 @@ impl Application {
         &self,
         ctx: &Arc<SessionContext>,
     ) -> Result<HashMap<String, Arc<SourcePlan>>> {
+        let outputs = lock(&self.outputs).clone();
+        connect_operators(&outputs).await?;
         let Stages {
             topics,
             outputs,
@@ -573,6 +575,8 @@ impl Application {
     async fn prepare(&self) -> Result<Worker> {
         state_dir::prepare(&self.state_dir())?;
         let ctx = Arc::new(SessionContext::new());
+        let outputs = lock(&self.outputs).clone();
+        connect_operators(&outputs).await?;
         let Stages {
             topics,
             outputs,
@@ -736,6 +740,26 @@ fn with_extra(config: &KafkaConfig, extra: &[(String, String)]) -> KafkaConfig {
         config.insert(k.clone(), v.clone());
     }
     config
+}
+
+/// Connects what the operators of `outputs` need before planning (lookup
+/// tables), each operator once.
+async fn connect_operators(outputs: &[Output]) -> Result<()> {
+    let mut connected = std::collections::HashSet::new();
+    for output in outputs {
+        for node in output.node.chain() {
+            let Some(op) = node.op.as_ref().and_then(|op| op.operator()) else {
+                continue;
+            };
+            if connected.insert(node.id) {
+                op.connect().await.map_err(|source| Error::Lookup {
+                    lookup: op.name(),
+                    source,
+                })?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Opens a sink with the schema of the frame it receives.

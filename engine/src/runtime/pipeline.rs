@@ -120,8 +120,7 @@ impl PartitionPipeline {
         };
         // Until a run attaches the partition's stores, state lives in memory.
         if in_memory {
-            let local = Arc::new(flumen_state::MemoryStore::default());
-            pipeline.attach(Arc::new(PartitionState::in_memory(local, 0)?))?;
+            pipeline.attach(Arc::new(PartitionState::ephemeral(0)))?;
         }
         Ok(pipeline)
     }

@@ -40,8 +40,8 @@ pub(crate) struct PartitionState {
 
 impl PartitionState {
     /// The state of partition `partition` in `local` alone, without
-    /// changelogs (the [`TestDriver`](crate::testing::TestDriver) keeps it
-    /// in a [`flumen_state::MemoryStore`]).
+    /// changelogs.
+    #[cfg(test)]
     pub(crate) fn in_memory(local: Arc<dyn StateStore>, partition: i32) -> Result<Self> {
         let checkpoint = local.checkpoint()?.map(|c| c.next_offset);
         Ok(PartitionState {
@@ -51,6 +51,20 @@ impl PartitionState {
             partition,
             checkpoint,
         })
+    }
+
+    /// A state in memory that is never opened again, without changelogs:
+    /// the [`TestDriver`](crate::testing::TestDriver)'s. The bulk writes of
+    /// operators that keep their state in memory (windows) are dropped, as
+    /// nothing would read them; key-by-key writes are kept.
+    pub(crate) fn ephemeral(partition: i32) -> Self {
+        PartitionState {
+            local: Arc::new(flumen_state::MemoryStore::default()),
+            layers: Arc::new(Mutex::new(Layers::never_reopened())),
+            changelogs: Changelogs::new(),
+            partition,
+            checkpoint: None,
+        }
     }
 
     /// The handle of store `name`.

@@ -25,9 +25,20 @@ pub(crate) struct Layers {
     /// Batches processed but not committed, oldest first, by the offset
     /// after them.
     sealed: VecDeque<(i64, Index)>,
+    /// Bulk writes are dropped: the state is never opened again, and they
+    /// are read only when it is.
+    drop_bulk: bool,
 }
 
 impl Layers {
+    /// Layers of a state that is never opened again (see `drop_bulk`).
+    pub(crate) fn never_reopened() -> Self {
+        Layers {
+            drop_bulk: true,
+            ..Layers::default()
+        }
+    }
+
     /// Ends the batch before `next_offset`: returns its writes, which stay
     /// readable until committed.
     pub(crate) fn seal(&mut self, next_offset: i64) -> WriteBatch {
@@ -167,8 +178,9 @@ impl StoreHandle {
     /// Adds the bulk writes of an operator that keeps its state in memory
     /// (their store names must be this store's).
     pub(crate) fn write_batch(&self, changes: WriteBatch) {
-        if !changes.is_empty() {
-            self.layers().bulk.extend(changes);
+        let mut layers = self.layers();
+        if !changes.is_empty() && !layers.drop_bulk {
+            layers.bulk.extend(changes);
         }
     }
 
@@ -238,6 +250,18 @@ mod tests {
         layers.lock().map(|mut l| l.committed(20)).ok();
         assert_eq!(all(&store)?, expected);
         Ok(())
+    }
+
+    #[test]
+    fn a_state_never_reopened_keeps_keyed_writes_but_not_bulk_ones() {
+        let local = Arc::new(MemoryStore::default()) as Arc<dyn StateStore>;
+        let layers = Arc::new(Mutex::new(Layers::never_reopened()));
+        let store = StoreHandle::new("s", local, Arc::clone(&layers));
+        let mut bulk = WriteBatch::default();
+        bulk.put("s", b"w", b"1");
+        store.write_batch(bulk);
+        store.put(b"k", b"2");
+        assert_eq!(seal(&layers, 1).len(), 1, "only the keyed write");
     }
 
     #[test]

@@ -17,6 +17,7 @@ mod cql_server;
 mod deduplicate;
 mod exactly_once;
 mod faults;
+mod lookup;
 mod metrics;
 mod outage;
 mod restart;

@@ -36,14 +36,14 @@
 //! arrays for lists, sets, vectors and tuples; objects for maps and UDTs).
 
 mod bucket;
-mod json;
+pub(crate) mod json;
 mod leader;
 mod progress;
 mod publish;
 mod ranges;
 mod scan;
 mod stats;
-mod table;
+pub(crate) mod table;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -1,0 +1,412 @@
+//! [`CassandraLookup`]: enriches a stream with the rows of a Cassandra table
+//! (`frame.lookup(..)`). Each distinct key of a batch not in the engine's
+//! cache is read with a prepared, token-aware `SELECT .. LIMIT 1`, a bounded
+//! number at a time, retried with backoff on timeouts and unavailable nodes.
+
+use std::sync::Arc;
+
+use arrow::array::{BooleanArray, RecordBatch};
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use backon::Retryable;
+use flumen::expr::Expr;
+use flumen::lookup::{Fetched, Lookup, LookupCache, LookupTable, OnMiss};
+use flumen::BoxError;
+use futures::future::BoxFuture;
+use futures::{StreamExt, TryStreamExt};
+use scylla::client::session::Session;
+use scylla::statement::prepared::PreparedStatement;
+use scylla::value::Row;
+use serde_json::{Map, Value};
+
+use crate::connection::Connection;
+use crate::convert::{column_values, Bind};
+use crate::error::CassandraError;
+use crate::schema::{qualified_ident, quote_ident, CqlType};
+use crate::sink::Consistency;
+use crate::source::json::to_json;
+use crate::source::table::{arrow_type, read_table, Column, Table};
+
+/// Looks rows up in a Cassandra table by key, for
+/// [`StreamingDataFrame::lookup`](flumen::StreamingDataFrame::lookup).
+///
+/// The key must cover the table's partition key, and may add clustering
+/// columns in order; the first matching row in clustering order is used (with
+/// a clustering order `DESC` on time, the latest). The looked-up columns are
+/// all non-key columns unless [`columns`](Self::columns) names them.
+///
+/// ```no_run
+/// use flumen::prelude::*;
+/// use flumen::lookup::LookupCache;
+/// use flumen_cassandra::CassandraLookup;
+///
+/// fn enrich(readings: &StreamingDataFrame) -> StreamingDataFrame {
+///     readings.lookup(
+///         CassandraLookup::table("iot.devices")
+///             .nodes("127.0.0.1:9042")
+///             .on([(col("device"), "device_id")])
+///             .columns(["site", "max_temp"])
+///             .cache(LookupCache::default().ttl(std::time::Duration::from_secs(30))),
+///     )
+/// }
+/// ```
+#[derive(Debug, Clone)]
+pub struct CassandraLookup {
+    keyspace: String,
+    table: String,
+    connection: Connection,
+    on: Vec<(Expr, String)>,
+    columns: Option<Vec<String>>,
+    cache: LookupCache,
+    on_miss: OnMiss,
+    max_in_flight: usize,
+    retries: usize,
+}
+
+impl CassandraLookup {
+    crate::connection::connection_builder_methods!();
+
+    /// A lookup in `keyspace.table` on `127.0.0.1:9042`; name its key with
+    /// [`on`](Self::on).
+    pub fn table(table: &str) -> Self {
+        let (keyspace, name) = table.split_once('.').unwrap_or(("", table));
+        CassandraLookup {
+            keyspace: keyspace.to_string(),
+            table: name.to_string(),
+            connection: Connection::new(std::time::Duration::from_secs(5)),
+            on: Vec::new(),
+            columns: None,
+            cache: LookupCache::default(),
+            on_miss: OnMiss::KeepNulls,
+            max_in_flight: 256,
+            retries: 5,
+        }
+    }
+
+    /// The key: pairs of an expression over the stream and the table column
+    /// it must equal.
+    pub fn on<C: Into<String>>(mut self, key: impl IntoIterator<Item = (Expr, C)>) -> Self {
+        self.on = key.into_iter().map(|(e, c)| (e, c.into())).collect();
+        self
+    }
+
+    /// The columns to add (default: every non-key column).
+    pub fn columns<C: Into<String>>(mut self, columns: impl IntoIterator<Item = C>) -> Self {
+        self.columns = Some(columns.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// The cache in front of the table.
+    pub fn cache(mut self, cache: LookupCache) -> Self {
+        self.cache = cache;
+        self
+    }
+
+    /// What becomes of a row whose key is not in the table.
+    pub fn on_miss(mut self, on_miss: OnMiss) -> Self {
+        self.on_miss = on_miss;
+        self
+    }
+
+    /// Reads at most `requests` keys at once (default 256).
+    pub fn max_in_flight(mut self, requests: usize) -> Self {
+        self.max_in_flight = requests.max(1);
+        self
+    }
+
+    /// Retries of a read that timed out or found too few replicas (default 5).
+    pub fn retries(mut self, retries: usize) -> Self {
+        self.retries = retries;
+        self
+    }
+
+    /// The consistency of the reads (default `LOCAL_QUORUM`).
+    pub fn consistency(mut self, consistency: Consistency) -> Self {
+        self.connection.consistency = consistency;
+        self
+    }
+
+    fn qualified(&self) -> String {
+        format!("{}.{}", self.keyspace, self.table)
+    }
+
+    async fn open_table(&self) -> Result<CassandraTable, CassandraError> {
+        let schema_error = |reason: String| CassandraError::Schema {
+            table: self.qualified(),
+            reason,
+        };
+        if self.on.is_empty() {
+            return Err(CassandraError::Config(format!(
+                "the lookup in {} has no key: name it with .on([(col(\"..\"), \"column\")])",
+                self.qualified()
+            )));
+        }
+        let session = self.connection.connect().await?;
+        let table = read_table(&session, &self.keyspace, &self.table).await?;
+        let keys = key_columns(&table, &self.on).map_err(schema_error)?;
+        let selected = self.selected(&table).map_err(schema_error)?;
+        let schema = lookup_schema(&selected).map_err(schema_error)?;
+        let key_types = keys
+            .iter()
+            .map(|c| {
+                CqlType::parse(&c.cql).ok_or_else(|| {
+                    schema_error(format!(
+                        "key column '{}' has type {}, which a lookup cannot bind yet",
+                        c.name, c.cql
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let select = select_cql(&table, &keys, &selected);
+        let prepared =
+            session
+                .prepare(select.as_str())
+                .await
+                .map_err(|e| CassandraError::Request {
+                    table: self.qualified(),
+                    operation: format!("preparing `{select}`"),
+                    reason: e.to_string(),
+                })?;
+        Ok(CassandraTable {
+            table: self.qualified(),
+            session: Arc::new(session),
+            prepared,
+            key_types,
+            schema,
+            max_in_flight: self.max_in_flight,
+            retries: self.retries,
+        })
+    }
+
+    /// The columns to add: the named ones, or every non-key column.
+    fn selected(&self, table: &Table) -> Result<Vec<Column>, String> {
+        let Some(names) = &self.columns else {
+            return Ok(table
+                .columns
+                .iter()
+                .filter(|c| c.kind == "regular" || c.kind == "static")
+                .cloned()
+                .collect());
+        };
+        names
+            .iter()
+            .map(|name| {
+                table
+                    .columns
+                    .iter()
+                    .find(|c| &c.name == name)
+                    .cloned()
+                    .ok_or_else(|| {
+                        format!("no column '{name}'; the table has {}", column_names(table))
+                    })
+            })
+            .collect()
+    }
+}
+
+fn column_names(table: &Table) -> String {
+    let names: Vec<&str> = table.columns.iter().map(|c| c.name.as_str()).collect();
+    names.join(", ")
+}
+
+/// The table columns of the key, in the order of `on`: the whole partition
+/// key, and clustering columns only as a prefix of theirs.
+fn key_columns(table: &Table, on: &[(Expr, String)]) -> Result<Vec<Column>, String> {
+    let partition_key: Vec<&str> = table.partition_key().map(|c| c.name.as_str()).collect();
+    let mut keys = Vec::new();
+    for (_, name) in on {
+        let column = table
+            .columns
+            .iter()
+            .find(|c| &c.name == name)
+            .ok_or_else(|| format!("no column '{name}'; the table has {}", column_names(table)))?;
+        if column.kind != "partition_key" && column.kind != "clustering" {
+            return Err(format!(
+                "'{name}' is not a key column; the partition key is ({})",
+                partition_key.join(", ")
+            ));
+        }
+        keys.push(column.clone());
+    }
+    let named = |kind: &str| keys.iter().filter(|c| c.kind == kind).count();
+    if named("partition_key") != partition_key.len() {
+        return Err(format!(
+            "the lookup key must cover the partition key ({})",
+            partition_key.join(", ")
+        ));
+    }
+    let clustering = named("clustering");
+    let prefix = table
+        .columns
+        .iter()
+        .filter(|c| c.kind == "clustering")
+        .take(clustering);
+    if !prefix
+        .clone()
+        .all(|c| keys.iter().any(|k| k.name == c.name))
+    {
+        let names: Vec<&str> = prefix.map(|c| c.name.as_str()).collect();
+        return Err(format!(
+            "clustering columns in a lookup key must be a prefix of the table's: ({})",
+            names.join(", ")
+        ));
+    }
+    Ok(keys)
+}
+
+fn lookup_schema(columns: &[Column]) -> Result<SchemaRef, String> {
+    let fields = columns
+        .iter()
+        .map(|c| {
+            arrow_type(&c.cql)
+                .map(|t| Field::new(&c.name, t, true))
+                .ok_or_else(|| {
+                    format!(
+                        "column '{}' of type {} cannot be looked up yet",
+                        c.name, c.cql
+                    )
+                })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+fn select_cql(table: &Table, keys: &[Column], selected: &[Column]) -> String {
+    let columns: Vec<String> = selected.iter().map(|c| quote_ident(&c.name)).collect();
+    let conditions: Vec<String> = keys
+        .iter()
+        .map(|c| format!("{} = ?", quote_ident(&c.name)))
+        .collect();
+    let columns = if columns.is_empty() {
+        "*".to_string()
+    } else {
+        columns.join(", ")
+    };
+    format!(
+        "SELECT {columns} FROM {} WHERE {} LIMIT 1",
+        qualified_ident(&table.keyspace, &table.name),
+        conditions.join(" AND ")
+    )
+}
+
+impl Lookup for CassandraLookup {
+    fn name(&self) -> String {
+        format!("cassandra table '{}'", self.qualified())
+    }
+
+    fn key(&self) -> Vec<Expr> {
+        self.on.iter().map(|(e, _)| e.clone()).collect()
+    }
+
+    fn cache(&self) -> LookupCache {
+        self.cache
+    }
+
+    fn on_miss(&self) -> OnMiss {
+        self.on_miss
+    }
+
+    fn open(&self) -> BoxFuture<'_, Result<Arc<dyn LookupTable>, BoxError>> {
+        Box::pin(async move {
+            let table = self.open_table().await?;
+            tracing::info!(table = %table.table, "lookup table opened");
+            Ok(Arc::new(table) as Arc<dyn LookupTable>)
+        })
+    }
+}
+
+/// An opened lookup table.
+struct CassandraTable {
+    table: String,
+    session: Arc<Session>,
+    prepared: PreparedStatement,
+    key_types: Vec<CqlType>,
+    schema: SchemaRef,
+    max_in_flight: usize,
+    retries: usize,
+}
+
+impl CassandraTable {
+    /// The row of one key, as JSON (`None`: not found).
+    async fn get(&self, key: Vec<Bind>) -> Result<Option<Value>, CassandraError> {
+        let failed = |reason: String| CassandraError::Request {
+            table: self.table.clone(),
+            operation: "looking a key up".into(),
+            reason,
+        };
+        let result = (|| async { self.session.execute_unpaged(&self.prepared, &key).await })
+            .retry(crate::retry::backoff(self.retries))
+            .when(crate::retry::retryable)
+            .notify(|error, after| {
+                tracing::warn!(table = %self.table, %error, ?after, "retrying a lookup");
+            })
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let rows = result
+            .into_rows_result()
+            .map_err(|e| failed(e.to_string()))?;
+        let mut rows = rows.rows::<Row>().map_err(|e| failed(e.to_string()))?;
+        let Some(row) = rows.next() else {
+            return Ok(None);
+        };
+        let row = row.map_err(|e| failed(e.to_string()))?;
+        let object: Map<String, Value> = self
+            .schema
+            .fields()
+            .iter()
+            .zip(&row.columns)
+            .map(|(field, value)| (field.name().clone(), to_json(value.as_ref())))
+            .collect();
+        Ok(Some(Value::Object(object)))
+    }
+
+    /// The bound values of each key of `keys`.
+    fn binds(&self, keys: &RecordBatch) -> Result<Vec<Vec<Bind>>, CassandraError> {
+        let mut rows: Vec<Vec<Bind>> =
+            vec![Vec::with_capacity(self.key_types.len()); keys.num_rows()];
+        for (i, cql) in self.key_types.iter().enumerate() {
+            let values = column_values(keys.column(i), cql, true).map_err(|reason| {
+                CassandraError::Config(format!("lookup in {}: key {i}: {reason}", self.table))
+            })?;
+            for (row, value) in rows.iter_mut().zip(values) {
+                row.push(value);
+            }
+        }
+        Ok(rows)
+    }
+
+    async fn fetch_keys(&self, keys: RecordBatch) -> Result<Fetched, BoxError> {
+        let found: Vec<Option<Value>> = futures::stream::iter(self.binds(&keys)?)
+            .map(|key| self.get(key))
+            .buffered(self.max_in_flight)
+            .try_collect()
+            .await?;
+        let mut decoder =
+            arrow_json::ReaderBuilder::new(Arc::clone(&self.schema)).build_decoder()?;
+        // A key not found is an empty object: nulls in every column.
+        let missing = Value::Object(Map::new());
+        let rows: Vec<&Value> = found
+            .iter()
+            .map(|r| r.as_ref().unwrap_or(&missing))
+            .collect();
+        decoder.serialize(&rows)?;
+        let rows = match decoder.flush()? {
+            Some(batch) => batch,
+            None => RecordBatch::new_empty(Arc::clone(&self.schema)),
+        };
+        let found = found
+            .iter()
+            .map(|r| Some(r.is_some()))
+            .collect::<BooleanArray>();
+        Ok(Fetched { rows, found })
+    }
+}
+
+impl LookupTable for CassandraTable {
+    fn columns(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn fetch(&self, keys: RecordBatch) -> BoxFuture<'_, Result<Fetched, BoxError>> {
+        Box::pin(self.fetch_keys(keys))
+    }
+}

@@ -1,0 +1,521 @@
+//! `lookup(table)`: adds the columns of a [`Lookup`] table to each row. The
+//! first operator that awaits I/O: per batch it looks up each distinct key
+//! once, in the cache first, the rest in one [`LookupTable::fetch`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{new_null_array, Array, ArrayRef, BooleanArray, RecordBatch, UInt32Array};
+use arrow::compute::{concat, filter_record_batch, take, take_record_batch};
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use arrow::row::{RowConverter, Rows, SortField};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::prelude::SessionContext;
+use futures::future::BoxFuture;
+use tokio::sync::OnceCell;
+
+use super::expr::{compile, evaluate};
+use super::{column_list, LogicalOperator, OpContext, OpError, Operator};
+use crate::lookup::{Lookup, LookupCache, LookupTable, OnMiss};
+use crate::BoxError;
+
+/// Enriches rows with the columns of a lookup table.
+pub(crate) struct LookupJoin {
+    lookup: Arc<dyn Lookup>,
+    table: OnceCell<Arc<dyn LookupTable>>,
+    cache: Option<RowCache>,
+}
+
+impl LookupJoin {
+    pub(crate) fn new(lookup: Arc<dyn Lookup>) -> Self {
+        let cache = RowCache::new(lookup.cache());
+        LookupJoin {
+            lookup,
+            table: OnceCell::new(),
+            cache,
+        }
+    }
+}
+
+impl LogicalOperator for LookupJoin {
+    fn name(&self) -> String {
+        format!("lookup({})", self.lookup.name())
+    }
+
+    fn connect(&self) -> BoxFuture<'_, Result<(), BoxError>> {
+        Box::pin(async {
+            self.table.get_or_try_init(|| self.lookup.open()).await?;
+            Ok(())
+        })
+    }
+
+    fn plan(
+        &self,
+        input: &SchemaRef,
+        ctx: &Arc<SessionContext>,
+    ) -> Result<Box<dyn Operator>, OpError> {
+        let Some(table) = self.table.get() else {
+            return Err(OpError::Plan(format!(
+                "{} was not opened before planning (a bug in flumen)",
+                self.lookup.name()
+            )));
+        };
+        let keys = self
+            .lookup
+            .key()
+            .iter()
+            .map(|key| Ok(compile(ctx, key, input)?.0))
+            .collect::<Result<Vec<_>, OpError>>()?;
+        let key_fields = keys
+            .iter()
+            .map(|k| {
+                Ok(SortField::new(
+                    k.data_type(input).map_err(OpError::Compile)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, OpError>>()?;
+        let converter = RowConverter::new(key_fields).map_err(OpError::eval)?;
+        Ok(Box::new(LookupOperator {
+            name: Arc::from(self.lookup.name()),
+            keys,
+            converter,
+            table: Arc::clone(table),
+            cache: self.cache.clone(),
+            on_miss: self.lookup.on_miss(),
+            schema: enriched_schema(input, &table.columns())?,
+        }))
+    }
+}
+
+/// The input's columns, then the table's (nullable).
+fn enriched_schema(input: &SchemaRef, columns: &SchemaRef) -> Result<SchemaRef, OpError> {
+    let mut fields: Vec<Field> = input.fields().iter().map(|f| f.as_ref().clone()).collect();
+    for column in columns.fields() {
+        if input.field_with_name(column.name()).is_ok() {
+            return Err(OpError::Plan(format!(
+                "the looked-up column '{}' is already a column of the stream ({}); \
+                 drop or rename one of them before the lookup",
+                column.name(),
+                column_list(input)
+            )));
+        }
+        fields.push(column.as_ref().clone().with_nullable(true));
+    }
+    Ok(Arc::new(Schema::new_with_metadata(
+        fields,
+        input.metadata().clone(),
+    )))
+}
+
+/// A looked-up row (`None`: the key is not in the table), by key.
+#[derive(Clone)]
+struct RowCache {
+    rows: moka::sync::Cache<Arc<[u8]>, Option<RecordBatch>>,
+}
+
+/// Rows live `ttl` after they were fetched, misses `miss_ttl`.
+struct Lifetimes {
+    ttl: Duration,
+    miss_ttl: Duration,
+}
+
+impl moka::Expiry<Arc<[u8]>, Option<RecordBatch>> for Lifetimes {
+    fn expire_after_create(
+        &self,
+        _key: &Arc<[u8]>,
+        row: &Option<RecordBatch>,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        Some(if row.is_some() {
+            self.ttl
+        } else {
+            self.miss_ttl
+        })
+    }
+}
+
+impl RowCache {
+    /// The cache `settings` ask for (`None`: no cache).
+    fn new(settings: LookupCache) -> Option<Self> {
+        let entries = settings.max_entries_value();
+        if entries == 0 {
+            return None;
+        }
+        let bytes = settings.max_bytes_value().max(1);
+        // Each entry weighs at least bytes / entries, so the byte bound also
+        // bounds the entries.
+        let floor = u32::try_from((bytes / entries).max(1)).unwrap_or(u32::MAX);
+        let weigh = move |key: &Arc<[u8]>, row: &Option<RecordBatch>| {
+            let size = key.len() + row.as_ref().map_or(0, RecordBatch::get_array_memory_size);
+            u32::try_from(size).unwrap_or(u32::MAX).max(floor)
+        };
+        let lifetimes = Lifetimes {
+            ttl: settings.ttl_value(),
+            miss_ttl: settings.miss_ttl_value(),
+        };
+        let rows = moka::sync::Cache::builder()
+            .max_capacity(bytes)
+            .weigher(weigh)
+            .expire_after(lifetimes)
+            .build();
+        Some(RowCache { rows })
+    }
+}
+
+/// The lookup of one partition.
+struct LookupOperator {
+    name: Arc<str>,
+    keys: Vec<Arc<dyn PhysicalExpr>>,
+    converter: RowConverter,
+    table: Arc<dyn LookupTable>,
+    cache: Option<RowCache>,
+    on_miss: OnMiss,
+    schema: SchemaRef,
+}
+
+/// The distinct keys of a batch.
+struct Distinct {
+    /// The key of each row, as an index into `firsts` (null: a null key).
+    slots: UInt32Array,
+    /// The first row of each distinct key.
+    firsts: Vec<u32>,
+}
+
+impl LookupOperator {
+    async fn enrich(&self, batch: RecordBatch) -> Result<RecordBatch, OpError> {
+        let keys = self
+            .keys
+            .iter()
+            .map(|k| evaluate(k, &batch))
+            .collect::<Result<Vec<ArrayRef>, OpError>>()?;
+        let rows = self
+            .converter
+            .convert_columns(&keys)
+            .map_err(OpError::eval)?;
+        let distinct = distinct(&keys, &rows);
+        let found = self.rows_of(&keys, &rows, &distinct.firsts).await?;
+        let looked_up = self.columns(&found, &distinct.slots)?;
+        let mut columns = batch.columns().to_vec();
+        columns.extend(looked_up);
+        let enriched =
+            RecordBatch::try_new(Arc::clone(&self.schema), columns).map_err(OpError::eval)?;
+        match self.on_miss {
+            OnMiss::KeepNulls => Ok(enriched),
+            OnMiss::Drop => {
+                let keep: BooleanArray = distinct
+                    .slots
+                    .iter()
+                    .map(|slot| Some(slot.is_some_and(|s| found[s as usize].is_some())))
+                    .collect();
+                let dropped = keep.false_count() as u64;
+                if dropped > 0 {
+                    metrics::counter!("flumen_lookup_dropped_total", "lookup" => self.name.to_string())
+                        .increment(dropped);
+                }
+                filter_record_batch(&enriched, &keep).map_err(OpError::eval)
+            }
+        }
+    }
+
+    /// The row of each distinct key (first rows `firsts`): from the cache,
+    /// else from the table.
+    async fn rows_of(
+        &self,
+        keys: &[ArrayRef],
+        rows: &Rows,
+        firsts: &[u32],
+    ) -> Result<Vec<Option<RecordBatch>>, OpError> {
+        let mut found = Vec::with_capacity(firsts.len());
+        let mut missing = Vec::new();
+        for (slot, &first) in firsts.iter().enumerate() {
+            let cached = self
+                .cache
+                .as_ref()
+                .and_then(|c| c.rows.get(rows.row(first as usize).as_ref()));
+            match cached {
+                Some(row) => found.push(row),
+                None => {
+                    found.push(None);
+                    missing.push((slot, first));
+                }
+            }
+        }
+        let label = || ("lookup", self.name.to_string());
+        metrics::counter!("flumen_lookup_hits_total", &[label()])
+            .increment((firsts.len() - missing.len()) as u64);
+        if missing.is_empty() {
+            return Ok(found);
+        }
+        metrics::counter!("flumen_lookup_misses_total", &[label()]).increment(missing.len() as u64);
+        let indices = UInt32Array::from_iter_values(missing.iter().map(|(_, first)| *first));
+        let wanted = keys
+            .iter()
+            .map(|k| take(k, &indices, None))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(OpError::eval)?;
+        let started = Instant::now();
+        let fetched = self
+            .table
+            .fetch(
+                RecordBatch::try_from_iter(
+                    wanted
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, a)| (format!("k{i}"), a)),
+                )
+                .map_err(OpError::eval)?,
+            )
+            .await
+            .map_err(OpError::Eval)?;
+        metrics::histogram!("flumen_lookup_fetch_seconds", &[label()])
+            .record(started.elapsed().as_secs_f64());
+        if fetched.rows.num_rows() != missing.len() || fetched.found.len() != missing.len() {
+            return Err(OpError::eval(crate::Error::Internal(
+                "a lookup table returned another number of rows than keys",
+            )));
+        }
+        for (i, (slot, first)) in missing.into_iter().enumerate() {
+            let row = match fetched.found.is_valid(i) && fetched.found.value(i) {
+                true => Some(
+                    take_record_batch(&fetched.rows, &UInt32Array::from(vec![i as u32]))
+                        .map_err(OpError::eval)?,
+                ),
+                false => None,
+            };
+            if let Some(cache) = &self.cache {
+                cache
+                    .rows
+                    .insert(rows.row(first as usize).as_ref().into(), row.clone());
+            }
+            found[slot] = row;
+        }
+        Ok(found)
+    }
+
+    /// The looked-up columns of every row: row `r` takes the row of its key
+    /// `slots[r]` (nulls for a null key or a key not found).
+    fn columns(
+        &self,
+        found: &[Option<RecordBatch>],
+        slots: &UInt32Array,
+    ) -> Result<Vec<ArrayRef>, OpError> {
+        let columns = self.table.columns();
+        let mut out = Vec::with_capacity(columns.fields().len());
+        for (c, field) in columns.fields().iter().enumerate() {
+            let null = new_null_array(field.data_type(), 1);
+            let parts: Vec<&dyn Array> = found
+                .iter()
+                .map(|row| row.as_ref().map_or(null.as_ref(), |r| r.column(c).as_ref()))
+                .collect();
+            let per_key = match parts.is_empty() {
+                true => new_null_array(field.data_type(), 0),
+                false => concat(&parts).map_err(OpError::eval)?,
+            };
+            out.push(take(&per_key, slots, None).map_err(OpError::eval)?);
+        }
+        Ok(out)
+    }
+}
+
+/// The distinct non-null keys of `rows` (`keys`: the key columns).
+fn distinct(keys: &[ArrayRef], rows: &Rows) -> Distinct {
+    let mut slot_of = HashMap::new();
+    let mut firsts = Vec::new();
+    let slots = (0..rows.num_rows())
+        .map(|r| {
+            if keys.iter().any(|k| k.is_null(r)) {
+                return None;
+            }
+            let next = firsts.len() as u32;
+            let slot = *slot_of.entry(rows.row(r)).or_insert(next);
+            if slot == next {
+                firsts.push(r as u32);
+            }
+            Some(slot)
+        })
+        .collect();
+    Distinct { slots, firsts }
+}
+
+impl Operator for LookupOperator {
+    fn output_schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn process<'a>(
+        &'a mut self,
+        batch: RecordBatch,
+        _ctx: &'a mut OpContext,
+    ) -> BoxFuture<'a, Result<RecordBatch, OpError>> {
+        Box::pin(self.enrich(batch))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use arrow::array::{AsArray, StringArray};
+    use arrow::datatypes::DataType;
+
+    use super::*;
+    use crate::expr::col;
+    use crate::lookup::Fetched;
+
+    /// Devices and their sites; counts the keys it is asked for.
+    struct Sites {
+        asked: Arc<AtomicUsize>,
+        cache: LookupCache,
+        on_miss: OnMiss,
+    }
+
+    impl LookupTable for Sites {
+        fn columns(&self) -> SchemaRef {
+            Arc::new(Schema::new(vec![Field::new("site", DataType::Utf8, true)]))
+        }
+
+        fn fetch(&self, keys: RecordBatch) -> BoxFuture<'_, Result<Fetched, BoxError>> {
+            self.asked.fetch_add(keys.num_rows(), Ordering::SeqCst);
+            let devices = keys.column(0).as_string::<i32>();
+            let sites: StringArray = devices
+                .iter()
+                .map(|d| {
+                    d.filter(|d| d.starts_with("dev"))
+                        .map(|d| format!("site-of-{d}"))
+                })
+                .collect();
+            let found = sites.iter().map(|s| Some(s.is_some())).collect();
+            let rows = RecordBatch::try_new(self.columns(), vec![Arc::new(sites)]);
+            Box::pin(async move { Ok(Fetched { rows: rows?, found }) })
+        }
+    }
+
+    impl Lookup for Sites {
+        fn name(&self) -> String {
+            "sites".into()
+        }
+        fn key(&self) -> Vec<Expr> {
+            vec![col("device")]
+        }
+        fn cache(&self) -> LookupCache {
+            self.cache
+        }
+        fn on_miss(&self) -> OnMiss {
+            self.on_miss
+        }
+        fn open(&self) -> BoxFuture<'_, Result<Arc<dyn LookupTable>, BoxError>> {
+            let table = Sites {
+                asked: Arc::clone(&self.asked),
+                cache: self.cache,
+                on_miss: self.on_miss,
+            };
+            Box::pin(async move { Ok(Arc::new(table) as Arc<dyn LookupTable>) })
+        }
+    }
+
+    use datafusion::logical_expr::Expr;
+
+    fn devices(names: &[Option<&str>]) -> RecordBatch {
+        let column = Arc::new(StringArray::from(names.to_vec()));
+        RecordBatch::try_from_iter_with_nullable([("device", column as ArrayRef, true)])
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A planned lookup of [`Sites`], and the count of keys it fetched.
+    async fn planned(cache: LookupCache, on_miss: OnMiss) -> (Box<dyn Operator>, Arc<AtomicUsize>) {
+        let asked = Arc::new(AtomicUsize::new(0));
+        let sites = Sites {
+            asked: Arc::clone(&asked),
+            cache,
+            on_miss,
+        };
+        let join = LookupJoin::new(Arc::new(sites));
+        join.connect().await.unwrap_or_else(|e| panic!("{e}"));
+        let schema = devices(&[]).schema();
+        let op = join
+            .plan(&schema, &Arc::new(SessionContext::new()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        (op, asked)
+    }
+
+    async fn sites(op: &mut Box<dyn Operator>, names: &[Option<&str>]) -> Vec<Option<String>> {
+        let out = op
+            .process(devices(names), &mut OpContext::default())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let sites = out
+            .column_by_name("site")
+            .map(|c| c.as_string::<i32>().clone());
+        let sites = sites.unwrap_or_else(|| panic!("no site column"));
+        sites.iter().map(|s| s.map(str::to_string)).collect()
+    }
+
+    #[tokio::test]
+    async fn each_distinct_key_is_fetched_once_and_rows_keep_their_order() {
+        let (mut op, asked) = planned(LookupCache::default(), OnMiss::KeepNulls).await;
+        let names = [
+            Some("dev-2"),
+            Some("dev-1"),
+            None,
+            Some("dev-2"),
+            Some("nope"),
+        ];
+        let got = sites(&mut op, &names).await;
+        let site = |d: &str| Some(format!("site-of-{d}"));
+        assert_eq!(
+            got,
+            vec![site("dev-2"), site("dev-1"), None, site("dev-2"), None]
+        );
+        assert_eq!(asked.load(Ordering::SeqCst), 3, "dev-2, dev-1 and nope");
+        // Found rows and misses are cached.
+        sites(&mut op, &names).await;
+        assert_eq!(asked.load(Ordering::SeqCst), 3);
+        assert!(op.output_schema().field(1).is_nullable());
+    }
+
+    #[tokio::test]
+    async fn rows_and_misses_live_for_their_own_time() {
+        let cache = LookupCache::default()
+            .ttl(Duration::ZERO)
+            .miss_ttl(Duration::from_secs(3600));
+        let (mut op, asked) = planned(cache, OnMiss::KeepNulls).await;
+        sites(&mut op, &[Some("dev-1"), Some("nope")]).await;
+        sites(&mut op, &[Some("dev-1"), Some("nope")]).await;
+        // dev-1 expired at once and was fetched again; the miss was not.
+        assert_eq!(asked.load(Ordering::SeqCst), 3);
+        let (mut op, asked) = planned(LookupCache::disabled(), OnMiss::KeepNulls).await;
+        sites(&mut op, &[Some("dev-1")]).await;
+        sites(&mut op, &[Some("dev-1")]).await;
+        assert_eq!(asked.load(Ordering::SeqCst), 2, "no cache");
+    }
+
+    #[tokio::test]
+    async fn misses_and_null_keys_are_dropped_when_asked() {
+        let (mut op, _) = planned(LookupCache::default(), OnMiss::Drop).await;
+        let got = sites(&mut op, &[Some("nope"), Some("dev-1"), None]).await;
+        assert_eq!(got, vec![Some("site-of-dev-1".to_string())]);
+    }
+
+    #[tokio::test]
+    async fn a_looked_up_column_may_not_shadow_one_of_the_stream() {
+        let (_, asked) = planned(LookupCache::default(), OnMiss::KeepNulls).await;
+        let join = LookupJoin::new(Arc::new(Sites {
+            asked,
+            cache: LookupCache::default(),
+            on_miss: OnMiss::KeepNulls,
+        }));
+        join.connect().await.unwrap_or_else(|e| panic!("{e}"));
+        let input = RecordBatch::try_from_iter([
+            ("device", Arc::new(StringArray::from(vec!["a"])) as ArrayRef),
+            ("site", Arc::new(StringArray::from(vec!["b"])) as ArrayRef),
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let error = join
+            .plan(&input.schema(), &Arc::new(SessionContext::new()))
+            .err()
+            .map(|e| e.to_string());
+        let error = error.unwrap_or_default();
+        assert!(error.contains("'site' is already a column"), "{error}");
+    }
+}

@@ -1,0 +1,169 @@
+//! `lookup(CassandraLookup)` on real Kafka and Cassandra: every reading is
+//! enriched with its device's row as a join computed here says, devices
+//! missing from the table get nulls, and an update to the table shows once
+//! the cache's time to live has passed.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use crate::common::{builder, start, wait_until, DEADLINE};
+use arrow::datatypes::{DataType, Field, Schema};
+use flumen::lookup::LookupCache;
+use flumen::prelude::*;
+use flumen_cassandra::CassandraLookup;
+use flumen_testkit::topics::TestRecord;
+use flumen_testkit::{unique_name, DevCassandra, DevStack};
+use scylla::client::session::Session;
+use serde_json::Value;
+
+const DEVICES: usize = 300;
+/// Devices `dev-{n}` with `n % MISSING_EVERY == 0` are not in the table.
+const MISSING_EVERY: usize = 50;
+const TTL: Duration = Duration::from_secs(2);
+
+/// `devices (device_id text PRIMARY KEY, site text, max_temp double)` with
+/// every device but the missing ones; returns the table and what it holds.
+async fn devices_table(session: &Session, keyspace: &str) -> (String, BTreeMap<String, Value>) {
+    let table = format!("{keyspace}.devices");
+    let create =
+        format!("CREATE TABLE {table} (device_id text PRIMARY KEY, site text, max_temp double)");
+    session
+        .query_unpaged(create, &[])
+        .await
+        .expect("create table");
+    let mut expected = BTreeMap::new();
+    for n in (0..DEVICES).filter(|n| n % MISSING_EVERY != 0) {
+        let device = format!("dev-{n}");
+        let site = format!("site-{}", n % 7);
+        upsert(session, &table, &device, &site, n as f64).await;
+        expected.insert(
+            device,
+            serde_json::json!({"site": site, "max_temp": n as f64}),
+        );
+    }
+    (table, expected)
+}
+
+async fn upsert(session: &Session, table: &str, device: &str, site: &str, max_temp: f64) {
+    let insert = format!("INSERT INTO {table} (device_id, site, max_temp) VALUES (?, ?, ?)");
+    session
+        .query_unpaged(insert, (device, site, max_temp))
+        .await
+        .expect("insert");
+}
+
+/// One reading of every device, tagged with `wave`.
+fn readings(wave: u32) -> Vec<TestRecord> {
+    (0..DEVICES)
+        .map(|n| {
+            let device = format!("dev-{n}");
+            let value = format!(r#"{{"device":"{device}","wave":{wave},"temp":{n}}}"#);
+            TestRecord::new(&device, value)
+        })
+        .collect()
+}
+
+fn app(
+    stack: &DevStack,
+    cassandra: &DevCassandra,
+    table: &str,
+    (input, output): (&str, &str),
+) -> Application {
+    let app = builder(stack, &unique_name("g")).build().expect("app");
+    let schema = Schema::new(vec![
+        Field::new("device", DataType::Utf8, false),
+        Field::new("wave", DataType::Int64, false),
+        Field::new("temp", DataType::Float64, false),
+    ]);
+    let lookup = CassandraLookup::table(table)
+        .nodes(cassandra.nodes())
+        .on([(col("device"), "device_id")])
+        .columns(["site", "max_temp"])
+        .cache(LookupCache::default().ttl(TTL).miss_ttl(TTL));
+    app.dataframe(Topic::json(input).schema(schema))
+        .expect("frame")
+        .lookup(lookup)
+        .to_topic(Topic::json(output));
+    app
+}
+
+/// The enrichment of each (device, wave) in `output`.
+async fn enriched(stack: &DevStack, output: &str) -> BTreeMap<(String, i64), Value> {
+    let records = stack.read_all(output, DEADLINE).await.expect("read output");
+    let mut seen = BTreeMap::new();
+    for record in records {
+        let json = record.json();
+        let device = json["device"].as_str().unwrap_or_default().to_string();
+        let wave = json["wave"].as_i64().unwrap_or_default();
+        let looked_up = serde_json::json!({"site": json["site"], "max_temp": json["max_temp"]});
+        let previous = seen.insert((device.clone(), wave), looked_up);
+        assert!(previous.is_none(), "{device} wave {wave} twice");
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readings_carry_their_devices_row_and_updates_show_after_the_ttl() {
+    let stack = DevStack::start().expect("dev stack");
+    let cassandra = DevCassandra::start().expect("cassandra");
+    let session = cassandra.session().await.expect("session");
+    let keyspace = cassandra
+        .create_keyspace(&session, "lookup")
+        .await
+        .expect("keyspace");
+    let (table, mut expected) = devices_table(&session, &keyspace).await;
+    let (input, output) = (unique_name("readings"), unique_name("enriched"));
+    stack.create_topic(&input, 2).await.expect("input");
+    stack.create_topic(&output, 2).await.expect("output");
+
+    let running = start(app(&stack, &cassandra, &table, (&input, &output)));
+    stack.produce(&input, readings(1)).await.expect("produce");
+    let stats = running.stats.clone();
+    stack
+        .wait_for_count(&output, DEVICES, DEADLINE)
+        .await
+        .expect("wave 1 enriched");
+    // Devices 1..10 move to another site; device 0, missing so far, arrives.
+    for n in 0..10 {
+        upsert(&session, &table, &format!("dev-{n}"), "moved", -1.0).await;
+        let moved = serde_json::json!({"site": "moved", "max_temp": -1.0});
+        expected.insert(format!("dev-{n}"), moved);
+    }
+    let updated = Instant::now();
+    wait_until("the cache's time to live to pass", || {
+        updated.elapsed() > TTL
+    })
+    .await;
+    stack.produce(&input, readings(2)).await.expect("produce");
+    wait_until("wave 2 to be read", || {
+        stats.records_in() >= 2 * DEVICES as u64
+    })
+    .await;
+    running.stop().await.expect("run");
+
+    let seen = enriched(&stack, &output).await;
+    let nulls = serde_json::json!({"site": null, "max_temp": null});
+    for n in 0..DEVICES {
+        let device = format!("dev-{n}");
+        let now = expected.get(&device).cloned().unwrap_or(nulls.clone());
+        assert_eq!(
+            seen.get(&(device.clone(), 2)),
+            Some(&now),
+            "{device} after the update"
+        );
+        if n >= 10 {
+            assert_eq!(
+                seen.get(&(device.clone(), 1)),
+                Some(&now),
+                "{device} before"
+            );
+        }
+    }
+    let missing = seen.values().filter(|v| **v == nulls).count();
+    assert_eq!(
+        missing,
+        2 * (DEVICES / MISSING_EVERY) - 1,
+        "misses, dev-0 found in wave 2"
+    );
+    assert_eq!(seen.len(), 2 * DEVICES);
+}
