@@ -10,11 +10,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::array::{AsArray, Float64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use flumen::lookup::{Fetched, Lookup, LookupTable};
 use flumen::prelude::*;
 use flumen::testing::{RawBatch, TestDriver};
+use flumen::BoxError;
 use flumen_testkit::sensor::SensorWorkload;
+use futures::future::BoxFuture;
 
 const TOPIC: &str = "readings";
 const OUTPUT: &str = "out";
@@ -32,6 +36,9 @@ enum Pipeline {
     Tumbling,
     /// (d) filter -> hopping 10 s / 2 s.
     Hopping,
+    /// (c) with a lookup of each device's site and max_temp (an in-memory
+    /// table: the cost of the lookup operator and its cache, without I/O).
+    LookupTumbling,
 }
 
 impl Pipeline {
@@ -41,6 +48,7 @@ impl Pipeline {
             Pipeline::Stateless => "stateless",
             Pipeline::Tumbling => "tumbling",
             Pipeline::Hopping => "hopping",
+            Pipeline::LookupTumbling => "lookup-tumbling",
         }
     }
 }
@@ -78,6 +86,44 @@ fn batches(events: u64, devices: u64) -> Vec<RawBatch> {
     batches
 }
 
+/// Every device's site and max_temp, computed from its name.
+struct Sites;
+
+impl Lookup for Sites {
+    fn name(&self) -> String {
+        "sites".into()
+    }
+
+    fn key(&self) -> Vec<Expr> {
+        vec![col("device")]
+    }
+
+    fn open(&self) -> BoxFuture<'_, Result<Arc<dyn LookupTable>, BoxError>> {
+        Box::pin(async { Ok(Arc::new(Sites) as Arc<dyn LookupTable>) })
+    }
+}
+
+impl LookupTable for Sites {
+    fn columns(&self) -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("site", DataType::Utf8, true),
+            Field::new("max_temp", DataType::Float64, true),
+        ]))
+    }
+
+    fn fetch(&self, keys: RecordBatch) -> BoxFuture<'_, Result<Fetched, BoxError>> {
+        let devices = keys.column(0).as_string::<i32>();
+        let sites: StringArray = devices
+            .iter()
+            .map(|d| d.map(|d| format!("site-{}", d.len())))
+            .collect();
+        let max: Float64Array = devices.iter().map(|d| d.map(|d| d.len() as f64)).collect();
+        let found = devices.iter().map(|d| Some(d.is_some())).collect();
+        let rows = RecordBatch::try_new(self.columns(), vec![Arc::new(sites), Arc::new(max)]);
+        Box::pin(async move { Ok(Fetched { rows: rows?, found }) })
+    }
+}
+
 fn driver(rt: &tokio::runtime::Runtime, pipeline: Pipeline) -> TestDriver {
     let app = Application::builder()
         .brokers("unused:9092")
@@ -112,6 +158,12 @@ fn driver(rt: &tokio::runtime::Runtime, pipeline: Pipeline) -> TestDriver {
             ])
             .to_topic(Topic::json(OUTPUT)),
         Pipeline::Tumbling => readings
+            .tumbling_window(Duration::from_secs(10))
+            .agg(aggregations())
+            .final_()
+            .to_topic(Topic::json(OUTPUT)),
+        Pipeline::LookupTumbling => readings
+            .lookup(Sites)
             .tumbling_window(Duration::from_secs(10))
             .agg(aggregations())
             .final_()
@@ -156,6 +208,7 @@ fn pipelines(c: &mut Criterion) {
             Pipeline::Stateless,
             Pipeline::Tumbling,
             Pipeline::Hopping,
+            Pipeline::LookupTumbling,
         ] {
             if devices > 1_000 && matches!(pipeline, Pipeline::Decode | Pipeline::Stateless) {
                 continue; // the key count matters to windows only

@@ -333,14 +333,17 @@ impl CassandraTable {
             operation: "looking a key up".into(),
             reason,
         };
+        let in_flight = metrics::gauge!("flumen_lookup_in_flight", "table" => self.table.clone());
+        in_flight.increment(1.0);
         let result = (|| async { self.session.execute_unpaged(&self.prepared, &key).await })
             .retry(crate::retry::backoff(self.retries))
             .when(crate::retry::retryable)
             .notify(|error, after| {
                 tracing::warn!(table = %self.table, %error, ?after, "retrying a lookup");
             })
-            .await
-            .map_err(|e| failed(e.to_string()))?;
+            .await;
+        in_flight.decrement(1.0);
+        let result = result.map_err(|e| failed(e.to_string()))?;
         let rows = result
             .into_rows_result()
             .map_err(|e| failed(e.to_string()))?;

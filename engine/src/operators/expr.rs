@@ -6,6 +6,7 @@ use arrow::array::{ArrayRef, RecordBatch};
 use arrow::datatypes::{Field, SchemaRef};
 use datafusion::common::DFSchema;
 use datafusion::logical_expr::Expr;
+use datafusion::optimizer::simplify_expressions::{ExprSimplifier, SimplifyContext};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::prelude::SessionContext;
 
@@ -23,8 +24,16 @@ pub(crate) fn compile(
         Expr::Alias(alias) => (alias.name.clone(), alias.expr.as_ref().clone()),
         other => (other.schema_name().to_string(), other.clone()),
     };
+    // Simplified first: some functions (coalesce, nvl) only run rewritten.
+    let simplify = SimplifyContext::builder()
+        .with_schema(Arc::new(df_schema.clone()))
+        .with_config_options(Arc::clone(ctx.state().config_options()))
+        .build();
+    let simplified = ExprSimplifier::new(simplify)
+        .simplify(unaliased)
+        .map_err(OpError::Compile)?;
     let physical = ctx
-        .create_physical_expr(unaliased, &df_schema)
+        .create_physical_expr(simplified, &df_schema)
         .map_err(OpError::Compile)?;
     let data_type = physical.data_type(schema).map_err(OpError::Compile)?;
     let nullable = physical.nullable(schema).map_err(OpError::Compile)?;

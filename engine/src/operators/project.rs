@@ -159,6 +159,18 @@ mod tests {
     }
 
     #[test]
+    fn functions_that_run_only_simplified_work() -> Result<(), OpError> {
+        use arrow::array::AsArray;
+        let filled = crate::expr::coalesce(vec![col("temp"), lit(0.0)]);
+        let out = run(&WithColumn("temp".into(), filled), sensor_batch())?;
+        let temps = out
+            .column(1)
+            .as_primitive::<arrow::datatypes::Float64Type>();
+        assert_eq!(temps.values().to_vec(), vec![-1.0, 2.0, 0.0]);
+        Ok(())
+    }
+
+    #[test]
     fn a_duplicate_column_is_refused() {
         let select = Select(vec![col("device"), col("temp").alias("device")]);
         let Err(OpError::Plan(m)) = run(&select, sensor_batch()) else {

@@ -12,7 +12,7 @@ use flumen::lookup::LookupCache;
 use flumen::prelude::*;
 use flumen_cassandra::CassandraLookup;
 use flumen_testkit::topics::TestRecord;
-use flumen_testkit::{unique_name, DevCassandra, DevStack};
+use flumen_testkit::{unique_name, DevCassandra, DevStack, OutageProxy};
 use scylla::client::session::Session;
 use serde_json::Value;
 
@@ -63,28 +63,20 @@ fn readings(wave: u32) -> Vec<TestRecord> {
         .collect()
 }
 
-fn app(
-    stack: &DevStack,
-    cassandra: &DevCassandra,
-    table: &str,
-    (input, output): (&str, &str),
-) -> Application {
-    let app = builder(stack, &unique_name("g")).build().expect("app");
+/// `input` -> `lookup` -> `output`.
+fn pipeline(app: &Application, lookup: CassandraLookup, (input, output): (&str, &str)) {
     let schema = Schema::new(vec![
         Field::new("device", DataType::Utf8, false),
         Field::new("wave", DataType::Int64, false),
         Field::new("temp", DataType::Float64, false),
     ]);
-    let lookup = CassandraLookup::table(table)
-        .nodes(cassandra.nodes())
+    let lookup = lookup
         .on([(col("device"), "device_id")])
-        .columns(["site", "max_temp"])
-        .cache(LookupCache::default().ttl(TTL).miss_ttl(TTL));
+        .columns(["site", "max_temp"]);
     app.dataframe(Topic::json(input).schema(schema))
         .expect("frame")
         .lookup(lookup)
         .to_topic(Topic::json(output));
-    app
 }
 
 /// The enrichment of each (device, wave) in `output`.
@@ -116,7 +108,12 @@ async fn readings_carry_their_devices_row_and_updates_show_after_the_ttl() {
     stack.create_topic(&input, 2).await.expect("input");
     stack.create_topic(&output, 2).await.expect("output");
 
-    let running = start(app(&stack, &cassandra, &table, (&input, &output)));
+    let app = builder(&stack, &unique_name("g")).build().expect("app");
+    let lookup = CassandraLookup::table(&table)
+        .nodes(cassandra.nodes())
+        .cache(LookupCache::default().ttl(TTL).miss_ttl(TTL));
+    pipeline(&app, lookup, (&input, &output));
+    let running = start(app);
     stack.produce(&input, readings(1)).await.expect("produce");
     let stats = running.stats.clone();
     stack
@@ -166,4 +163,63 @@ async fn readings_carry_their_devices_row_and_updates_show_after_the_ttl() {
         "misses, dev-0 found in wave 2"
     );
     assert_eq!(seen.len(), 2 * DEVICES);
+}
+
+/// Cassandra unreachable for five seconds mid-stream (every connection cut
+/// by the fault proxy, new ones refused), with no cache: the batches wait
+/// and retry, nothing is lost, no reading is enriched with nulls, and the
+/// run resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_cassandra_stalls_the_stream_without_wrong_enrichment() {
+    let stack = DevStack::start().expect("dev stack");
+    let cassandra = DevCassandra::start().expect("cassandra");
+    let session = cassandra.session().await.expect("session");
+    let keyspace = cassandra
+        .create_keyspace(&session, "lookup")
+        .await
+        .expect("keyspace");
+    let (table, expected) = devices_table(&session, &keyspace).await;
+    let node = cassandra.nodes().parse().expect("node address");
+    let proxy = OutageProxy::start(node).expect("proxy");
+    let (input, output) = (unique_name("readings"), unique_name("enriched"));
+    stack.create_topic(&input, 2).await.expect("input");
+    stack.create_topic(&output, 2).await.expect("output");
+    for wave in 1..=6 {
+        stack
+            .produce(&input, readings(wave))
+            .await
+            .expect("produce");
+    }
+    let app = builder(&stack, &unique_name("g"))
+        .max_batch_records(50)
+        .build()
+        .expect("app");
+    let lookup = CassandraLookup::table(&table)
+        .nodes(proxy.address().to_string())
+        .cache(LookupCache::disabled())
+        .retries(30)
+        .request_timeout(Duration::from_secs(1));
+    pipeline(&app, lookup, (&input, &output));
+    let running = start(app);
+    let stats = running.stats.clone();
+    let total = 6 * DEVICES as u64;
+    wait_until("a third of the input", || stats.records_in() >= total / 3).await;
+    proxy.cut();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let during = stats.records_in();
+    proxy.restore();
+    wait_until("the whole input", || stats.records_in() >= total).await;
+    running.stop().await.expect("run");
+    assert!(
+        during < total,
+        "the outage stalled the stream ({during} of {total} read)"
+    );
+
+    let seen = enriched(&stack, &output).await;
+    let nulls = serde_json::json!({"site": null, "max_temp": null});
+    for ((device, wave), looked_up) in &seen {
+        let right = expected.get(device).unwrap_or(&nulls);
+        assert_eq!(looked_up, right, "{device} wave {wave}");
+    }
+    assert_eq!(seen.len(), total as usize, "every reading once");
 }
