@@ -229,11 +229,8 @@ impl LookupOperator {
         let mut found = Vec::with_capacity(firsts.len());
         let mut missing = Vec::new();
         for (slot, &first) in firsts.iter().enumerate() {
-            let cached = self
-                .cache
-                .as_ref()
-                .and_then(|c| c.rows.get(rows.row(first as usize).as_ref()));
-            match cached {
+            let key = rows.row(first as usize);
+            match self.cache.as_ref().and_then(|c| c.rows.get(key.as_ref())) {
                 Some(row) => found.push(row),
                 None => {
                     found.push(None);
@@ -242,55 +239,58 @@ impl LookupOperator {
             }
         }
         let label = || ("lookup", self.name.to_string());
-        metrics::counter!("flumen_lookup_hits_total", &[label()])
-            .increment((firsts.len() - missing.len()) as u64);
+        let hits = (firsts.len() - missing.len()) as u64;
+        metrics::counter!("flumen_lookup_hits_total", &[label()]).increment(hits);
         if missing.is_empty() {
             return Ok(found);
         }
         metrics::counter!("flumen_lookup_misses_total", &[label()]).increment(missing.len() as u64);
         let indices = UInt32Array::from_iter_values(missing.iter().map(|(_, first)| *first));
-        let wanted = keys
-            .iter()
-            .map(|k| take(k, &indices, None))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(OpError::eval)?;
-        let started = Instant::now();
-        let fetched = self
-            .table
-            .fetch(
-                RecordBatch::try_from_iter(
-                    wanted
-                        .into_iter()
-                        .enumerate()
-                        .map(|(i, a)| (format!("k{i}"), a)),
-                )
-                .map_err(OpError::eval)?,
-            )
-            .await
-            .map_err(OpError::Eval)?;
-        metrics::histogram!("flumen_lookup_fetch_seconds", &[label()])
-            .record(started.elapsed().as_secs_f64());
-        if fetched.rows.num_rows() != missing.len() || fetched.found.len() != missing.len() {
-            return Err(OpError::eval(crate::Error::Internal(
-                "a lookup table returned another number of rows than keys",
-            )));
-        }
-        for (i, (slot, first)) in missing.into_iter().enumerate() {
-            let row = match fetched.found.is_valid(i) && fetched.found.value(i) {
-                true => Some(
-                    take_record_batch(&fetched.rows, &UInt32Array::from(vec![i as u32]))
-                        .map_err(OpError::eval)?,
-                ),
-                false => None,
-            };
+        let fetched = self.fetch(keys, &indices).await?;
+        for ((slot, first), row) in missing.into_iter().zip(fetched) {
             if let Some(cache) = &self.cache {
-                cache
-                    .rows
-                    .insert(rows.row(first as usize).as_ref().into(), row.clone());
+                let key = rows.row(first as usize);
+                cache.rows.insert(key.as_ref().into(), row.clone());
             }
             found[slot] = row;
         }
         Ok(found)
+    }
+
+    /// Fetches the keys of rows `indices` of `keys` from the table: the row
+    /// of each, `None` when not found.
+    async fn fetch(
+        &self,
+        keys: &[ArrayRef],
+        indices: &UInt32Array,
+    ) -> Result<Vec<Option<RecordBatch>>, OpError> {
+        let wanted = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| Ok((format!("k{i}"), take(k, indices, None)?)))
+            .collect::<Result<Vec<_>, arrow::error::ArrowError>>()
+            .and_then(RecordBatch::try_from_iter)
+            .map_err(OpError::eval)?;
+        let started = Instant::now();
+        let fetched = self.table.fetch(wanted).await.map_err(OpError::Eval)?;
+        metrics::histogram!("flumen_lookup_fetch_seconds", "lookup" => self.name.to_string())
+            .record(started.elapsed().as_secs_f64());
+        let asked = indices.len();
+        if fetched.rows.num_rows() != asked || fetched.found.len() != asked {
+            return Err(OpError::eval(crate::Error::Internal(
+                "a lookup table returned another number of rows than keys",
+            )));
+        }
+        (0..asked)
+            .map(
+                |i| match fetched.found.is_valid(i) && fetched.found.value(i) {
+                    true => take_record_batch(&fetched.rows, &UInt32Array::from(vec![i as u32]))
+                        .map(Some)
+                        .map_err(OpError::eval),
+                    false => Ok(None),
+                },
+            )
+            .collect()
     }
 
     /// The looked-up columns of every row: row `r` takes the row of its key

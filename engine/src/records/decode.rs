@@ -265,17 +265,37 @@ impl RecordDecoder {
     }
 }
 
-fn check_plain(format: &Format, bytes: &[u8]) -> std::result::Result<(), String> {
+/// Why a plain (string, int) key or value does not fit its format.
+#[derive(Debug, thiserror::Error)]
+enum PlainError {
+    #[error("not valid UTF-8: {0}")]
+    NotUtf8(#[from] std::str::Utf8Error),
+    #[error("expected a 4- or 8-byte big-endian integer, found {0} bytes")]
+    IntLength(usize),
+}
+
+fn check_plain(format: &Format, bytes: &[u8]) -> std::result::Result<(), PlainError> {
     match format {
-        Format::Json { .. } | Format::String => std::str::from_utf8(bytes)
-            .map(|_| ())
-            .map_err(|e| format!("not valid UTF-8: {e}")),
-        Format::Int if bytes.len() != 4 && bytes.len() != 8 => Err(format!(
-            "expected a 4- or 8-byte big-endian integer, found {} bytes",
-            bytes.len()
-        )),
+        Format::Json { .. } | Format::String => {
+            std::str::from_utf8(bytes)?;
+            Ok(())
+        }
+        Format::Int if bytes.len() != 4 && bytes.len() != 8 => {
+            Err(PlainError::IntLength(bytes.len()))
+        }
         Format::Int | Format::Bytes => Ok(()),
     }
+}
+
+/// Why a run of records did not decode together as JSON.
+#[derive(Debug, thiserror::Error)]
+enum JsonRejected {
+    #[error("{0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error("the value is not exactly one JSON object")]
+    NotOneObject,
+    #[error("required field '{0}' is missing or null")]
+    RequiredMissing(String),
 }
 
 fn decode_int(bytes: &[u8]) -> Option<i64> {
@@ -337,28 +357,23 @@ fn decode_json_fast(
     schema: &SchemaRef,
     raw: &RawBatch,
     rows: &[u32],
-) -> std::result::Result<RecordBatch, String> {
+) -> std::result::Result<RecordBatch, JsonRejected> {
     let mut decoder = ReaderBuilder::new(Arc::clone(schema))
         .with_batch_size(rows.len().max(1) + 1)
-        .build_decoder()
-        .map_err(|e| e.to_string())?;
+        .build_decoder()?;
     for (n, &i) in rows.iter().enumerate() {
         let value = raw.value(i as usize).unwrap_or_default();
-        let read = decoder.decode(value).map_err(|e| e.to_string())?;
+        let read = decoder.decode(value)?;
         if read != value.len() || decoder.has_partial_record() || decoder.len() != n + 1 {
-            return Err("the value is not exactly one JSON object".into());
+            return Err(JsonRejected::NotOneObject);
         }
     }
     let batch = decoder
-        .flush()
-        .map_err(|e| e.to_string())?
+        .flush()?
         .unwrap_or_else(|| RecordBatch::new_empty(Arc::clone(schema)));
     for (field, column) in schema.fields().iter().zip(batch.columns()) {
         if !field.is_nullable() && column.null_count() > 0 {
-            return Err(format!(
-                "required field '{}' is missing or null",
-                field.name()
-            ));
+            return Err(JsonRejected::RequiredMissing(field.name().clone()));
         }
     }
     Ok(batch)
@@ -378,9 +393,9 @@ fn decode_json(
     for &i in candidates {
         match decode_json_fast(schema, raw, &[i]) {
             Ok(_) => good.push(i),
-            Err(arrow_error) => {
+            Err(rejected) => {
                 let value = raw.value(i as usize).unwrap_or_default();
-                let (kind, reason) = json_check::explain(schema, value, &arrow_error);
+                let (kind, reason) = json_check::explain(schema, value, &rejected.to_string());
                 bad.push(BadRecord {
                     index: i as usize,
                     kind,

@@ -208,7 +208,7 @@ fn plain_type_ok(format: &Format, data_type: &DataType) -> bool {
 fn encode_plain(
     format: &Format,
     column: &ArrayRef,
-) -> std::result::Result<Vec<Option<Vec<u8>>>, String> {
+) -> std::result::Result<Vec<Option<Vec<u8>>>, arrow::error::ArrowError> {
     let len = column.len();
     let valid = |i: usize| column.is_valid(i);
     Ok(match (format, column.data_type()) {
@@ -231,7 +231,7 @@ fn encode_plain(
                 .collect()
         }
         (Format::Int, t) if t.is_integer() => {
-            let a = cast(column, &DataType::Int64).map_err(|e| e.to_string())?;
+            let a = cast(column, &DataType::Int64)?;
             let a = a.as_primitive::<Int64Type>();
             (0..len)
                 .map(|i| valid(i).then(|| a.value(i).to_be_bytes().to_vec()))
@@ -240,8 +240,7 @@ fn encode_plain(
         (Format::Json { .. }, _) => {
             let field: FieldRef = Arc::new(Field::new("", column.data_type().clone(), true));
             let options = EncoderOptions::default();
-            let mut encoder =
-                make_encoder(&field, column.as_ref(), &options).map_err(|e| e.to_string())?;
+            let mut encoder = make_encoder(&field, column.as_ref(), &options)?;
             (0..len)
                 .map(|i| {
                     valid(i).then(|| {
@@ -254,8 +253,7 @@ fn encode_plain(
         }
         _ => {
             let options = FormatOptions::default();
-            let formatter =
-                ArrayFormatter::try_new(column.as_ref(), &options).map_err(|e| e.to_string())?;
+            let formatter = ArrayFormatter::try_new(column.as_ref(), &options)?;
             (0..len)
                 .map(|i| valid(i).then(|| formatter.value(i).to_string().into_bytes()))
                 .collect()
