@@ -28,6 +28,7 @@
 //! reused when it exists; a broker started for the run is removed with it, so
 //! without one the workload is produced once per invocation.
 
+mod lookup;
 mod quix;
 mod raw_cassandra;
 mod source;
@@ -39,13 +40,14 @@ use std::time::{Duration, Instant};
 
 use arrow::datatypes::{DataType, Field, Schema};
 use clap::Parser;
+use flumen::lookup::LookupCache;
 use flumen::prelude::*;
 use flumen::Stats;
 use flumen_cassandra::CassandraSink;
 use flumen_kafka::Admin;
 use flumen_testkit::sensor::SensorWorkload;
 use flumen_testkit::{unique_name, DevStack};
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
@@ -77,7 +79,10 @@ struct Args {
     /// with one open window each, restored onto an empty state directory),
     /// source-raw and source (not by default: a table of --source-rows rows
     /// scanned by the driver alone (s0) and published into Kafka by
-    /// CassandraSource's snapshot (s)).
+    /// CassandraSource's snapshot (s)), lookup, lookup-raw and
+    /// lookup-nocache (not by default: (c) with a Cassandra lookup of each
+    /// device (l), the driver alone reading devices by key (l0), (l) without
+    /// a cache (l1)).
     #[arg(
         long,
         default_value = "raw,stateless,tumbling,tumbling-eos,hopping,cassandra-raw,cassandra,quix"
@@ -233,13 +238,32 @@ mod process {
     }
 }
 
-/// p50 and p99 (ms) of the histograms `names` recorded since the last call.
+/// The metrics recorded so far (histograms: since the last snapshot).
+type Snapshot = Vec<(
+    metrics_util::CompositeKey,
+    Option<metrics::Unit>,
+    Option<metrics::SharedString>,
+    DebugValue,
+)>;
+
+/// The sum of counter `name` over its labels.
+fn counter(snapshot: &Snapshot, name: &str) -> u64 {
+    let values = snapshot
+        .iter()
+        .filter_map(|(key, _, _, value)| match value {
+            DebugValue::Counter(v) if key.key().name() == name => Some(v.to_owned()),
+            _ => None,
+        });
+    values.sum()
+}
+
+/// p50 and p99 (ms) of the histograms `names` in `snapshot`.
 fn percentiles<const N: usize>(
-    snapshotter: &Snapshotter,
+    snapshot: Snapshot,
     names: [&str; N],
 ) -> [(Option<f64>, Option<f64>); N] {
     let mut values: [Vec<f64>; N] = std::array::from_fn(|_| Vec::new());
-    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+    for (key, _, _, value) in snapshot {
         if let DebugValue::Histogram(samples) = value {
             if let Some(i) = names.iter().position(|n| *n == key.key().name()) {
                 values[i].extend(samples.iter().map(|v| v.into_inner() * 1e3));
@@ -574,6 +598,8 @@ enum Pipeline {
     TumblingExactlyOnce,
     Hopping,
     Cassandra,
+    Lookup,
+    LookupNoCache,
 }
 
 impl Pipeline {
@@ -584,6 +610,8 @@ impl Pipeline {
             Pipeline::TumblingExactlyOnce => "c2 (c) exactly-once",
             Pipeline::Hopping => "d hopping -> kafka",
             Pipeline::Cassandra => "e tumbling -> cassandra",
+            Pipeline::Lookup => "l (c) with a lookup",
+            Pipeline::LookupNoCache => "l1 (l) without a cache",
         }
     }
 }
@@ -639,6 +667,17 @@ async fn run_pipeline(
             .agg(flumen_examples::temperature_aggregations())
             .final_()
             .to_topic(Topic::json(&output)),
+        Pipeline::Lookup | Pipeline::LookupNoCache => {
+            let cache = match pipeline {
+                Pipeline::Lookup => LookupCache::default(),
+                _ => LookupCache::disabled(),
+            };
+            lookup::enriched(&frame, cassandra, cache)
+                .tumbling_window(Duration::from_secs(10))
+                .agg(flumen_examples::temperature_aggregations())
+                .final_()
+                .to_topic(Topic::json(&output))
+        }
         Pipeline::Cassandra => tumbling()
             .agg(flumen_examples::temperature_aggregations())
             .final_()
@@ -772,7 +811,7 @@ async fn main() -> Result<(), BoxError> {
     };
     let (cassandra, _server) = cassandra_nodes(&args, &wanted)?;
     let scenarios = Scenarios {
-        sessions: Sessions::prepare(&cassandra, &wanted, args.source_rows).await?,
+        sessions: Sessions::prepare(&cassandra, &wanted, (args.source_rows, args.devices)).await?,
         stack: &stack,
         topic: &topic,
         args: &args,
@@ -782,17 +821,22 @@ async fn main() -> Result<(), BoxError> {
     for name in SCENARIOS.into_iter().filter(|n| wanted.contains(n)) {
         eprintln!("running {name}...");
         process::reset_peak_rss();
-        percentiles(&snapshotter, []);
+        let before = snapshotter.snapshot().into_vec();
         let Some(mut measured) = scenarios.run(name).await? else {
             continue;
         };
+        let after = snapshotter.snapshot().into_vec();
+        if name == "lookup-nocache" {
+            // (l1)'s output: the keys it read from Cassandra.
+            let misses = "flumen_lookup_misses_total";
+            measured.output_rows = counter(&after, misses) - counter(&before, misses);
+        }
         if name == "raw" {
             input_bytes = measured.input_bytes;
         }
         // (q) reports its own process's peak.
         measured.peak_rss_bytes = measured.peak_rss_bytes.max(process::peak_rss());
-        let [batch, ack] =
-            percentiles(&snapshotter, ["flumen_batch_seconds", "flumen_ack_seconds"]);
+        let [batch, ack] = percentiles(after, ["flumen_batch_seconds", "flumen_ack_seconds"]);
         (measured.batch_p50_ms, measured.batch_p99_ms) = batch;
         (measured.ack_p50_ms, measured.ack_p99_ms) = ack;
         results.push(measured);
@@ -802,12 +846,15 @@ async fn main() -> Result<(), BoxError> {
 }
 
 /// The scenarios in the order they run.
-const SCENARIOS: [&str; 11] = [
+const SCENARIOS: [&str; 14] = [
     "raw",
     "stateless",
     "tumbling",
     "tumbling-eos",
     "hopping",
+    "lookup",
+    "lookup-raw",
+    "lookup-nocache",
     "cassandra-raw",
     "cassandra",
     "quix",
@@ -839,17 +886,42 @@ fn cassandra_nodes(
     })
 }
 
+/// `name`'s input records/s against `base`'s, when both ran.
+fn print_input_ratio(results: &[Measured], name: &str, base: &str, what: &str) {
+    let find = |prefix: &str| results.iter().find(|m| m.name.starts_with(prefix));
+    if let (Some(m), Some(b)) = (find(name), find(base)) {
+        let ratio = m.records_per_sec() / b.records_per_sec().max(f64::MIN_POSITIVE);
+        println!(
+            "{}",
+            serde_json::json!({ "scenario": what, "records_per_sec": m.records_per_sec(),
+                "base_records_per_sec": b.records_per_sec(), "ratio": ratio })
+        );
+        println!(
+            "{what}: {:.0} records/s, {:.0}% of {:.0} records/s",
+            m.records_per_sec(),
+            100.0 * ratio,
+            b.records_per_sec()
+        );
+    }
+}
+
 /// The sessions of the scenarios that use the driver directly.
 struct Sessions {
     /// (e0): the raw write ceiling.
     raw_write: Option<scylla::client::session::Session>,
     /// (s0): the raw scan ceiling.
     raw_scan: Option<scylla::client::session::Session>,
+    /// (l0): the raw read ceiling.
+    raw_read: Option<scylla::client::session::Session>,
 }
 
 impl Sessions {
     /// Creates the scenarios' tables (and the source's rows).
-    async fn prepare(nodes: &str, wanted: &[&str], source_rows: u64) -> Result<Self, BoxError> {
+    async fn prepare(
+        nodes: &str,
+        wanted: &[&str],
+        (source_rows, devices): (u64, u64),
+    ) -> Result<Self, BoxError> {
         let table = |name: &'static str| async move {
             flumen_examples::cassandra::prepare_table(nodes, "bench", name)
                 .await
@@ -858,7 +930,13 @@ impl Sessions {
         let mut sessions = Sessions {
             raw_write: None,
             raw_scan: None,
+            raw_read: None,
         };
+        if wanted.iter().any(|s| s.starts_with("lookup")) {
+            let session = table("device_temp").await?;
+            lookup::prepare(&session, devices).await?;
+            sessions.raw_read = Some(session);
+        }
         if wanted.iter().any(|s| s.starts_with("cassandra")) {
             table("device_temp").await?;
             sessions.raw_write = Some(table("device_temp_raw").await?);
@@ -905,6 +983,12 @@ impl Scenarios<'_> {
                 None => return Ok(None),
             },
             "cassandra" => pipeline(Pipeline::Cassandra).await?,
+            "lookup" => pipeline(Pipeline::Lookup).await?,
+            "lookup-nocache" => pipeline(Pipeline::LookupNoCache).await?,
+            "lookup-raw" => match &self.sessions.raw_read {
+                Some(session) => lookup::raw_reads(session, args.devices).await?,
+                None => return Ok(None),
+            },
             "quix" => quix::quix_tumbling(stack, self.topic, args.events, args.partitions).await?,
             "source-raw" => match &self.sessions.raw_scan {
                 Some(session) => source::raw_scan(session).await?,
@@ -932,4 +1016,16 @@ fn print_results(results: &mut [Measured], input_bytes: u64) {
     print_table(results, ceiling);
     print_cassandra_ratio(results);
     print_ratio(results, "s ", "s0 ", "source snapshot vs the driver's scan");
+    print_ratio(
+        results,
+        "l1 ",
+        "l0 ",
+        "lookups without a cache vs the driver's reads",
+    );
+    print_input_ratio(
+        results,
+        "l ",
+        "c ",
+        "(l) with a warm lookup cache vs (c) without the lookup",
+    );
 }
