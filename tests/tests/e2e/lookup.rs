@@ -16,6 +16,7 @@ use flumen_testkit::{unique_name, DevCassandra, DevStack, OutageProxy};
 use scylla::client::session::Session;
 use serde_json::Value;
 
+/// Devices of the tests.
 const DEVICES: usize = 300;
 /// Devices `dev-{n}` with `n % MISSING_EVERY == 0` are not in the table.
 const MISSING_EVERY: usize = 50;
@@ -23,7 +24,11 @@ const TTL: Duration = Duration::from_secs(2);
 
 /// `devices (device_id text PRIMARY KEY, site text, max_temp double)` with
 /// every device but the missing ones; returns the table and what it holds.
-async fn devices_table(session: &Session, keyspace: &str) -> (String, BTreeMap<String, Value>) {
+async fn devices_table(
+    session: &Session,
+    keyspace: &str,
+    devices: usize,
+) -> (String, BTreeMap<String, Value>) {
     let table = format!("{keyspace}.devices");
     let create =
         format!("CREATE TABLE {table} (device_id text PRIMARY KEY, site text, max_temp double)");
@@ -32,7 +37,7 @@ async fn devices_table(session: &Session, keyspace: &str) -> (String, BTreeMap<S
         .await
         .expect("create table");
     let mut expected = BTreeMap::new();
-    for n in (0..DEVICES).filter(|n| n % MISSING_EVERY != 0) {
+    for n in (0..devices).filter(|n| n % MISSING_EVERY != 0) {
         let device = format!("dev-{n}");
         let site = format!("site-{}", n % 7);
         upsert(session, &table, &device, &site, n as f64).await;
@@ -53,14 +58,24 @@ async fn upsert(session: &Session, table: &str, device: &str, site: &str, max_te
 }
 
 /// One reading of every device, tagged with `wave`.
-fn readings(wave: u32) -> Vec<TestRecord> {
-    (0..DEVICES)
+fn readings(devices: usize, wave: u32) -> Vec<TestRecord> {
+    (0..devices)
         .map(|n| {
             let device = format!("dev-{n}");
             let value = format!(r#"{{"device":"{device}","wave":{wave},"temp":{n}}}"#);
             TestRecord::new(&device, value)
         })
         .collect()
+}
+
+/// (devices, waves of one reading per device): 300 x 2, or with
+/// `FLUMEN_LOOKUP_FULL=1` the acceptance scale, 10,000 x 100 (1,000,000
+/// readings).
+fn scale() -> (usize, u32) {
+    match std::env::var_os("FLUMEN_LOOKUP_FULL") {
+        Some(_) => (10_000, 100),
+        None => (DEVICES, 2),
+    }
 }
 
 /// `input` -> `lookup` -> `output`.
@@ -103,7 +118,8 @@ async fn readings_carry_their_devices_row_and_updates_show_after_the_ttl() {
         .create_keyspace(&session, "lookup")
         .await
         .expect("keyspace");
-    let (table, mut expected) = devices_table(&session, &keyspace).await;
+    let (devices, waves) = scale();
+    let (table, mut expected) = devices_table(&session, &keyspace, devices).await;
     let (input, output) = (unique_name("readings"), unique_name("enriched"));
     stack.create_topic(&input, 2).await.expect("input");
     stack.create_topic(&output, 2).await.expect("output");
@@ -114,10 +130,13 @@ async fn readings_carry_their_devices_row_and_updates_show_after_the_ttl() {
         .cache(LookupCache::default().ttl(TTL).miss_ttl(TTL));
     pipeline(&app, lookup, (&input, &output));
     let running = start(app);
-    stack.produce(&input, readings(1)).await.expect("produce");
+    stack
+        .produce(&input, readings(devices, 1))
+        .await
+        .expect("produce");
     let stats = running.stats.clone();
     stack
-        .wait_for_count(&output, DEVICES, DEADLINE)
+        .wait_for_count(&output, devices, DEADLINE)
         .await
         .expect("wave 1 enriched");
     // Devices 1..10 move to another site; device 0, missing so far, arrives.
@@ -131,38 +150,32 @@ async fn readings_carry_their_devices_row_and_updates_show_after_the_ttl() {
         updated.elapsed() > TTL
     })
     .await;
-    stack.produce(&input, readings(2)).await.expect("produce");
-    wait_until("wave 2 to be read", || {
-        stats.records_in() >= 2 * DEVICES as u64
-    })
-    .await;
+    for wave in 2..=waves {
+        let records = readings(devices, wave);
+        stack.produce(&input, records).await.expect("produce");
+    }
+    let total = devices as u64 * u64::from(waves);
+    wait_until("every wave to be read", || stats.records_in() >= total).await;
     running.stop().await.expect("run");
 
     let seen = enriched(&stack, &output).await;
     let nulls = serde_json::json!({"site": null, "max_temp": null});
-    for n in 0..DEVICES {
-        let device = format!("dev-{n}");
-        let now = expected.get(&device).cloned().unwrap_or(nulls.clone());
-        assert_eq!(
-            seen.get(&(device.clone(), 2)),
-            Some(&now),
-            "{device} after the update"
-        );
-        if n >= 10 {
-            assert_eq!(
-                seen.get(&(device.clone(), 1)),
-                Some(&now),
-                "{device} before"
-            );
+    for ((device, wave), looked_up) in &seen {
+        let n: usize = device.trim_start_matches("dev-").parse().unwrap_or(0);
+        let now = expected.get(device).unwrap_or(&nulls);
+        // Before the update only the devices it did not touch are known.
+        if *wave > 1 || n >= 10 {
+            assert_eq!(looked_up, now, "{device} wave {wave}");
         }
     }
     let missing = seen.values().filter(|v| **v == nulls).count();
+    let missing_devices = devices.div_ceil(MISSING_EVERY);
+    let expected_missing = missing_devices * waves as usize - (waves as usize - 1);
     assert_eq!(
-        missing,
-        2 * (DEVICES / MISSING_EVERY) - 1,
-        "misses, dev-0 found in wave 2"
+        missing, expected_missing,
+        "misses; dev-0 is found after wave 1"
     );
-    assert_eq!(seen.len(), 2 * DEVICES);
+    assert_eq!(seen.len() as u64, total, "every reading once");
 }
 
 /// Cassandra unreachable for five seconds mid-stream (every connection cut
@@ -178,7 +191,7 @@ async fn an_unreachable_cassandra_stalls_the_stream_without_wrong_enrichment() {
         .create_keyspace(&session, "lookup")
         .await
         .expect("keyspace");
-    let (table, expected) = devices_table(&session, &keyspace).await;
+    let (table, expected) = devices_table(&session, &keyspace, DEVICES).await;
     let node = cassandra.nodes().parse().expect("node address");
     let proxy = OutageProxy::start(node).expect("proxy");
     let (input, output) = (unique_name("readings"), unique_name("enriched"));
@@ -186,7 +199,7 @@ async fn an_unreachable_cassandra_stalls_the_stream_without_wrong_enrichment() {
     stack.create_topic(&output, 2).await.expect("output");
     for wave in 1..=6 {
         stack
-            .produce(&input, readings(wave))
+            .produce(&input, readings(DEVICES, wave))
             .await
             .expect("produce");
     }
