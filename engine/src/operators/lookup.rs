@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::{new_null_array, Array, ArrayRef, BooleanArray, RecordBatch, UInt32Array};
-use arrow::compute::{concat, filter_record_batch, take, take_record_batch};
+use arrow::compute::{filter_record_batch, interleave, take};
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use arrow::row::{RowConverter, Rows, SortField};
 use datafusion::physical_expr::PhysicalExpr;
@@ -108,10 +108,14 @@ fn enriched_schema(input: &SchemaRef, columns: &SchemaRef) -> Result<SchemaRef, 
     )))
 }
 
+/// A looked-up row: row `.1` of the batch `.0` one fetch returned (the
+/// rows of a fetch share its batch).
+type Row = (RecordBatch, u32);
+
 /// A looked-up row (`None`: the key is not in the table), by key.
 #[derive(Clone)]
 struct RowCache {
-    rows: moka::sync::Cache<Arc<[u8]>, Option<RecordBatch>>,
+    rows: moka::sync::Cache<Arc<[u8]>, Option<Row>>,
 }
 
 /// Rows live `ttl` after they were fetched, misses `miss_ttl`.
@@ -120,11 +124,11 @@ struct Lifetimes {
     miss_ttl: Duration,
 }
 
-impl moka::Expiry<Arc<[u8]>, Option<RecordBatch>> for Lifetimes {
+impl moka::Expiry<Arc<[u8]>, Option<Row>> for Lifetimes {
     fn expire_after_create(
         &self,
         _key: &Arc<[u8]>,
-        row: &Option<RecordBatch>,
+        row: &Option<Row>,
         _created_at: Instant,
     ) -> Option<Duration> {
         Some(if row.is_some() {
@@ -146,8 +150,10 @@ impl RowCache {
         // Each entry weighs at least bytes / entries, so the byte bound also
         // bounds the entries.
         let floor = u32::try_from((bytes / entries).max(1)).unwrap_or(u32::MAX);
-        let weigh = move |key: &Arc<[u8]>, row: &Option<RecordBatch>| {
-            let size = key.len() + row.as_ref().map_or(0, RecordBatch::get_array_memory_size);
+        let weigh = move |key: &Arc<[u8]>, row: &Option<Row>| {
+            // A row's share of its fetch's batch.
+            let share = |(batch, _): &Row| batch.get_array_memory_size() / batch.num_rows().max(1);
+            let size = key.len() + row.as_ref().map_or(0, share);
             u32::try_from(size).unwrap_or(u32::MAX).max(floor)
         };
         let lifetimes = Lifetimes {
@@ -225,7 +231,7 @@ impl LookupOperator {
         keys: &[ArrayRef],
         rows: &Rows,
         firsts: &[u32],
-    ) -> Result<Vec<Option<RecordBatch>>, OpError> {
+    ) -> Result<Vec<Option<Row>>, OpError> {
         let mut found = Vec::with_capacity(firsts.len());
         let mut missing = Vec::new();
         for (slot, &first) in firsts.iter().enumerate() {
@@ -263,7 +269,7 @@ impl LookupOperator {
         &self,
         keys: &[ArrayRef],
         indices: &UInt32Array,
-    ) -> Result<Vec<Option<RecordBatch>>, OpError> {
+    ) -> Result<Vec<Option<Row>>, OpError> {
         let wanted = keys
             .iter()
             .enumerate()
@@ -281,41 +287,55 @@ impl LookupOperator {
                 "a lookup table returned another number of rows than keys",
             )));
         }
-        (0..asked)
-            .map(
-                |i| match fetched.found.is_valid(i) && fetched.found.value(i) {
-                    true => take_record_batch(&fetched.rows, &UInt32Array::from(vec![i as u32]))
-                        .map(Some)
-                        .map_err(OpError::eval),
-                    false => Ok(None),
-                },
-            )
-            .collect()
+        let found = |i: usize| fetched.found.is_valid(i) && fetched.found.value(i);
+        Ok((0..asked)
+            .map(|i| found(i).then(|| (fetched.rows.clone(), i as u32)))
+            .collect())
     }
 
     /// The looked-up columns of every row: row `r` takes the row of its key
     /// `slots[r]` (nulls for a null key or a key not found).
     fn columns(
         &self,
-        found: &[Option<RecordBatch>],
+        found: &[Option<Row>],
         slots: &UInt32Array,
     ) -> Result<Vec<ArrayRef>, OpError> {
+        // The batches the rows come from, each once; the null row after them.
+        let mut sources: Vec<&RecordBatch> = Vec::new();
+        let mut source_of: HashMap<usize, usize> = HashMap::new();
+        let mut at = Vec::with_capacity(found.len());
+        for row in found {
+            at.push(row.as_ref().map(|(batch, i)| {
+                let source = *source_of.entry(batch_id(batch)).or_insert_with(|| {
+                    sources.push(batch);
+                    sources.len() - 1
+                });
+                (source, *i as usize)
+            }));
+        }
+        let null_row = (sources.len(), 0);
+        let indices: Vec<(usize, usize)> = slots
+            .iter()
+            .map(|slot| slot.and_then(|s| at[s as usize]).unwrap_or(null_row))
+            .collect();
         let columns = self.table.columns();
         let mut out = Vec::with_capacity(columns.fields().len());
         for (c, field) in columns.fields().iter().enumerate() {
             let null = new_null_array(field.data_type(), 1);
-            let parts: Vec<&dyn Array> = found
-                .iter()
-                .map(|row| row.as_ref().map_or(null.as_ref(), |r| r.column(c).as_ref()))
-                .collect();
-            let per_key = match parts.is_empty() {
-                true => new_null_array(field.data_type(), 0),
-                false => concat(&parts).map_err(OpError::eval)?,
-            };
-            out.push(take(&per_key, slots, None).map_err(OpError::eval)?);
+            let mut parts: Vec<&dyn Array> = sources.iter().map(|b| b.column(c).as_ref()).collect();
+            parts.push(null.as_ref());
+            out.push(interleave(&parts, &indices).map_err(OpError::eval)?);
         }
         Ok(out)
     }
+}
+
+/// Identifies a fetched batch (the rows of one fetch share its arrays).
+fn batch_id(batch: &RecordBatch) -> usize {
+    batch
+        .columns()
+        .first()
+        .map_or(0, |c| Arc::as_ptr(c) as *const () as usize)
 }
 
 /// The distinct non-null keys of `rows` (`keys`: the key columns).
