@@ -3,6 +3,7 @@
 //! cache is read with a prepared, token-aware `SELECT .. LIMIT 1`, a bounded
 //! number at a time, retried with backoff on timeouts and unavailable nodes.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arrow::array::{BooleanArray, RecordBatch};
@@ -327,7 +328,11 @@ struct CassandraTable {
 
 impl CassandraTable {
     /// The row of one key, as JSON (`None`: not found).
-    async fn get(&self, key: Vec<Bind>) -> Result<Option<Value>, CassandraError> {
+    async fn get(
+        &self,
+        key: Vec<Bind>,
+        retried: &AtomicU64,
+    ) -> Result<Option<Value>, CassandraError> {
         let failed = |reason: String| CassandraError::Request {
             table: self.table.clone(),
             operation: "looking a key up".into(),
@@ -339,7 +344,8 @@ impl CassandraTable {
             .retry(crate::retry::backoff(self.retries))
             .when(crate::retry::retryable)
             .notify(|error, after| {
-                tracing::warn!(table = %self.table, %error, ?after, "retrying a lookup");
+                retried.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(table = %self.table, %error, ?after, "retrying a lookup");
             })
             .await;
         in_flight.decrement(1.0);
@@ -378,11 +384,20 @@ impl CassandraTable {
     }
 
     async fn fetch_keys(&self, keys: RecordBatch) -> Result<Fetched, BoxError> {
-        let found: Vec<Option<Value>> = futures::stream::iter(self.binds(&keys)?)
-            .map(|key| self.get(key))
+        let retried = AtomicU64::new(0);
+        let found: Result<Vec<Option<Value>>, _> = futures::stream::iter(self.binds(&keys)?)
+            .map(|key| self.get(key, &retried))
             .buffered(self.max_in_flight)
             .try_collect()
-            .await?;
+            .await;
+        // One warning per batch, not one per key and attempt.
+        let retries = retried.into_inner();
+        if retries > 0 {
+            let table = self.table.clone();
+            metrics::counter!("flumen_lookup_retries_total", "table" => table).increment(retries);
+            tracing::warn!(table = %self.table, keys = keys.num_rows(), retries, "lookups were retried");
+        }
+        let found = found?;
         let mut decoder =
             arrow_json::ReaderBuilder::new(Arc::clone(&self.schema)).build_decoder()?;
         // A key not found is an empty object: nulls in every column.
