@@ -23,6 +23,9 @@ pub struct TopicSpec {
     pub retention_ms: i64,
     /// `cleanup.policy`: `delete` or `compact`.
     pub cleanup_policy: String,
+    /// `segment.ms` (`None`: the broker's default): how soon records become
+    /// deletable by retention.
+    pub segment_ms: Option<i64>,
 }
 
 impl TopicSpec {
@@ -37,6 +40,7 @@ impl TopicSpec {
             replication: -1,
             retention_ms: -1,
             cleanup_policy: "delete".into(),
+            segment_ms: None,
         }
     }
 
@@ -49,6 +53,12 @@ impl TopicSpec {
     /// Sets `retention.ms`.
     pub fn retention_ms(mut self, retention_ms: i64) -> Self {
         self.retention_ms = retention_ms;
+        self
+    }
+
+    /// Sets `segment.ms`.
+    pub fn segment_ms(mut self, segment_ms: i64) -> Self {
+        self.segment_ms = Some(segment_ms);
         self
     }
 
@@ -90,13 +100,17 @@ impl Admin {
     /// Creates a topic; an existing topic with that name is left as it is.
     pub async fn create_topic(&self, spec: &TopicSpec) -> Result<()> {
         let retention = spec.retention_ms.to_string();
-        let topic = NewTopic::new(
+        let segment = spec.segment_ms.map(|ms| ms.to_string());
+        let mut topic = NewTopic::new(
             &spec.name,
             spec.partitions,
             TopicReplication::Fixed(spec.replication),
         )
         .set("retention.ms", &retention)
         .set("cleanup.policy", &spec.cleanup_policy);
+        if let Some(segment) = &segment {
+            topic = topic.set("segment.ms", segment);
+        }
         let options = AdminOptions::new().operation_timeout(Some(self.timeout));
         let results = self
             .admin

@@ -31,7 +31,7 @@ pub use consumer::{
 };
 pub use error::{KafkaError, Result};
 pub use producer::{DeliveryBatch, DeliveryContext, DeliveryTicket, OutRecord, Producer};
-pub use reader::{read_partition, PartitionRecord};
+pub use reader::{read_partition, read_partition_from, PartitionRecord};
 pub use record::{headers_with, RawBatch, HEARTBEAT_HEADER};
 
 /// Re-export of the librdkafka binding, for callers that need its types.

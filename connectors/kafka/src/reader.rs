@@ -70,6 +70,18 @@ pub fn read_partition(
     topic: &str,
     partition: i32,
     stall: Duration,
+    each: impl FnMut(PartitionRecord<'_>) -> ControlFlow<()>,
+) -> Result<u64> {
+    read_partition_from(config, (topic, partition), None, stall, each)
+}
+
+/// [`read_partition`] from offset `from` (`None`: the first record; an
+/// offset retention deleted: the first record kept).
+pub fn read_partition_from(
+    config: &KafkaConfig,
+    (topic, partition): (&str, i32),
+    from: Option<i64>,
+    stall: Duration,
     mut each: impl FnMut(PartitionRecord<'_>) -> ControlFlow<()>,
 ) -> Result<u64> {
     let consumer: BaseConsumer<ReaderContext> = config
@@ -77,6 +89,7 @@ pub fn read_partition(
             ("group.id", "flumen-partition-reader"),
             ("enable.auto.commit", "false"),
             ("enable.partition.eof", "true"),
+            ("auto.offset.reset", "earliest"),
             FETCH_MAX_BYTES,
             ("max.partition.fetch.bytes", "10485760"),
             FETCH_QUEUE_BACKOFF,
@@ -85,7 +98,11 @@ pub fn read_partition(
         .map_err(|e| KafkaError::client("creating a partition reader", e))?;
     let mut assignment = TopicPartitionList::new();
     assignment
-        .add_partition_offset(topic, partition, Offset::Beginning)
+        .add_partition_offset(
+            topic,
+            partition,
+            from.map_or(Offset::Beginning, Offset::Offset),
+        )
         .map_err(|e| KafkaError::client(format!("reading {topic}/{partition}"), e))?;
     consumer
         .assign(&assignment)

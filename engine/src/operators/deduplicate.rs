@@ -73,6 +73,7 @@ impl LogicalOperator for Deduplicate {
         Some(StoreRequest {
             name: None,
             default_prefix: "deduplicate",
+            for_replay_log: false,
         })
     }
 }

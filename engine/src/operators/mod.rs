@@ -84,6 +84,10 @@ pub(crate) struct StoreRequest {
     /// The default name's prefix: the planner appends the store's index
     /// among the stores of its input (`window` -> `window-0`).
     pub(crate) default_prefix: &'static str,
+    /// The store holds nothing but the position of its replay log
+    /// ([`StoreHandle::replay_log`]): it is kept only where replay logs are
+    /// (exactly-once runs).
+    pub(crate) for_replay_log: bool,
 }
 
 /// One operator of one partition.

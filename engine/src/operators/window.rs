@@ -81,6 +81,7 @@ impl LogicalOperator for WindowAggregate {
         Some(StoreRequest {
             name: self.0.store.clone(),
             default_prefix: "window",
+            for_replay_log: false,
         })
     }
 

@@ -35,15 +35,19 @@ pub(crate) struct PlannedNode {
     pub(crate) input: SchemaRef,
     /// The store it keeps, by name, if it keeps one.
     pub(crate) store: Option<String>,
+    /// Whether the store keeps a replay log.
+    pub(crate) replay_log: bool,
 }
 
 impl PhysicalPlan {
-    /// Plans `outputs` of input `topic`, whose records decode to `schema`.
+    /// Plans `outputs` of input `topic`, whose records decode to `schema`;
+    /// stores that exist for a replay log alone are kept when
+    /// `replay_logs` (exactly-once runs).
     pub(crate) fn new(
         topic: &str,
         schema: &SchemaRef,
         outputs: &[Output],
-        ctx: &Arc<SessionContext>,
+        (ctx, replay_logs): (&Arc<SessionContext>, bool),
     ) -> Result<Self> {
         let mut plan = PhysicalPlan {
             nodes: Vec::new(),
@@ -69,7 +73,7 @@ impl PhysicalPlan {
             }
             plan.outputs.push((chain, schema));
         }
-        plan.name_stores(topic)?;
+        plan.name_stores(topic, replay_logs)?;
         Ok(plan)
     }
 
@@ -99,6 +103,7 @@ impl PhysicalPlan {
             op: Arc::clone(operator),
             input: Arc::clone(input),
             store: None,
+            replay_log: false,
         });
         Ok(planned.output_schema())
     }
@@ -107,13 +112,17 @@ impl PhysicalPlan {
     /// `<prefix>-<n>`, n counting this input's stateful operators of that
     /// kind in plan order (adding a deduplicate does not rename the windows'
     /// stores).
-    fn name_stores(&mut self, topic: &str) -> Result<()> {
+    fn name_stores(&mut self, topic: &str, replay_logs: bool) -> Result<()> {
         let mut names: Vec<String> = Vec::new();
         let mut per_kind: HashMap<&'static str, usize> = HashMap::new();
         for node in &mut self.nodes {
             let Some(request) = node.op.store() else {
                 continue;
             };
+            if request.for_replay_log && !replay_logs {
+                continue;
+            }
+            node.replay_log = request.for_replay_log;
             let n = per_kind.entry(request.default_prefix).or_default();
             let default = format!("{}-{n}", request.default_prefix);
             *n += 1;
@@ -133,6 +142,12 @@ impl PhysicalPlan {
     /// The state stores of the plan, in plan order.
     pub(crate) fn store_names(&self) -> Vec<String> {
         self.nodes.iter().filter_map(|n| n.store.clone()).collect()
+    }
+
+    /// The stores that keep a replay log, in plan order.
+    pub(crate) fn replay_log_stores(&self) -> Vec<String> {
+        let logged = self.nodes.iter().filter(|n| n.replay_log);
+        logged.filter_map(|n| n.store.clone()).collect()
     }
 
     /// The dead-letter topics the operators write to, each once, with its role.
@@ -170,7 +185,8 @@ pub(crate) fn frame_schema(
         node: Arc::clone(node),
         sink: crate::plan::SinkSpec::Print,
     };
-    let plan = PhysicalPlan::new(topic, schema, std::slice::from_ref(&output), ctx)?;
+    let output = std::slice::from_ref(&output);
+    let plan = PhysicalPlan::new(topic, schema, output, (ctx, false))?;
     plan.outputs
         .into_iter()
         .next()
@@ -211,7 +227,8 @@ mod tests {
         let schema = crate::runtime::decoder_of(&topic.timestamp_field("ts"))?
             .schema()
             .clone();
-        PhysicalPlan::new("in", &schema, &outputs, &Arc::new(SessionContext::new()))
+        let ctx = Arc::new(SessionContext::new());
+        PhysicalPlan::new("in", &schema, &outputs, (&ctx, false))
     }
 
     #[test]

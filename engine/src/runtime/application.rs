@@ -21,7 +21,7 @@ use crate::runtime::stats::Stats;
 use crate::runtime::stop::StopHandle;
 use crate::runtime::worker::{BatchSettings, Rebalancer, RunSettings, TransactionSettings, Worker};
 use crate::runtime::{internal_topics, state_dir};
-use crate::state::{self, Changelogs, StateSettings};
+use crate::state::{self, Changelogs, ReplayClients, ReplayLogs, StateSettings};
 use crate::topic::Topic;
 use crate::{Error, Result};
 
@@ -556,7 +556,7 @@ impl Application {
         let mut sources = HashMap::new();
         for (name, topic) in &topics {
             let mine = outputs_of(&outputs, name);
-            let plan = plan_of(topic, &mine, ctx)?;
+            let plan = plan_of(topic, &mine, (ctx, false))?;
             if let Some((dlq, _)) = dead_letter_topics(topic, &mine, &plan).first() {
                 return Err(Error::Plan(format!(
                     "input '{name}' routes records to the dead-letter topic '{dlq}', \
@@ -627,11 +627,16 @@ impl Application {
             unacknowledged_bytes: s.max_unacknowledged_bytes,
             drain_timeout: Duration::from_secs(120),
         };
+        let replay_logged = sources.values().any(|s| !s.replay_logs.is_empty());
+        let replay = replay_logged
+            .then(|| ReplayClients::new(&with_extra(&self.kafka, &s.producer_extra)))
+            .transpose()?;
         let state = StateSettings {
             kafka: with_extra(&self.kafka, &self.settings.consumer_extra),
             dir: self.state_dir(),
             application: self.group.clone(),
             cache: flumen_state::BlockCache::new(s.block_cache_bytes),
+            replay: replay.map(Arc::new),
         };
         let transactions = exactly_once.then(|| TransactionSettings {
             config: with_extra(&self.kafka, &self.settings.producer_extra),
@@ -672,7 +677,8 @@ impl Application {
                 require_output(admin, t.name(), "output")?;
             }
         }
-        let plan = plan_of(topic, &outputs, ctx)?;
+        let exactly_once = self.settings.guarantee == ProcessingGuarantee::ExactlyOnce;
+        let plan = plan_of(topic, &outputs, (ctx, exactly_once))?;
         for (dlq, role) in dead_letter_topics(topic, &outputs, &plan) {
             require_output(admin, &dlq, &role)?;
             produced.insert(dlq);
@@ -681,6 +687,12 @@ impl Application {
         if self.settings.changelogs {
             plan.changelogs = self.changelogs_of(admin, name, &plan).await?;
             produced.extend(plan.changelogs.values().cloned());
+        }
+        for store in plan.plan.replay_log_stores() {
+            let log = state::replay_log::topic_name(&self.group, name, &store);
+            let replication = self.settings.replication_factor;
+            internal_topics::ensure_replay_log(admin, &log, name, replication).await?;
+            plan.replay_logs.insert(store, log);
         }
         Ok(plan)
     }
@@ -813,10 +825,15 @@ fn dead_letter_topics(
     topics
 }
 
-/// The operators of input `topic`'s `outputs`, planned.
-fn plan_of(topic: &Topic, outputs: &[Output], ctx: &Arc<SessionContext>) -> Result<PhysicalPlan> {
+/// The operators of input `topic`'s `outputs`, planned (with stores for
+/// replay logs when `replay_logs`).
+fn plan_of(
+    topic: &Topic,
+    outputs: &[Output],
+    planning: (&Arc<SessionContext>, bool),
+) -> Result<PhysicalPlan> {
     let schema = decoder_of(topic)?.schema().clone();
-    PhysicalPlan::new(topic.name(), &schema, outputs, ctx)
+    PhysicalPlan::new(topic.name(), &schema, outputs, planning)
 }
 
 /// The plan of input `topic` for `outputs`, its custom sinks opened (no
@@ -840,6 +857,7 @@ async fn source_plan(
         plan,
         writers,
         changelogs: Changelogs::new(),
+        replay_logs: ReplayLogs::new(),
     })
 }
 

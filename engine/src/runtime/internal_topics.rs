@@ -47,6 +47,37 @@ pub(crate) async fn ensure_repartition(
     }
 }
 
+/// Creates the replay log `name` (partitioned like its input `source`,
+/// records kept for [`RETENTION`](crate::state::replay_log::RETENTION)), or
+/// checks the existing one's partitions.
+pub(crate) async fn ensure_replay_log(
+    admin: &Admin,
+    name: &str,
+    source: &str,
+    replication: i32,
+) -> Result<()> {
+    let partitions = admin.require_topic(source)?;
+    match admin.partition_count(name)? {
+        Some(existing) if existing != partitions => Err(Error::InternalTopic {
+            topic: name.to_string(),
+            reason: format!(
+                "the replay log has {existing} partitions, its input '{source}' has \
+                 {partitions}; delete the replay log"
+            ),
+        }),
+        Some(_) => Ok(()),
+        None => {
+            tracing::info!(topic = %name, partitions, "creating the replay log topic");
+            let retention = crate::state::replay_log::RETENTION.as_millis() as i64;
+            let spec = TopicSpec::new(name, partitions)
+                .replication(replication)
+                .retention_ms(retention)
+                .segment_ms(retention / 6);
+            Ok(admin.create_topic(&spec).await?)
+        }
+    }
+}
+
 /// What a changelog needs to be checked or created.
 pub(crate) struct ChangelogTopic<'a> {
     /// The changelog topic.

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::records::{BadRecord, RecordDecoder};
-use crate::state::{Changelogs, PartitionState};
+use crate::state::{Changelogs, PartitionState, ReplayLogs};
 use arrow::array::RecordBatch;
 use datafusion::prelude::SessionContext;
 use flumen_kafka::{headers_with, DeliveryBatch, OutRecord, Producer, RawBatch};
@@ -32,8 +32,10 @@ pub(crate) struct SourcePlan {
     pub(crate) plan: PhysicalPlan,
     /// The opened writer of each output with a custom sink (by output index).
     pub(crate) writers: Vec<Option<Arc<dyn crate::sink::SinkWriter>>>,
-    /// The changelog topic of each window store (empty: no changelogs).
+    /// The changelog topic of each store (empty: no changelogs).
     pub(crate) changelogs: Changelogs,
+    /// The replay-log topic of each store that keeps one (exactly-once).
+    pub(crate) replay_logs: ReplayLogs,
 }
 
 /// What processing a batch left to do: wait for `ack`, then commit `next_offset`.

@@ -265,14 +265,11 @@ impl Worker {
             PartitionPipeline::new(source, producer, Arc::clone(&self.stats), &self.ctx)?;
         let source = pipeline.source();
         let stores = source.plan.store_names();
-        let opened = state::open(
-            &self.state,
-            tp,
-            &stores,
-            &source.changelogs,
-            committed,
-            &self.stats,
-        );
+        let topics = state::StoreTopics {
+            changelogs: &source.changelogs,
+            replay_logs: &source.replay_logs,
+        };
+        let opened = state::open(&self.state, tp, (&stores, topics), committed, &self.stats);
         let state = opened.await?.map(Arc::new);
         if let Some(state) = &state {
             pipeline.attach(Arc::clone(state))?;
@@ -725,6 +722,7 @@ mod tests {
             dir: PathBuf::from("/nonexistent"),
             application: "worker-test".into(),
             cache: flumen_state::BlockCache::new(1 << 20),
+            replay: None,
         };
         let settings = RunSettings {
             batches,

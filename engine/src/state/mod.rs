@@ -10,15 +10,19 @@
 
 pub(crate) mod changelog;
 mod open;
+pub(crate) mod replay_log;
 mod store;
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use flumen_kafka::{DeliveryBatch, Producer};
 use flumen_state::{Checkpoint, StateStore, WriteBatch};
 
 pub(crate) use changelog::{topic_name, Changelogs};
-pub(crate) use open::{open, StateSettings};
+pub(crate) use open::{open, StateSettings, StoreTopics};
+use replay_log::ReplayLog;
+pub(crate) use replay_log::{ReplayClients, ReplayLogs};
 use store::Layers;
 pub(crate) use store::StoreHandle;
 
@@ -33,6 +37,8 @@ pub(crate) struct PartitionState {
     layers: Arc<Mutex<Layers>>,
     /// The changelog topic of each store (empty: changelogs are off).
     changelogs: Changelogs,
+    /// The replay log of each store that keeps one.
+    replay_logs: HashMap<String, Arc<ReplayLog>>,
     partition: i32,
     /// The offset the local store's state reflects the input up to.
     checkpoint: Option<i64>,
@@ -48,6 +54,7 @@ impl PartitionState {
             local,
             layers: Arc::default(),
             changelogs: Changelogs::new(),
+            replay_logs: HashMap::new(),
             partition,
             checkpoint,
         })
@@ -62,6 +69,7 @@ impl PartitionState {
             local: Arc::new(flumen_state::MemoryStore::default()),
             layers: Arc::new(Mutex::new(Layers::never_reopened())),
             changelogs: Changelogs::new(),
+            replay_logs: HashMap::new(),
             partition,
             checkpoint: None,
         }
@@ -69,7 +77,8 @@ impl PartitionState {
 
     /// The handle of store `name`.
     pub(crate) fn handle(&self, name: &str) -> StoreHandle {
-        StoreHandle::new(name, Arc::clone(&self.local), Arc::clone(&self.layers))
+        let handle = StoreHandle::new(name, Arc::clone(&self.local), Arc::clone(&self.layers));
+        handle.with_replay_log(self.replay_logs.get(name).cloned())
     }
 
     /// The input offset the state reflects records up to (`None`: new state).

@@ -2,6 +2,7 @@
 //! previous owner in this process, rebuilding a damaged one), checked against
 //! the group's committed offset and caught up from the changelogs.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 use flumen_kafka::TopicPartition;
 use flumen_state::{BlockCache, RocksStore, StateError, StateStore, StoreIdentity};
 
+use super::replay_log::{self, ReplayClients, ReplayLog, ReplayLogs};
 use super::{changelog, Changelogs, PartitionState};
 use crate::runtime::file_safe;
 use crate::runtime::Stats;
@@ -28,19 +30,31 @@ pub(crate) struct StateSettings {
     /// The application (consumer group) the state belongs to.
     pub(crate) application: String,
     pub(crate) cache: BlockCache,
+    /// The clients of replay logs (exactly-once runs whose operators keep
+    /// one).
+    pub(crate) replay: Option<Arc<ReplayClients>>,
+}
+
+/// The topics a partition's stores log to.
+#[derive(Clone, Copy)]
+pub(crate) struct StoreTopics<'a> {
+    /// The changelog topic of each store (empty: changelogs are off).
+    pub(crate) changelogs: &'a Changelogs,
+    /// The replay-log topic of each store that keeps one.
+    pub(crate) replay_logs: &'a ReplayLogs,
 }
 
 /// Opens the state of partition `tp` with `stores` (none: `None`), whose
-/// changes are logged to `changelogs`, and brings it up to the group's
+/// changes are logged to `topics`, and brings it up to the group's
 /// `committed` offset.
 pub(crate) async fn open(
     settings: &StateSettings,
     tp: &TopicPartition,
-    stores: &[String],
-    changelogs: &Changelogs,
+    (stores, topics): (&[String], StoreTopics<'_>),
     committed: Option<i64>,
     stats: &Arc<Stats>,
 ) -> Result<Option<PartitionState>> {
+    let changelogs = topics.changelogs;
     if stores.is_empty() {
         return Ok(None);
     }
@@ -82,13 +96,35 @@ pub(crate) async fn open(
         ),
         None => tracing::info!(%tp, path = %path.display(), "new state"),
     }
+    let replay_logs = open_replay_logs(settings, tp, topics.replay_logs, &*local).await?;
     Ok(Some(PartitionState {
         local,
         layers: Arc::default(),
         changelogs: changelogs.clone(),
+        replay_logs,
         partition: tp.partition,
         checkpoint,
     }))
+}
+
+/// Opens the replay log of each store that keeps one, read back from the
+/// position its committed state holds.
+async fn open_replay_logs(
+    settings: &StateSettings,
+    tp: &TopicPartition,
+    topics: &ReplayLogs,
+    local: &dyn StateStore,
+) -> Result<HashMap<String, Arc<ReplayLog>>> {
+    let mut logs = HashMap::new();
+    let Some(clients) = &settings.replay else {
+        return Ok(logs);
+    };
+    for (store, topic) in topics {
+        let position = replay_log::position_of(local.get(store, replay_log::POSITION_KEY)?);
+        let log = ReplayLog::open(clients, (topic, tp.partition), position).await?;
+        logs.insert(store.clone(), Arc::new(log));
+    }
+    Ok(logs)
 }
 
 /// Opens the RocksDB state at `path` with `stores`, waiting while the

@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use flumen_state::{Entries, StateError, StateStore, WriteBatch};
 
+use super::replay_log::ReplayLog;
+
 /// The latest write of each key of each store (`None`: deleted).
 type Index = HashMap<Arc<str>, BTreeMap<Vec<u8>, Option<Vec<u8>>>>;
 
@@ -120,6 +122,7 @@ pub(crate) struct StoreHandle {
     name: Arc<str>,
     local: Arc<dyn StateStore>,
     layers: Arc<Mutex<Layers>>,
+    replay_log: Option<Arc<ReplayLog>>,
 }
 
 impl StoreHandle {
@@ -128,7 +131,18 @@ impl StoreHandle {
             name: Arc::from(name),
             local,
             layers,
+            replay_log: None,
         }
+    }
+
+    pub(super) fn with_replay_log(mut self, log: Option<Arc<ReplayLog>>) -> Self {
+        self.replay_log = log;
+        self
+    }
+
+    /// The store's replay log, when it keeps one (exactly-once runs).
+    pub(crate) fn replay_log(&self) -> Option<&Arc<ReplayLog>> {
+        self.replay_log.as_ref()
     }
 
     /// The store's name.

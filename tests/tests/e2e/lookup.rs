@@ -97,6 +97,11 @@ fn pipeline(app: &Application, lookup: CassandraLookup, (input, output): (&str, 
 /// The enrichment of each (device, wave) in `output`.
 async fn enriched(stack: &DevStack, output: &str) -> BTreeMap<(String, i64), Value> {
     let records = stack.read_all(output, DEADLINE).await.expect("read output");
+    enrichment_of(records)
+}
+
+/// The enrichment of each (device, wave) in `records`; each once.
+fn enrichment_of(records: Vec<TestRecord>) -> BTreeMap<(String, i64), Value> {
     let mut seen = BTreeMap::new();
     for record in records {
         let json = record.json();
@@ -235,4 +240,94 @@ async fn an_unreachable_cassandra_stalls_the_stream_without_wrong_enrichment() {
         assert_eq!(looked_up, right, "{device} wave {wave}");
     }
     assert_eq!(seen.len(), total as usize, "every reading once");
+}
+
+/// Exactly-once: a run enriches a wave of readings and is killed before it
+/// commits; then every device moves. The next run, on an empty state
+/// directory (as another instance taking over would be), replays the wave
+/// with the rows the killed run gave it, read back from the lookup's replay
+/// log, and looks up the readings after it afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_wave_keeps_the_enrichment_the_killed_run_gave_it() {
+    let stack = DevStack::start().expect("dev stack");
+    let cassandra = DevCassandra::start().expect("cassandra");
+    let session = cassandra.session().await.expect("session");
+    let keyspace = cassandra
+        .create_keyspace(&session, "lookup")
+        .await
+        .expect("keyspace");
+    let (table, before) = devices_table(&session, &keyspace, DEVICES).await;
+    let (input, output) = (unique_name("readings"), unique_name("enriched"));
+    stack.create_topic(&input, 2).await.expect("input");
+    stack.create_topic(&output, 2).await.expect("output");
+    let group = unique_name("g");
+    let run = |state: &std::path::Path, commit_interval: Duration| {
+        let app = builder(&stack, &group)
+            .processing_guarantee(ProcessingGuarantee::ExactlyOnce)
+            .commit_interval(commit_interval)
+            .state_dir(state)
+            .build()
+            .expect("app");
+        let lookup = CassandraLookup::table(&table).nodes(cassandra.nodes());
+        pipeline(&app, lookup, (&input, &output));
+        start(app)
+    };
+
+    let killed_state = tempfile::tempdir().expect("state dir");
+    let never_commits = run(killed_state.path(), Duration::from_secs(3_600));
+    stack
+        .produce(&input, readings(DEVICES, 1))
+        .await
+        .expect("produce");
+    stack
+        .wait_for_count(&output, DEVICES, DEADLINE)
+        .await
+        .expect("wave 1 enriched, not committed");
+    never_commits.stop.kill();
+    let _ = never_commits.finish().await;
+    let mut after = BTreeMap::new();
+    for device in before.keys() {
+        upsert(&session, &table, device, "moved", -1.0).await;
+        let moved = serde_json::json!({"site": "moved", "max_temp": -1.0});
+        after.insert(device.clone(), moved);
+    }
+
+    let state = tempfile::tempdir().expect("state dir");
+    let running = run(state.path(), Duration::from_millis(100));
+    stack
+        .produce(&input, readings(DEVICES, 2))
+        .await
+        .expect("produce");
+    let committed = committed_records(&stack, &output, 2 * DEVICES).await;
+    running.stop().await.expect("run");
+
+    let seen = enrichment_of(committed);
+    let nulls = serde_json::json!({"site": null, "max_temp": null});
+    for ((device, wave), looked_up) in &seen {
+        let rows = if *wave == 1 { &before } else { &after };
+        let expected = rows.get(device).unwrap_or(&nulls);
+        assert_eq!(looked_up, expected, "{device} wave {wave}");
+    }
+    assert_eq!(seen.len(), 2 * DEVICES, "every reading once");
+}
+
+/// The records of `output` a `read_committed` consumer sees, once there are
+/// `count`.
+async fn committed_records(stack: &DevStack, output: &str, count: usize) -> Vec<TestRecord> {
+    let started = Instant::now();
+    loop {
+        let records = stack
+            .read_committed(output, DEADLINE)
+            .await
+            .expect("read committed");
+        if records.len() >= count {
+            return records;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "only {} of {count} records committed after {DEADLINE:?}",
+            records.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

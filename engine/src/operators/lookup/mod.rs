@@ -4,21 +4,34 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use arrow::array::{new_null_array, Array, ArrayRef, BooleanArray, RecordBatch, UInt32Array};
+use arrow::array::{
+    new_null_array, Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, UInt32Array,
+};
 use arrow::compute::{filter_record_batch, interleave, take};
-use arrow::datatypes::{Field, Schema, SchemaRef};
+use arrow::datatypes::{Field, Int64Type, Schema, SchemaRef};
 use arrow::row::{RowConverter, Rows, SortField};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::prelude::SessionContext;
 use futures::future::BoxFuture;
 use tokio::sync::OnceCell;
 
+mod cache;
+mod replay;
+
 use super::expr::{compile, evaluate};
-use super::{column_list, LogicalOperator, OpContext, OpError, Operator};
-use crate::lookup::{Lookup, LookupCache, LookupTable, OnMiss};
+use super::{
+    column_list, LogicalOperator, OpContext, OpError, Operator, OperatorState, StoreError,
+    StoreRequest,
+};
+use crate::lookup::{Lookup, LookupTable, OnMiss};
+use crate::records::OFFSET_COLUMN;
+use crate::state::StoreHandle;
+use crate::window::Dropped;
 use crate::BoxError;
+use cache::{Row, RowCache};
+use replay::{Enriched, ReplayWriter, Replayed};
 
 /// Enriches rows with the columns of a lookup table.
 pub(crate) struct LookupJoin {
@@ -84,8 +97,28 @@ impl LogicalOperator for LookupJoin {
             cache: self.cache.clone(),
             on_miss: self.lookup.on_miss(),
             schema: enriched_schema(input, &table.columns())?,
+            offset_column: offset_column(input),
+            fetches: 0,
+            replayed: None,
+            writer: None,
         }))
     }
+
+    /// A store for the replay log's position: exactly-once runs log what
+    /// each batch was given.
+    fn store(&self) -> Option<StoreRequest> {
+        Some(StoreRequest {
+            name: None,
+            default_prefix: "lookup",
+            for_replay_log: true,
+        })
+    }
+}
+
+/// The index of `input`'s `_offset` column, if it has one of type Int64.
+fn offset_column(input: &SchemaRef) -> Option<usize> {
+    let index = input.index_of(OFFSET_COLUMN).ok()?;
+    (input.field(index).data_type() == &arrow::datatypes::DataType::Int64).then_some(index)
 }
 
 /// The input's columns, then the table's (nullable).
@@ -108,67 +141,6 @@ fn enriched_schema(input: &SchemaRef, columns: &SchemaRef) -> Result<SchemaRef, 
     )))
 }
 
-/// A looked-up row: row `.1` of the batch `.0` one fetch returned (the
-/// rows of a fetch share its batch).
-type Row = (RecordBatch, u32);
-
-/// A looked-up row (`None`: the key is not in the table), by key.
-#[derive(Clone)]
-struct RowCache {
-    rows: moka::sync::Cache<Arc<[u8]>, Option<Row>>,
-}
-
-/// Rows live `ttl` after they were fetched, misses `miss_ttl`.
-struct Lifetimes {
-    ttl: Duration,
-    miss_ttl: Duration,
-}
-
-impl moka::Expiry<Arc<[u8]>, Option<Row>> for Lifetimes {
-    fn expire_after_create(
-        &self,
-        _key: &Arc<[u8]>,
-        row: &Option<Row>,
-        _created_at: Instant,
-    ) -> Option<Duration> {
-        Some(if row.is_some() {
-            self.ttl
-        } else {
-            self.miss_ttl
-        })
-    }
-}
-
-impl RowCache {
-    /// The cache `settings` ask for (`None`: no cache).
-    fn new(settings: LookupCache) -> Option<Self> {
-        let entries = settings.max_entries_value();
-        if entries == 0 {
-            return None;
-        }
-        let bytes = settings.max_bytes_value().max(1);
-        // Each entry weighs at least bytes / entries, so the byte bound also
-        // bounds the entries.
-        let floor = u32::try_from((bytes / entries).max(1)).unwrap_or(u32::MAX);
-        let weigh = move |key: &Arc<[u8]>, row: &Option<Row>| {
-            // A row's share of its fetch's batch.
-            let share = |(batch, _): &Row| batch.get_array_memory_size() / batch.num_rows().max(1);
-            let size = key.len() + row.as_ref().map_or(0, share);
-            u32::try_from(size).unwrap_or(u32::MAX).max(floor)
-        };
-        let lifetimes = Lifetimes {
-            ttl: settings.ttl_value(),
-            miss_ttl: settings.miss_ttl_value(),
-        };
-        let rows = moka::sync::Cache::builder()
-            .max_capacity(bytes)
-            .weigher(weigh)
-            .expire_after(lifetimes)
-            .build();
-        Some(RowCache { rows })
-    }
-}
-
 /// The lookup of one partition.
 struct LookupOperator {
     name: Arc<str>,
@@ -178,6 +150,14 @@ struct LookupOperator {
     cache: Option<RowCache>,
     on_miss: OnMiss,
     schema: SchemaRef,
+    /// The input's `_offset` column, which replay logs need.
+    offset_column: Option<usize>,
+    /// Numbers the fetches (and the batches read back from a replay log).
+    fetches: u64,
+    /// What an earlier run gave the records this run replays.
+    replayed: Option<Replayed>,
+    /// Logs the enrichment (exactly-once runs).
+    writer: Option<ReplayWriter>,
 }
 
 /// The distinct keys of a batch.
@@ -189,7 +169,7 @@ struct Distinct {
 }
 
 impl LookupOperator {
-    async fn enrich(&self, batch: RecordBatch) -> Result<RecordBatch, OpError> {
+    async fn enrich(&mut self, batch: RecordBatch) -> Result<RecordBatch, OpError> {
         let keys = self
             .keys
             .iter()
@@ -200,20 +180,42 @@ impl LookupOperator {
             .convert_columns(&keys)
             .map_err(OpError::eval)?;
         let distinct = distinct(&keys, &rows);
-        let found = self.rows_of(&keys, &rows, &distinct.firsts).await?;
-        let looked_up = self.columns(&found, &distinct.slots)?;
-        let mut columns = batch.columns().to_vec();
-        columns.extend(looked_up);
+        let offsets = self
+            .offset_column
+            .and_then(|i| batch.column(i).as_primitive_opt::<Int64Type>().cloned());
+        let replayed = self.replayed_rows(&rows, &distinct, offsets.as_ref());
+        let found = self.rows_of(&keys, &rows, (&distinct, &replayed)).await?;
+        let used: Vec<Option<&Row>> = distinct
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(r, slot)| match replayed.get(r) {
+                Some(Some(row)) => row.as_ref(),
+                _ => slot.and_then(|s| found[s as usize].as_ref()),
+            })
+            .collect();
+        let columns = self.table.columns();
+        if let (Some(writer), Some(offsets)) = (&mut self.writer, &offsets) {
+            let enriched = Enriched {
+                offsets,
+                keys: &keys,
+                rows: &rows,
+                distinct: &distinct,
+                used: &used,
+            };
+            writer
+                .log(&enriched, |used| looked_up(&columns, used))
+                .await?;
+        }
+        self.forget_replayed(offsets.as_ref());
+        let mut all = batch.columns().to_vec();
+        all.extend(looked_up(&columns, &used)?);
         let enriched =
-            RecordBatch::try_new(Arc::clone(&self.schema), columns).map_err(OpError::eval)?;
+            RecordBatch::try_new(Arc::clone(&self.schema), all).map_err(OpError::eval)?;
         match self.on_miss {
             OnMiss::KeepNulls => Ok(enriched),
             OnMiss::Drop => {
-                let keep: BooleanArray = distinct
-                    .slots
-                    .iter()
-                    .map(|slot| Some(slot.is_some_and(|s| found[s as usize].is_some())))
-                    .collect();
+                let keep: BooleanArray = used.iter().map(|row| Some(row.is_some())).collect();
                 let dropped = keep.false_count() as u64;
                 if dropped > 0 {
                     metrics::counter!("flumen_lookup_dropped_total", "lookup" => self.name.to_string())
@@ -224,28 +226,72 @@ impl LookupOperator {
         }
     }
 
-    /// The row of each distinct key (first rows `firsts`): from the cache,
-    /// else from the table.
-    async fn rows_of(
+    /// For each row an earlier run enriched, the row it gave (`Some(None)`:
+    /// none found); empty when no row is replayed.
+    fn replayed_rows(
         &self,
+        rows: &Rows,
+        distinct: &Distinct,
+        offsets: Option<&Int64Array>,
+    ) -> Vec<Option<Option<Row>>> {
+        let (Some(replayed), Some(offsets)) = (&self.replayed, offsets) else {
+            return Vec::new();
+        };
+        distinct
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(r, slot)| {
+                let offset = offsets.is_valid(r).then(|| offsets.value(r));
+                let offset = offset.filter(|o| *o <= replayed.through)?;
+                slot?;
+                replayed.in_force(rows.row(r).as_ref(), offset).cloned()
+            })
+            .collect()
+    }
+
+    /// Drops what earlier runs gave once the stream has passed it.
+    fn forget_replayed(&mut self, offsets: Option<&Int64Array>) {
+        let last = offsets.and_then(|o| o.iter().flatten().max());
+        if let (Some(replayed), Some(last)) = (&self.replayed, last) {
+            if last >= replayed.through {
+                tracing::info!(lookup = %self.name, through = replayed.through, "replayed the enrichment of the previous run");
+                self.replayed = None;
+            }
+        }
+    }
+
+    /// The row of each distinct key some row of the batch needs afresh
+    /// (not `replayed`): from the cache, else from the table; `None` for
+    /// the others.
+    async fn rows_of(
+        &mut self,
         keys: &[ArrayRef],
         rows: &Rows,
-        firsts: &[u32],
+        (distinct, replayed): (&Distinct, &[Option<Option<Row>>]),
     ) -> Result<Vec<Option<Row>>, OpError> {
-        let mut found = Vec::with_capacity(firsts.len());
-        let mut missing = Vec::new();
-        for (slot, &first) in firsts.iter().enumerate() {
-            let key = rows.row(first as usize);
-            match self.cache.as_ref().and_then(|c| c.rows.get(key.as_ref())) {
-                Some(row) => found.push(row),
-                None => {
-                    found.push(None);
-                    missing.push((slot, first));
+        let mut wanted = vec![replayed.is_empty(); distinct.firsts.len()];
+        if !replayed.is_empty() {
+            for (r, slot) in distinct.slots.iter().enumerate() {
+                if let (Some(slot), None) = (slot, &replayed[r]) {
+                    wanted[slot as usize] = true;
                 }
             }
         }
+        let mut found = vec![None; distinct.firsts.len()];
+        let mut missing = Vec::new();
+        for (slot, &first) in distinct.firsts.iter().enumerate() {
+            if !wanted[slot] {
+                continue;
+            }
+            let key = rows.row(first as usize);
+            match self.cache.as_ref().and_then(|c| c.get(key.as_ref())) {
+                Some(row) => found[slot] = row,
+                None => missing.push((slot, first)),
+            }
+        }
         let label = || ("lookup", self.name.to_string());
-        let hits = (firsts.len() - missing.len()) as u64;
+        let hits = (wanted.iter().filter(|w| **w).count() - missing.len()) as u64;
         metrics::counter!("flumen_lookup_hits_total", &[label()]).increment(hits);
         if missing.is_empty() {
             return Ok(found);
@@ -255,8 +301,7 @@ impl LookupOperator {
         let fetched = self.fetch(keys, &indices).await?;
         for ((slot, first), row) in missing.into_iter().zip(fetched) {
             if let Some(cache) = &self.cache {
-                let key = rows.row(first as usize);
-                cache.rows.insert(key.as_ref().into(), row.clone());
+                cache.insert(rows.row(first as usize).as_ref(), row.clone());
             }
             found[slot] = row;
         }
@@ -266,7 +311,7 @@ impl LookupOperator {
     /// Fetches the keys of rows `indices` of `keys` from the table: the row
     /// of each, `None` when not found.
     async fn fetch(
-        &self,
+        &mut self,
         keys: &[ArrayRef],
         indices: &UInt32Array,
     ) -> Result<Vec<Option<Row>>, OpError> {
@@ -287,55 +332,49 @@ impl LookupOperator {
                 "a lookup table returned another number of rows than keys",
             )));
         }
+        self.fetches += 1;
+        let fetch = self.fetches;
         let found = |i: usize| fetched.found.is_valid(i) && fetched.found.value(i);
         Ok((0..asked)
-            .map(|i| found(i).then(|| (fetched.rows.clone(), i as u32)))
+            .map(|i| {
+                found(i).then(|| Row {
+                    batch: fetched.rows.clone(),
+                    index: i as u32,
+                    fetch,
+                })
+            })
             .collect())
-    }
-
-    /// The looked-up columns of every row: row `r` takes the row of its key
-    /// `slots[r]` (nulls for a null key or a key not found).
-    fn columns(
-        &self,
-        found: &[Option<Row>],
-        slots: &UInt32Array,
-    ) -> Result<Vec<ArrayRef>, OpError> {
-        // The batches the rows come from, each once; the null row after them.
-        let mut sources: Vec<&RecordBatch> = Vec::new();
-        let mut source_of: HashMap<usize, usize> = HashMap::new();
-        let mut at = Vec::with_capacity(found.len());
-        for row in found {
-            at.push(row.as_ref().map(|(batch, i)| {
-                let source = *source_of.entry(batch_id(batch)).or_insert_with(|| {
-                    sources.push(batch);
-                    sources.len() - 1
-                });
-                (source, *i as usize)
-            }));
-        }
-        let null_row = (sources.len(), 0);
-        let indices: Vec<(usize, usize)> = slots
-            .iter()
-            .map(|slot| slot.and_then(|s| at[s as usize]).unwrap_or(null_row))
-            .collect();
-        let columns = self.table.columns();
-        let mut out = Vec::with_capacity(columns.fields().len());
-        for (c, field) in columns.fields().iter().enumerate() {
-            let null = new_null_array(field.data_type(), 1);
-            let mut parts: Vec<&dyn Array> = sources.iter().map(|b| b.column(c).as_ref()).collect();
-            parts.push(null.as_ref());
-            out.push(interleave(&parts, &indices).map_err(OpError::eval)?);
-        }
-        Ok(out)
     }
 }
 
-/// Identifies a fetched batch (the rows of one fetch share its arrays).
-fn batch_id(batch: &RecordBatch) -> usize {
-    batch
-        .columns()
-        .first()
-        .map_or(0, |c| Arc::as_ptr(c) as *const () as usize)
+/// The looked-up `columns` of rows that took the rows `used` (nulls where
+/// `None`: a null key or a key not found), assembled with one interleave
+/// per column.
+fn looked_up(columns: &SchemaRef, used: &[Option<&Row>]) -> Result<Vec<ArrayRef>, OpError> {
+    // The batches the rows come from, each once; the null row after them.
+    let mut sources: Vec<&RecordBatch> = Vec::new();
+    let mut source_of: HashMap<u64, usize> = HashMap::new();
+    let null_row = |sources: &Vec<&RecordBatch>| (sources.len(), 0);
+    let mut indices = Vec::with_capacity(used.len());
+    for row in used {
+        indices.push(row.map(|row| {
+            let source = *source_of.entry(row.fetch).or_insert_with(|| {
+                sources.push(&row.batch);
+                sources.len() - 1
+            });
+            (source, row.index as usize)
+        }));
+    }
+    let null = null_row(&sources);
+    let indices: Vec<(usize, usize)> = indices.into_iter().map(|i| i.unwrap_or(null)).collect();
+    let mut out = Vec::with_capacity(columns.fields().len());
+    for (c, field) in columns.fields().iter().enumerate() {
+        let null = new_null_array(field.data_type(), 1);
+        let mut parts: Vec<&dyn Array> = sources.iter().map(|b| b.column(c).as_ref()).collect();
+        parts.push(null.as_ref());
+        out.push(interleave(&parts, &indices).map_err(OpError::eval)?);
+    }
+    Ok(out)
 }
 
 /// The distinct non-null keys of `rows` (`keys`: the key columns).
@@ -370,6 +409,51 @@ impl Operator for LookupOperator {
     ) -> BoxFuture<'a, Result<RecordBatch, OpError>> {
         Box::pin(self.enrich(batch))
     }
+
+    fn state(&mut self) -> Option<&mut dyn OperatorState> {
+        Some(self)
+    }
+}
+
+impl OperatorState for LookupOperator {
+    /// Opens the replay log, when the store keeps one, and reads back what
+    /// the previous run gave the records this run will replay.
+    fn open(&mut self, store: StoreHandle) -> Result<(), StoreError> {
+        let Some(log) = store.replay_log().cloned() else {
+            return Ok(());
+        };
+        if self.offset_column.is_none() {
+            tracing::warn!(
+                lookup = %self.name,
+                "the lookup's input has no _offset column: its enrichment is not replay-stable"
+            );
+            return Ok(());
+        }
+        let records = log.take_recovered();
+        let columns = self.table.columns();
+        let shape = replay::Shape {
+            converter: &self.converter,
+            keys: self.keys.len(),
+            columns: &columns,
+        };
+        self.replayed = match Replayed::decode(&records, &shape, &mut self.fetches) {
+            Ok(replayed) => replayed,
+            Err(error) => {
+                tracing::warn!(
+                    lookup = %self.name, %error,
+                    "the replay log cannot be read back; records the previous run processed \
+                     without committing are looked up afresh"
+                );
+                None
+            }
+        };
+        self.writer = Some(ReplayWriter::new(log, store));
+        Ok(())
+    }
+
+    fn dropped(&self) -> Dropped {
+        Dropped::default()
+    }
 }
 
 #[cfg(test)]
@@ -381,7 +465,8 @@ mod tests {
 
     use super::*;
     use crate::expr::col;
-    use crate::lookup::Fetched;
+    use crate::lookup::{Fetched, LookupCache};
+    use std::time::Duration;
 
     /// Devices and their sites; counts the keys it is asked for.
     struct Sites {
