@@ -82,6 +82,13 @@ impl ReplayLog {
         position: Option<i64>,
     ) -> Result<Self> {
         let recovered = read_from(clients, (topic, partition), position).await?;
+        tracing::info!(
+            topic,
+            partition,
+            ?position,
+            records = recovered.len(),
+            "replay log opened"
+        );
         Ok(ReplayLog {
             clients: Arc::clone(clients),
             topic: topic.to_string(),
@@ -141,7 +148,7 @@ async fn read_from(
     let topic = topic.to_string();
     blocking("reading the replay log", move || {
         let (first, end) = clients.admin.watermarks(&topic, partition)?;
-        if position.unwrap_or(end) >= end {
+        if position.unwrap_or(first) >= end {
             return Ok(Vec::new());
         }
         if let Some(position) = position.filter(|p| *p < first) {

@@ -11,7 +11,7 @@ use arrow::datatypes::{DataType, Field, Schema};
 use flumen::lookup::LookupCache;
 use flumen::prelude::*;
 use flumen_cassandra::CassandraLookup;
-use flumen_testkit::topics::TestRecord;
+use flumen_testkit::topics::{ReadRecord, TestRecord};
 use flumen_testkit::{unique_name, DevCassandra, DevStack, OutageProxy};
 use scylla::client::session::Session;
 use serde_json::Value;
@@ -101,7 +101,7 @@ async fn enriched(stack: &DevStack, output: &str) -> BTreeMap<(String, i64), Val
 }
 
 /// The enrichment of each (device, wave) in `records`; each once.
-fn enrichment_of(records: Vec<TestRecord>) -> BTreeMap<(String, i64), Value> {
+fn enrichment_of(records: Vec<ReadRecord>) -> BTreeMap<(String, i64), Value> {
     let mut seen = BTreeMap::new();
     for record in records {
         let json = record.json();
@@ -242,11 +242,12 @@ async fn an_unreachable_cassandra_stalls_the_stream_without_wrong_enrichment() {
     assert_eq!(seen.len(), total as usize, "every reading once");
 }
 
-/// Exactly-once: a run enriches a wave of readings and is killed before it
-/// commits; then every device moves. The next run, on an empty state
-/// directory (as another instance taking over would be), replays the wave
-/// with the rows the killed run gave it, read back from the lookup's replay
-/// log, and looks up the readings after it afresh.
+/// Exactly-once: a run enriches and commits wave 1 and is killed; the next
+/// run enriches wave 2 and is killed before it commits; then every device
+/// moves. The third run, on an empty state directory (as another instance
+/// taking over would be), replays wave 2 with the rows the killed run gave
+/// it, read back from the lookup's replay log from the position the first
+/// run committed, and looks wave 3 up afresh.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_wave_keeps_the_enrichment_the_killed_run_gave_it() {
     let stack = DevStack::start().expect("dev stack");
@@ -261,6 +262,7 @@ async fn a_replayed_wave_keeps_the_enrichment_the_killed_run_gave_it() {
     stack.create_topic(&input, 2).await.expect("input");
     stack.create_topic(&output, 2).await.expect("output");
     let group = unique_name("g");
+    let state = tempfile::tempdir().expect("state dir");
     let run = |state: &std::path::Path, commit_interval: Duration| {
         let app = builder(&stack, &group)
             .processing_guarantee(ProcessingGuarantee::ExactlyOnce)
@@ -272,17 +274,19 @@ async fn a_replayed_wave_keeps_the_enrichment_the_killed_run_gave_it() {
         pipeline(&app, lookup, (&input, &output));
         start(app)
     };
+    let wave = |n: u32| stack.produce(&input, readings(DEVICES, n));
 
-    let killed_state = tempfile::tempdir().expect("state dir");
-    let never_commits = run(killed_state.path(), Duration::from_secs(3_600));
+    let commits = run(state.path(), Duration::from_millis(100));
+    wave(1).await.expect("produce");
+    committed_records(&stack, &output, DEVICES).await;
+    commits.stop.kill();
+    let _ = commits.finish().await;
+    let never_commits = run(state.path(), Duration::from_secs(3_600));
+    wave(2).await.expect("produce");
     stack
-        .produce(&input, readings(DEVICES, 1))
+        .wait_for_count(&output, 2 * DEVICES, DEADLINE)
         .await
-        .expect("produce");
-    stack
-        .wait_for_count(&output, DEVICES, DEADLINE)
-        .await
-        .expect("wave 1 enriched, not committed");
+        .expect("wave 2 enriched, not committed");
     never_commits.stop.kill();
     let _ = never_commits.finish().await;
     let mut after = BTreeMap::new();
@@ -292,28 +296,25 @@ async fn a_replayed_wave_keeps_the_enrichment_the_killed_run_gave_it() {
         after.insert(device.clone(), moved);
     }
 
-    let state = tempfile::tempdir().expect("state dir");
-    let running = run(state.path(), Duration::from_millis(100));
-    stack
-        .produce(&input, readings(DEVICES, 2))
-        .await
-        .expect("produce");
-    let committed = committed_records(&stack, &output, 2 * DEVICES).await;
+    let elsewhere = tempfile::tempdir().expect("state dir");
+    let running = run(elsewhere.path(), Duration::from_millis(100));
+    wave(3).await.expect("produce");
+    let committed = committed_records(&stack, &output, 3 * DEVICES).await;
     running.stop().await.expect("run");
 
     let seen = enrichment_of(committed);
     let nulls = serde_json::json!({"site": null, "max_temp": null});
     for ((device, wave), looked_up) in &seen {
-        let rows = if *wave == 1 { &before } else { &after };
+        let rows = if *wave < 3 { &before } else { &after };
         let expected = rows.get(device).unwrap_or(&nulls);
         assert_eq!(looked_up, expected, "{device} wave {wave}");
     }
-    assert_eq!(seen.len(), 2 * DEVICES, "every reading once");
+    assert_eq!(seen.len(), 3 * DEVICES, "every reading once");
 }
 
 /// The records of `output` a `read_committed` consumer sees, once there are
 /// `count`.
-async fn committed_records(stack: &DevStack, output: &str, count: usize) -> Vec<TestRecord> {
+async fn committed_records(stack: &DevStack, output: &str, count: usize) -> Vec<ReadRecord> {
     let started = Instant::now();
     loop {
         let records = stack

@@ -46,8 +46,11 @@ pub(super) struct Replayed {
     pub(super) through: i64,
     /// Per key, `(from offset, row)` in offset order; for equal offsets the
     /// earliest run first.
-    entries: HashMap<Box<[u8]>, Vec<(i64, Option<Row>)>>,
+    entries: HashMap<Box<[u8]>, RowsFrom>,
 }
+
+/// The rows a key had, each with the offset from which it applied.
+type RowsFrom = Vec<(i64, Option<Row>)>;
 
 /// What a replay log holds must match what the lookup gives now.
 pub(super) struct Shape<'a> {
