@@ -6,8 +6,8 @@
 //! looked up once, in the engine's cache first ([`LookupCache`]: bounded by
 //! entries and bytes, with a time to live for rows and one for misses), and
 //! the rest in one [`LookupTable::fetch`]. Rows keep their order. A row whose
-//! key is not found keeps nulls in the looked-up columns, or is dropped
-//! ([`OnMiss`]).
+//! key is not found keeps nulls in the looked-up columns, is dropped, or
+//! goes to a dead-letter topic ([`OnMiss`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,13 +66,19 @@ pub struct Fetched {
 }
 
 /// What becomes of a row whose key is not in the table (or is null).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum OnMiss {
     /// Keep the row, with nulls in the looked-up columns.
     #[default]
     KeepNulls,
     /// Drop the row and count it (`flumen_lookup_dropped_total`).
     Drop,
+    /// Drop the row, count it, and write its source record unchanged to
+    /// this topic (which must exist), with the headers `flumen.error.kind`
+    /// = `lookup-miss`, `flumen.error.reason` and
+    /// `flumen.source.{topic,partition,offset}`. Needs the `_offset`
+    /// column in the lookup's input.
+    DeadLetter(String),
 }
 
 /// The cache in front of a lookup table, shared by the partitions of a run.

@@ -303,7 +303,7 @@ impl Lookup for CassandraLookup {
     }
 
     fn on_miss(&self) -> OnMiss {
-        self.on_miss
+        self.on_miss.clone()
     }
 
     fn open(&self) -> BoxFuture<'_, Result<Arc<dyn LookupTable>, BoxError>> {

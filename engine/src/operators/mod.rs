@@ -139,18 +139,51 @@ pub(crate) enum StoreError {
 #[derive(Debug, Default)]
 pub(crate) struct OpContext {
     heartbeat: Option<i64>,
-    late: Vec<LateRecord>,
+    dead_letters: Vec<DeadLetter>,
 }
 
-/// A source record an operator found late, for a dead-letter topic.
+/// A source record an operator sends to a dead-letter topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct LateRecord {
+pub(crate) struct DeadLetter {
     /// The topic it goes to.
     pub(crate) topic: Arc<str>,
     /// Its source offset.
     pub(crate) offset: i64,
-    /// The watermark it met.
-    pub(crate) watermark: i64,
+    /// Why the operator did not use it.
+    pub(crate) reason: DeadLetterReason,
+}
+
+/// Why an operator sent a record to a dead-letter topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum DeadLetterReason {
+    /// It arrived after a window it belongs to had closed, at `watermark`.
+    Late { watermark: i64 },
+    /// `lookup` found no row for its key (or the key was null).
+    LookupMiss { lookup: Arc<str> },
+}
+
+impl DeadLetterReason {
+    /// The headers that say why (`flumen.error.kind`, `flumen.error.reason`
+    /// and details).
+    pub(crate) fn headers(&self) -> Vec<(&'static str, String)> {
+        match self {
+            DeadLetterReason::Late { watermark } => vec![
+                ("flumen.error.kind", "late".into()),
+                (
+                    "flumen.error.reason",
+                    "the record arrived after at least one of its windows had closed".into(),
+                ),
+                ("flumen.watermark", watermark.to_string()),
+            ],
+            DeadLetterReason::LookupMiss { lookup } => vec![
+                ("flumen.error.kind", "lookup-miss".into()),
+                (
+                    "flumen.error.reason",
+                    format!("{lookup} has no row for the record's key (or the key is null)"),
+                ),
+            ],
+        }
+    }
 }
 
 impl OpContext {
@@ -159,7 +192,7 @@ impl OpContext {
     pub(crate) fn new(heartbeat: Option<i64>) -> Self {
         OpContext {
             heartbeat,
-            late: Vec::new(),
+            dead_letters: Vec::new(),
         }
     }
 
@@ -168,14 +201,14 @@ impl OpContext {
         self.heartbeat
     }
 
-    /// Sends a late source record to a dead-letter topic.
-    pub(crate) fn late_record(&mut self, record: LateRecord) {
-        self.late.push(record);
+    /// Sends a source record to a dead-letter topic (in offset order).
+    pub(crate) fn dead_letter(&mut self, record: DeadLetter) {
+        self.dead_letters.push(record);
     }
 
-    /// The late records since the last call, in offset order.
-    pub(crate) fn take_late(&mut self) -> Vec<LateRecord> {
-        std::mem::take(&mut self.late)
+    /// The dead letters since the last call, in offset order.
+    pub(crate) fn take_dead_letters(&mut self) -> Vec<DeadLetter> {
+        std::mem::take(&mut self.dead_letters)
     }
 }
 

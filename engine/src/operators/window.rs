@@ -18,8 +18,8 @@ use futures::future::BoxFuture;
 
 use super::expr::{compile, evaluate};
 use super::{
-    LateRecord, LogicalOperator, OpContext, OpError, Operator, OperatorState, StoreError,
-    StoreRequest,
+    DeadLetter, DeadLetterReason, LogicalOperator, OpContext, OpError, Operator, OperatorState,
+    StoreError, StoreRequest,
 };
 use crate::plan::WindowSpec;
 use crate::state::StoreHandle;
@@ -127,10 +127,10 @@ impl WindowOperator {
             .apply(&mut self.core, batch, ctx.heartbeat())?;
         if let Some(topic) = &self.late_topic {
             for (offset, watermark) in late {
-                ctx.late_record(LateRecord {
+                ctx.dead_letter(DeadLetter {
                     topic: Arc::clone(topic),
                     offset,
-                    watermark,
+                    reason: DeadLetterReason::Late { watermark },
                 });
             }
         }

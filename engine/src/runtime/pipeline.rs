@@ -10,7 +10,7 @@ use datafusion::prelude::SessionContext;
 use flumen_kafka::{headers_with, DeliveryBatch, OutRecord, Producer, RawBatch};
 use flumen_state::WriteBatch;
 
-use crate::operators::{LateRecord, OpContext, OpError, Operator, StoreError};
+use crate::operators::{DeadLetter, OpContext, OpError, Operator, StoreError};
 use crate::plan::physical::PhysicalPlan;
 use crate::plan::{Output, SinkSpec};
 use crate::runtime::event_time::{now_ms, EventTimeBound};
@@ -374,32 +374,25 @@ impl PartitionPipeline {
             .map_err(Error::from)
     }
 
-    /// Writes the source records an operator found late to their dead-letter topics.
-    async fn dead_letter_late(
+    /// Writes the source records an operator did not use to their
+    /// dead-letter topics.
+    async fn write_dead_letters(
         &self,
         raw: &RawBatch,
-        late: &[LateRecord],
+        dead_letters: &[DeadLetter],
         ack: &Arc<DeliveryBatch>,
     ) -> Result<()> {
         let mut index = 0;
-        for record in late {
-            let (offset, watermark) = (record.offset, record.watermark);
-            // Offsets ascend in both the batch and `late`.
-            while index < raw.len() && raw.offset(index) < offset {
+        for record in dead_letters {
+            // Offsets ascend in both the batch and `dead_letters`.
+            while index < raw.len() && raw.offset(index) < record.offset {
                 index += 1;
             }
-            if index >= raw.len() || raw.offset(index) != offset {
-                return Err(Error::Internal("a late record is not in its batch"));
+            if index >= raw.len() || raw.offset(index) != record.offset {
+                return Err(Error::Internal("a dead letter is not in its batch"));
             }
-            let watermark = watermark.to_string();
-            let extra = [
-                ("flumen.error.kind", "late"),
-                (
-                    "flumen.error.reason",
-                    "the record arrived after at least one of its windows had closed",
-                ),
-                ("flumen.watermark", watermark.as_str()),
-            ];
+            let headers = record.reason.headers();
+            let extra: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
             self.dead_letter(&record.topic, raw, index, &extra, ack)
                 .await?;
             self.stats.add_out(&record.topic, 1);
@@ -460,7 +453,8 @@ impl PartitionPipeline {
                 .set_dropped(at.topic, at.partition, node, dropped);
         }
         if let Some(raw) = at.raw {
-            self.dead_letter_late(raw, &ctx.take_late(), ack).await?;
+            self.write_dead_letters(raw, &ctx.take_dead_letters(), ack)
+                .await?;
         }
         Ok(out)
     }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::{builder, start, wait_until, DEADLINE};
 use arrow::datatypes::{DataType, Field, Schema};
-use flumen::lookup::LookupCache;
+use flumen::lookup::{LookupCache, OnMiss};
 use flumen::prelude::*;
 use flumen_cassandra::CassandraLookup;
 use flumen_testkit::topics::{ReadRecord, TestRecord};
@@ -331,4 +331,67 @@ async fn committed_records(stack: &DevStack, output: &str, count: usize) -> Vec<
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// `OnMiss::DeadLetter`: readings of devices missing from the table go,
+/// unchanged, to the dead-letter topic with the reason in their headers;
+/// the others are enriched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readings_of_missing_devices_go_to_the_dead_letter_topic() {
+    let stack = DevStack::start().expect("dev stack");
+    let cassandra = DevCassandra::start().expect("cassandra");
+    let session = cassandra.session().await.expect("session");
+    let keyspace = cassandra
+        .create_keyspace(&session, "lookup")
+        .await
+        .expect("keyspace");
+    let (table, expected) = devices_table(&session, &keyspace, DEVICES).await;
+    let (input, output, misses) = (
+        unique_name("readings"),
+        unique_name("enriched"),
+        unique_name("misses"),
+    );
+    for topic in [&input, &output, &misses] {
+        stack.create_topic(topic, 2).await.expect("topic");
+    }
+    let app = builder(&stack, &unique_name("g")).build().expect("app");
+    let lookup = CassandraLookup::table(&table)
+        .nodes(cassandra.nodes())
+        .on_miss(OnMiss::DeadLetter(misses.clone()));
+    pipeline(&app, lookup, (&input, &output));
+    let running = start(app);
+    stack
+        .produce(&input, readings(DEVICES, 1))
+        .await
+        .expect("produce");
+    let missing = DEVICES - expected.len();
+    stack
+        .wait_for_count(&misses, missing, DEADLINE)
+        .await
+        .expect("dead letters");
+    stack
+        .wait_for_count(&output, expected.len(), DEADLINE)
+        .await
+        .expect("enriched");
+    running.stop().await.expect("run");
+
+    let seen = enriched(&stack, &output).await;
+    let found: Vec<&String> = seen.keys().map(|(device, _)| device).collect();
+    assert_eq!(found, expected.keys().collect::<Vec<_>>(), "found devices");
+    let letters = stack.read_all(&misses, DEADLINE).await.expect("read");
+    let mut devices: Vec<String> = letters
+        .iter()
+        .map(|l| {
+            assert_eq!(l.header("flumen.error.kind"), Some("lookup-miss"));
+            assert_eq!(l.header("flumen.source.topic"), Some(input.as_str()));
+            l.json()["device"].as_str().unwrap_or_default().to_string()
+        })
+        .collect();
+    devices.sort();
+    let mut absent: Vec<String> = (0..DEVICES)
+        .map(|n| format!("dev-{n}"))
+        .filter(|d| !expected.contains_key(d))
+        .collect();
+    absent.sort();
+    assert_eq!(devices, absent, "each missing device's reading once");
 }

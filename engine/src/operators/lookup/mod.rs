@@ -22,8 +22,8 @@ mod replay;
 
 use super::expr::{compile, evaluate};
 use super::{
-    column_list, LogicalOperator, OpContext, OpError, Operator, OperatorState, StoreError,
-    StoreRequest,
+    column_list, DeadLetter, DeadLetterReason, LogicalOperator, OpContext, OpError, Operator,
+    OperatorState, StoreError, StoreRequest,
 };
 use crate::lookup::{Lookup, LookupTable, OnMiss};
 use crate::records::OFFSET_COLUMN;
@@ -89,19 +89,34 @@ impl LogicalOperator for LookupJoin {
             })
             .collect::<Result<Vec<_>, OpError>>()?;
         let converter = RowConverter::new(key_fields).map_err(OpError::eval)?;
+        let on_miss = self.lookup.on_miss();
+        if matches!(on_miss, OnMiss::DeadLetter(_)) && offset_column(input).is_none() {
+            return Err(OpError::Plan(format!(
+                "OnMiss::DeadLetter needs the {OFFSET_COLUMN} column to find the source \
+                 records, and the lookup's input has none ({})",
+                column_list(input)
+            )));
+        }
         Ok(Box::new(LookupOperator {
             name: Arc::from(self.lookup.name()),
             keys,
             converter,
             table: Arc::clone(table),
             cache: self.cache.clone(),
-            on_miss: self.lookup.on_miss(),
+            on_miss,
             schema: enriched_schema(input, &table.columns())?,
             offset_column: offset_column(input),
             fetches: 0,
             replayed: None,
             writer: None,
         }))
+    }
+
+    fn dead_letter_topic(&self) -> Option<(String, String)> {
+        match self.lookup.on_miss() {
+            OnMiss::DeadLetter(topic) => Some((topic, "lookup-miss dead-letter".into())),
+            OnMiss::KeepNulls | OnMiss::Drop => None,
+        }
     }
 
     /// A store for the replay log's position: exactly-once runs log what
@@ -169,7 +184,11 @@ struct Distinct {
 }
 
 impl LookupOperator {
-    async fn enrich(&mut self, batch: RecordBatch) -> Result<RecordBatch, OpError> {
+    async fn enrich(
+        &mut self,
+        batch: RecordBatch,
+        ctx: &mut OpContext,
+    ) -> Result<RecordBatch, OpError> {
         let keys = self
             .keys
             .iter()
@@ -212,18 +231,43 @@ impl LookupOperator {
         all.extend(looked_up(&columns, &used)?);
         let enriched =
             RecordBatch::try_new(Arc::clone(&self.schema), all).map_err(OpError::eval)?;
-        match self.on_miss {
-            OnMiss::KeepNulls => Ok(enriched),
-            OnMiss::Drop => {
-                let keep: BooleanArray = used.iter().map(|row| Some(row.is_some())).collect();
-                let dropped = keep.false_count() as u64;
-                if dropped > 0 {
-                    metrics::counter!("flumen_lookup_dropped_total", "lookup" => self.name.to_string())
-                        .increment(dropped);
-                }
-                filter_record_batch(&enriched, &keep).map_err(OpError::eval)
+        self.apply_misses(enriched, &used, offsets.as_ref(), ctx)
+    }
+
+    /// Drops the rows that found no row (`used`), unless misses keep
+    /// nulls, and sends their source records to the dead-letter topic if
+    /// there is one.
+    fn apply_misses(
+        &self,
+        enriched: RecordBatch,
+        used: &[Option<&Row>],
+        offsets: Option<&Int64Array>,
+        ctx: &mut OpContext,
+    ) -> Result<RecordBatch, OpError> {
+        if self.on_miss == OnMiss::KeepNulls {
+            return Ok(enriched);
+        }
+        let keep: BooleanArray = used.iter().map(|row| Some(row.is_some())).collect();
+        let dropped = keep.false_count() as u64;
+        if dropped == 0 {
+            return Ok(enriched);
+        }
+        metrics::counter!("flumen_lookup_dropped_total", "lookup" => self.name.to_string())
+            .increment(dropped);
+        if let (OnMiss::DeadLetter(topic), Some(offsets)) = (&self.on_miss, offsets) {
+            let topic: Arc<str> = Arc::from(topic.as_str());
+            let missed = used.iter().zip(offsets.iter());
+            for offset in missed.filter_map(|(row, offset)| offset.filter(|_| row.is_none())) {
+                ctx.dead_letter(DeadLetter {
+                    topic: Arc::clone(&topic),
+                    offset,
+                    reason: DeadLetterReason::LookupMiss {
+                        lookup: Arc::clone(&self.name),
+                    },
+                });
             }
         }
+        filter_record_batch(&enriched, &keep).map_err(OpError::eval)
     }
 
     /// For each row an earlier run enriched, the row it gave (`Some(None)`:
@@ -405,9 +449,9 @@ impl Operator for LookupOperator {
     fn process<'a>(
         &'a mut self,
         batch: RecordBatch,
-        _ctx: &'a mut OpContext,
+        ctx: &'a mut OpContext,
     ) -> BoxFuture<'a, Result<RecordBatch, OpError>> {
-        Box::pin(self.enrich(batch))
+        Box::pin(self.enrich(batch, ctx))
     }
 
     fn state(&mut self) -> Option<&mut dyn OperatorState> {
@@ -507,13 +551,13 @@ mod tests {
             self.cache
         }
         fn on_miss(&self) -> OnMiss {
-            self.on_miss
+            self.on_miss.clone()
         }
         fn open(&self) -> BoxFuture<'_, Result<Arc<dyn LookupTable>, BoxError>> {
             let table = Sites {
                 asked: Arc::clone(&self.asked),
                 cache: self.cache,
-                on_miss: self.on_miss,
+                on_miss: self.on_miss.clone(),
             };
             Box::pin(async move { Ok(Arc::new(table) as Arc<dyn LookupTable>) })
         }
@@ -600,6 +644,47 @@ mod tests {
         let (mut op, _) = planned(LookupCache::default(), OnMiss::Drop).await;
         let got = sites(&mut op, &[Some("nope"), Some("dev-1"), None]).await;
         assert_eq!(got, vec![Some("site-of-dev-1".to_string())]);
+    }
+
+    #[tokio::test]
+    async fn misses_go_to_the_dead_letter_topic_with_their_source_offsets() {
+        let on_miss = OnMiss::DeadLetter("misses".into());
+        let join = LookupJoin::new(Arc::new(Sites {
+            asked: Arc::default(),
+            cache: LookupCache::default(),
+            on_miss: on_miss.clone(),
+        }));
+        join.connect().await.unwrap_or_else(|e| panic!("{e}"));
+        let ctx = Arc::new(SessionContext::new());
+        let refused = join.plan(&devices(&[]).schema(), &ctx).err();
+        let refused = refused.map(|e| e.to_string()).unwrap_or_default();
+        assert!(refused.contains("needs the _offset column"), "{refused}");
+        assert_eq!(
+            join.dead_letter_topic().map(|(topic, _)| topic),
+            Some("misses".to_string())
+        );
+
+        let names = Arc::new(StringArray::from(vec![Some("nope"), Some("dev-1"), None]));
+        let offsets = Arc::new(arrow::array::Int64Array::from(vec![7, 8, 9]));
+        let batch = RecordBatch::try_from_iter_with_nullable([
+            ("device", names as ArrayRef, true),
+            (OFFSET_COLUMN, offsets as ArrayRef, false),
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mut op = join
+            .plan(batch.schema_ref(), &ctx)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut context = OpContext::default();
+        let out = op
+            .process(batch, &mut context)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(out.num_rows(), 1, "only dev-1 is kept");
+        let letters = context.take_dead_letters();
+        let offsets: Vec<i64> = letters.iter().map(|l| l.offset).collect();
+        assert_eq!(offsets, vec![7, 9], "the miss and the null key");
+        let headers = letters[0].reason.headers();
+        assert!(headers.contains(&("flumen.error.kind", "lookup-miss".to_string())));
     }
 
     #[tokio::test]
