@@ -53,6 +53,22 @@ pub trait LookupTable: Send + Sync + 'static {
     /// key's row and whether it was found. May wait (backpressure) and
     /// retry; an error stops the application.
     fn fetch(&self, keys: RecordBatch) -> BoxFuture<'_, Result<Fetched, BoxError>>;
+
+    /// Reads the whole table for [`LookupCache::preload`]: every key once
+    /// (its first row), `None` when the table cannot be scanned (the
+    /// default).
+    fn scan(&self) -> BoxFuture<'_, Result<Option<Scanned>, BoxError>> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
+}
+
+/// A whole table, as [`LookupTable::scan`] read it.
+#[derive(Debug, Clone)]
+pub struct Scanned {
+    /// One column per key expression (in their order), one row per key.
+    pub keys: RecordBatch,
+    /// The key's row, with [`LookupTable::columns`].
+    pub rows: RecordBatch,
 }
 
 /// What a [`LookupTable::fetch`] found.
@@ -106,6 +122,7 @@ pub struct LookupCache {
     max_bytes: u64,
     ttl: Duration,
     miss_ttl: Duration,
+    preload: Option<Duration>,
 }
 
 impl Default for LookupCache {
@@ -116,6 +133,7 @@ impl Default for LookupCache {
             max_bytes: 256 << 20,
             ttl: Duration::from_secs(60),
             miss_ttl: Duration::from_secs(10),
+            preload: None,
         }
     }
 }
@@ -151,6 +169,21 @@ impl LookupCache {
     pub fn miss_ttl(mut self, ttl: Duration) -> Self {
         self.miss_ttl = ttl;
         self
+    }
+
+    /// Loads the whole table into memory when the application starts
+    /// ([`LookupTable::scan`]) and again every `refresh`; batches then
+    /// read no keys from the table, and a key not in the last scan is a
+    /// miss. For small dimension tables: an update shows after at most
+    /// `refresh` plus the time of a scan. The other settings do not apply.
+    pub fn preload(mut self, refresh: Duration) -> Self {
+        self.preload = Some(refresh);
+        self
+    }
+
+    /// The refresh interval of a preloaded table (`None`: not preloaded).
+    pub fn preload_value(&self) -> Option<Duration> {
+        self.preload
     }
 
     /// The bound on keys.

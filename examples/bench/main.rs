@@ -80,9 +80,10 @@ struct Args {
     /// source-raw and source (not by default: a table of --source-rows rows
     /// scanned by the driver alone (s0) and published into Kafka by
     /// CassandraSource's snapshot (s)), lookup, lookup-raw and
-    /// lookup-nocache (not by default: (c) with a Cassandra lookup of each
-    /// device (l), the driver alone reading devices by key (l0), (l) without
-    /// a cache (l1)).
+    /// lookup-nocache, lookup-eos (not by default: (c) with a Cassandra
+    /// lookup of each device (l), the driver alone reading devices by key
+    /// (l0), (l) without a cache (l1), (l) exactly-once, with the lookup's
+    /// replay log (l2)).
     #[arg(
         long,
         default_value = "raw,stateless,tumbling,tumbling-eos,hopping,cassandra-raw,cassandra,quix"
@@ -600,6 +601,7 @@ enum Pipeline {
     Cassandra,
     Lookup,
     LookupNoCache,
+    LookupExactlyOnce,
 }
 
 impl Pipeline {
@@ -612,6 +614,7 @@ impl Pipeline {
             Pipeline::Cassandra => "e tumbling -> cassandra",
             Pipeline::Lookup => "l (c) with a lookup",
             Pipeline::LookupNoCache => "l1 (l) without a cache",
+            Pipeline::LookupExactlyOnce => "l2 (l) exactly-once (replay log)",
         }
     }
 }
@@ -624,7 +627,8 @@ async fn run_pipeline(
     cassandra: &str,
 ) -> Result<Measured, BoxError> {
     let state = tempfile::tempdir()?;
-    let guarantee = if pipeline == Pipeline::TumblingExactlyOnce {
+    let exactly_once = [Pipeline::TumblingExactlyOnce, Pipeline::LookupExactlyOnce];
+    let guarantee = if exactly_once.contains(&pipeline) {
         ProcessingGuarantee::ExactlyOnce
     } else {
         ProcessingGuarantee::AtLeastOnce
@@ -667,10 +671,10 @@ async fn run_pipeline(
             .agg(flumen_examples::temperature_aggregations())
             .final_()
             .to_topic(Topic::json(&output)),
-        Pipeline::Lookup | Pipeline::LookupNoCache => {
+        Pipeline::Lookup | Pipeline::LookupNoCache | Pipeline::LookupExactlyOnce => {
             let cache = match pipeline {
-                Pipeline::Lookup => LookupCache::default(),
-                _ => LookupCache::disabled(),
+                Pipeline::LookupNoCache => LookupCache::disabled(),
+                _ => LookupCache::default(),
             };
             lookup::enriched(&frame, cassandra, cache)
                 .tumbling_window(Duration::from_secs(10))
@@ -846,7 +850,7 @@ async fn main() -> Result<(), BoxError> {
 }
 
 /// The scenarios in the order they run.
-const SCENARIOS: [&str; 14] = [
+const SCENARIOS: [&str; 15] = [
     "raw",
     "stateless",
     "tumbling",
@@ -855,6 +859,7 @@ const SCENARIOS: [&str; 14] = [
     "lookup",
     "lookup-raw",
     "lookup-nocache",
+    "lookup-eos",
     "cassandra-raw",
     "cassandra",
     "quix",
@@ -985,6 +990,7 @@ impl Scenarios<'_> {
             "cassandra" => pipeline(Pipeline::Cassandra).await?,
             "lookup" => pipeline(Pipeline::Lookup).await?,
             "lookup-nocache" => pipeline(Pipeline::LookupNoCache).await?,
+            "lookup-eos" => pipeline(Pipeline::LookupExactlyOnce).await?,
             "lookup-raw" => match &self.sessions.raw_read {
                 Some(session) => lookup::raw_reads(session, args.devices).await?,
                 None => return Ok(None),

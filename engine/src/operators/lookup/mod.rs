@@ -18,6 +18,7 @@ use futures::future::BoxFuture;
 use tokio::sync::OnceCell;
 
 mod cache;
+mod preload;
 mod replay;
 
 use super::expr::{compile, evaluate};
@@ -31,6 +32,7 @@ use crate::state::StoreHandle;
 use crate::window::Dropped;
 use crate::BoxError;
 use cache::{Row, RowCache};
+use preload::{Preload, PreloadIndex};
 use replay::{Enriched, ReplayWriter, Replayed};
 
 /// Enriches rows with the columns of a lookup table.
@@ -38,16 +40,34 @@ pub(crate) struct LookupJoin {
     lookup: Arc<dyn Lookup>,
     table: OnceCell<Arc<dyn LookupTable>>,
     cache: Option<RowCache>,
+    /// The whole table, when it is preloaded.
+    preload: Option<Arc<Preload>>,
 }
 
 impl LookupJoin {
     pub(crate) fn new(lookup: Arc<dyn Lookup>) -> Self {
-        let cache = RowCache::new(lookup.cache());
+        let settings = lookup.cache();
+        let preload = settings.preload_value().map(|_| Arc::default());
+        let cache = RowCache::new(settings).filter(|_| preload.is_none());
         LookupJoin {
             lookup,
             table: OnceCell::new(),
             cache,
+            preload,
         }
+    }
+
+    /// Opens the table and, when it is preloaded, scans it (once per
+    /// application).
+    async fn open(&self) -> Result<Arc<dyn LookupTable>, BoxError> {
+        let table = self.lookup.open().await?;
+        let refresh = self.lookup.cache().preload_value();
+        if let (Some(preload), Some(refresh)) = (&self.preload, refresh) {
+            preload
+                .start(&table, (&self.lookup.name(), refresh))
+                .await?;
+        }
+        Ok(table)
     }
 }
 
@@ -58,7 +78,7 @@ impl LogicalOperator for LookupJoin {
 
     fn connect(&self) -> BoxFuture<'_, Result<(), BoxError>> {
         Box::pin(async {
-            self.table.get_or_try_init(|| self.lookup.open()).await?;
+            self.table.get_or_try_init(|| self.open()).await?;
             Ok(())
         })
     }
@@ -80,14 +100,11 @@ impl LogicalOperator for LookupJoin {
             .iter()
             .map(|key| Ok(compile(ctx, key, input)?.0))
             .collect::<Result<Vec<_>, OpError>>()?;
-        let key_fields = keys
+        let key_types = keys
             .iter()
-            .map(|k| {
-                Ok(SortField::new(
-                    k.data_type(input).map_err(OpError::Compile)?,
-                ))
-            })
+            .map(|k| k.data_type(input).map_err(OpError::Compile))
             .collect::<Result<Vec<_>, OpError>>()?;
+        let key_fields = key_types.iter().cloned().map(SortField::new).collect();
         let converter = RowConverter::new(key_fields).map_err(OpError::eval)?;
         let on_miss = self.lookup.on_miss();
         if matches!(on_miss, OnMiss::DeadLetter(_)) && offset_column(input).is_none() {
@@ -101,8 +118,11 @@ impl LogicalOperator for LookupJoin {
             name: Arc::from(self.lookup.name()),
             keys,
             converter,
+            key_types,
             table: Arc::clone(table),
             cache: self.cache.clone(),
+            preload: self.preload.clone(),
+            preloaded: None,
             on_miss,
             schema: enriched_schema(input, &table.columns())?,
             offset_column: offset_column(input),
@@ -161,8 +181,14 @@ struct LookupOperator {
     name: Arc<str>,
     keys: Vec<Arc<dyn PhysicalExpr>>,
     converter: RowConverter,
+    /// The types of the key expressions.
+    key_types: Vec<arrow::datatypes::DataType>,
     table: Arc<dyn LookupTable>,
     cache: Option<RowCache>,
+    /// The whole table, when it is preloaded ...
+    preload: Option<Arc<Preload>>,
+    /// ... and this partition's index of its latest scan.
+    preloaded: Option<PreloadIndex>,
     on_miss: OnMiss,
     schema: SchemaRef,
     /// The input's `_offset` column, which replay logs need.
@@ -322,6 +348,9 @@ impl LookupOperator {
                 }
             }
         }
+        if self.preload.is_some() {
+            return self.preloaded_rows(rows, &distinct.firsts, &wanted);
+        }
         let mut found = vec![None; distinct.firsts.len()];
         let mut missing = Vec::new();
         for (slot, &first) in distinct.firsts.iter().enumerate() {
@@ -349,6 +378,43 @@ impl LookupOperator {
             }
             found[slot] = row;
         }
+        Ok(found)
+    }
+
+    /// The row of each `wanted` distinct key (first rows `firsts`) in the
+    /// latest scan of a preloaded table.
+    fn preloaded_rows(
+        &mut self,
+        rows: &Rows,
+        firsts: &[u32],
+        wanted: &[bool],
+    ) -> Result<Vec<Option<Row>>, OpError> {
+        let latest = self.preload.as_ref().and_then(|p| p.latest());
+        let Some(latest) = latest else {
+            return Err(OpError::eval(crate::Error::Internal(
+                "a preloaded lookup table was not scanned",
+            )));
+        };
+        if self.preloaded.as_ref().map(|p| p.generation) != Some(latest.generation()) {
+            self.fetches += 1;
+            let key = (&self.converter, self.key_types.as_slice());
+            self.preloaded = Some(PreloadIndex::build(&latest, key, self.fetches)?);
+        }
+        let Some(index) = &self.preloaded else {
+            return Err(OpError::eval(crate::Error::Internal("no preload index")));
+        };
+        let found: Vec<Option<Row>> = firsts
+            .iter()
+            .zip(wanted)
+            .map(|(&first, &wanted)| {
+                wanted
+                    .then(|| index.get(rows.row(first as usize).as_ref()))
+                    .flatten()
+            })
+            .collect();
+        let hits = found.iter().filter(|r| r.is_some()).count() as u64;
+        metrics::counter!("flumen_lookup_hits_total", "lookup" => self.name.to_string())
+            .increment(hits);
         Ok(found)
     }
 
@@ -509,7 +575,7 @@ mod tests {
 
     use super::*;
     use crate::expr::col;
-    use crate::lookup::{Fetched, LookupCache};
+    use crate::lookup::{Fetched, LookupCache, Scanned};
     use std::time::Duration;
 
     /// Devices and their sites; counts the keys it is asked for.
@@ -518,6 +584,9 @@ mod tests {
         cache: LookupCache,
         on_miss: OnMiss,
     }
+
+    /// Scans made of the table so far (the sites of a scan end in `-v<n>`).
+    static SCANS: AtomicUsize = AtomicUsize::new(0);
 
     impl LookupTable for Sites {
         fn columns(&self) -> SchemaRef {
@@ -537,6 +606,27 @@ mod tests {
             let found = sites.iter().map(|s| Some(s.is_some())).collect();
             let rows = RecordBatch::try_new(self.columns(), vec![Arc::new(sites)]);
             Box::pin(async move { Ok(Fetched { rows: rows?, found }) })
+        }
+
+        fn scan(&self) -> BoxFuture<'_, Result<Option<Scanned>, BoxError>> {
+            let version = SCANS.fetch_add(1, Ordering::SeqCst) + 1;
+            let devices: Vec<String> = (0..5).map(|n| format!("dev-{n}")).collect();
+            let sites: Vec<String> = devices
+                .iter()
+                .map(|d| format!("site-of-{d}-v{version}"))
+                .collect();
+            let keys = RecordBatch::try_from_iter([(
+                "device_id",
+                Arc::new(StringArray::from(devices)) as ArrayRef,
+            )]);
+            let rows =
+                RecordBatch::try_new(self.columns(), vec![Arc::new(StringArray::from(sites))]);
+            Box::pin(async move {
+                Ok(Some(Scanned {
+                    keys: keys?,
+                    rows: rows?,
+                }))
+            })
         }
     }
 
@@ -637,6 +727,23 @@ mod tests {
         sites(&mut op, &[Some("dev-1")]).await;
         sites(&mut op, &[Some("dev-1")]).await;
         assert_eq!(asked.load(Ordering::SeqCst), 2, "no cache");
+    }
+
+    #[tokio::test]
+    async fn a_preloaded_table_is_never_asked_for_keys_and_is_refreshed() {
+        let cache = LookupCache::default().preload(Duration::from_millis(100));
+        let (mut op, asked) = planned(cache, OnMiss::KeepNulls).await;
+        let got = sites(&mut op, &[Some("dev-1"), Some("nope"), None]).await;
+        let first = got[0].clone().unwrap_or_default();
+        assert!(first.starts_with("site-of-dev-1-v"), "{first}");
+        assert_eq!(got[1..], [None, None], "a key not in the scan, a null key");
+        // The refresh scans the table again; the partition indexes the new scan.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sites(&mut op, &[Some("dev-1")]).await[0].as_deref() == Some(first.as_str()) {
+            assert!(Instant::now() < deadline, "no refresh within 10 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(asked.load(Ordering::SeqCst), 0, "no key was fetched");
     }
 
     #[tokio::test]
