@@ -10,13 +10,13 @@ use arrow::array::{BooleanArray, RecordBatch};
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use backon::Retryable;
 use flumen::expr::Expr;
-use flumen::lookup::{Fetched, Lookup, LookupCache, LookupTable, OnMiss};
+use flumen::lookup::{Fetched, Lookup, LookupCache, LookupTable, OnMiss, Scanned};
 use flumen::BoxError;
 use futures::future::BoxFuture;
 use futures::{StreamExt, TryStreamExt};
 use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
-use scylla::value::Row;
+use scylla::value::{CqlValue, Row};
 use serde_json::{Map, Value};
 
 use crate::connection::Connection;
@@ -167,15 +167,44 @@ impl CassandraLookup {
                     operation: format!("preparing `{select}`"),
                     reason: e.to_string(),
                 })?;
+        let scan = self
+            .cache
+            .preload_value()
+            .is_some()
+            .then(|| scan_cql(&table, &keys, &selected));
+        let scan = match scan {
+            Some(cql) => Some(self.prepare_scan(&session, &cql).await?),
+            None => None,
+        };
         Ok(CassandraTable {
             table: self.qualified(),
             session: Arc::new(session),
             prepared,
+            scan,
+            key_schema: lookup_schema(&keys).map_err(schema_error)?,
             key_types,
             schema,
             max_in_flight: self.max_in_flight,
             retries: self.retries,
         })
+    }
+
+    /// Prepares the paged scan of a preloaded table.
+    async fn prepare_scan(
+        &self,
+        session: &Session,
+        cql: &str,
+    ) -> Result<PreparedStatement, CassandraError> {
+        let mut prepared = session
+            .prepare(cql)
+            .await
+            .map_err(|e| CassandraError::Request {
+                table: self.qualified(),
+                operation: format!("preparing `{cql}`"),
+                reason: e.to_string(),
+            })?;
+        prepared.set_page_size(SCAN_PAGE_ROWS);
+        Ok(prepared)
     }
 
     /// The columns to add: the named ones, or every non-key column.
@@ -289,6 +318,23 @@ fn select_cql(table: &Table, keys: &[Column], selected: &[Column]) -> String {
     )
 }
 
+/// Rows per page of a preloading scan.
+const SCAN_PAGE_ROWS: i32 = 5_000;
+
+/// The scan of a preloaded table: the key columns, then the looked-up ones.
+fn scan_cql(table: &Table, keys: &[Column], selected: &[Column]) -> String {
+    let columns: Vec<String> = keys
+        .iter()
+        .chain(selected)
+        .map(|c| quote_ident(&c.name))
+        .collect();
+    format!(
+        "SELECT {} FROM {}",
+        columns.join(", "),
+        qualified_ident(&table.keyspace, &table.name)
+    )
+}
+
 impl Lookup for CassandraLookup {
     fn name(&self) -> String {
         format!("cassandra table '{}'", self.qualified())
@@ -320,6 +366,10 @@ struct CassandraTable {
     table: String,
     session: Arc<Session>,
     prepared: PreparedStatement,
+    /// The paged scan, for a preloaded table.
+    scan: Option<PreparedStatement>,
+    /// The key columns, as a scan returns them.
+    key_schema: SchemaRef,
     key_types: Vec<CqlType>,
     schema: SchemaRef,
     max_in_flight: usize,
@@ -358,14 +408,40 @@ impl CassandraTable {
             return Ok(None);
         };
         let row = row.map_err(|e| failed(e.to_string()))?;
-        let object: Map<String, Value> = self
-            .schema
-            .fields()
-            .iter()
-            .zip(&row.columns)
-            .map(|(field, value)| (field.name().clone(), to_json(value.as_ref())))
-            .collect();
-        Ok(Some(Value::Object(object)))
+        Ok(Some(json_object(&self.schema, &row.columns)))
+    }
+
+    /// Every key's first row (in clustering order), by a paged scan of the
+    /// whole table.
+    async fn scan_all(&self) -> Result<Option<Scanned>, BoxError> {
+        let Some(scan) = &self.scan else {
+            return Ok(None);
+        };
+        let failed = |reason: String| CassandraError::Request {
+            table: self.table.clone(),
+            operation: "scanning the table to preload it".into(),
+            reason,
+        };
+        let pager = self.session.execute_iter(scan.clone(), ()).await;
+        let mut rows = pager
+            .map_err(|e| failed(e.to_string()))?
+            .rows_stream::<Row>()
+            .map_err(|e| failed(e.to_string()))?;
+        let n = self.key_schema.fields().len();
+        let (mut keys, mut values) = (Vec::new(), Vec::new());
+        let mut seen = std::collections::HashSet::new();
+        while let Some(row) = rows.try_next().await.map_err(|e| failed(e.to_string()))? {
+            let (key, value) = row.columns.split_at(n.min(row.columns.len()));
+            let key = json_object(&self.key_schema, key);
+            if seen.insert(key.to_string()) {
+                keys.push(key);
+                values.push(json_object(&self.schema, value));
+            }
+        }
+        Ok(Some(Scanned {
+            keys: to_batch(&self.key_schema, &keys.iter().collect::<Vec<_>>())?,
+            rows: to_batch(&self.schema, &values.iter().collect::<Vec<_>>())?,
+        }))
     }
 
     /// The bound values of each key of `keys`.
@@ -398,25 +474,40 @@ impl CassandraTable {
             tracing::warn!(table = %self.table, keys = keys.num_rows(), retries, "lookups were retried");
         }
         let found = found?;
-        let mut decoder =
-            arrow_json::ReaderBuilder::new(Arc::clone(&self.schema)).build_decoder()?;
         // A key not found is an empty object: nulls in every column.
         let missing = Value::Object(Map::new());
         let rows: Vec<&Value> = found
             .iter()
             .map(|r| r.as_ref().unwrap_or(&missing))
             .collect();
-        decoder.serialize(&rows)?;
-        let rows = match decoder.flush()? {
-            Some(batch) => batch,
-            None => RecordBatch::new_empty(Arc::clone(&self.schema)),
-        };
+        let rows = to_batch(&self.schema, &rows)?;
         let found = found
             .iter()
             .map(|r| Some(r.is_some()))
             .collect::<BooleanArray>();
         Ok(Fetched { rows, found })
     }
+}
+
+/// A row's `values` as a JSON object with the names of `schema`'s fields.
+fn json_object(schema: &SchemaRef, values: &[Option<CqlValue>]) -> Value {
+    let object: Map<String, Value> = schema
+        .fields()
+        .iter()
+        .zip(values)
+        .map(|(field, value)| (field.name().clone(), to_json(value.as_ref())))
+        .collect();
+    Value::Object(object)
+}
+
+/// JSON objects as a batch of `schema`.
+fn to_batch(schema: &SchemaRef, rows: &[&Value]) -> Result<RecordBatch, BoxError> {
+    let mut decoder = arrow_json::ReaderBuilder::new(Arc::clone(schema)).build_decoder()?;
+    decoder.serialize(rows)?;
+    Ok(match decoder.flush()? {
+        Some(batch) => batch,
+        None => RecordBatch::new_empty(Arc::clone(schema)),
+    })
 }
 
 impl LookupTable for CassandraTable {
@@ -426,5 +517,9 @@ impl LookupTable for CassandraTable {
 
     fn fetch(&self, keys: RecordBatch) -> BoxFuture<'_, Result<Fetched, BoxError>> {
         Box::pin(self.fetch_keys(keys))
+    }
+
+    fn scan(&self) -> BoxFuture<'_, Result<Option<Scanned>, BoxError>> {
+        Box::pin(self.scan_all())
     }
 }

@@ -395,3 +395,77 @@ async fn readings_of_missing_devices_go_to_the_dead_letter_topic() {
     absent.sort();
     assert_eq!(devices, absent, "each missing device's reading once");
 }
+
+/// `LookupCache::preload`: the table is scanned at start (readings are
+/// enriched as the join says, missing devices get nulls) and every refresh:
+/// an update shows once a probe reading carries it, and then in every
+/// reading.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preloaded_table_enriches_readings_and_refreshes() {
+    let stack = DevStack::start().expect("dev stack");
+    let cassandra = DevCassandra::start().expect("cassandra");
+    let session = cassandra.session().await.expect("session");
+    let keyspace = cassandra
+        .create_keyspace(&session, "lookup")
+        .await
+        .expect("keyspace");
+    let (table, mut expected) = devices_table(&session, &keyspace, DEVICES).await;
+    let (input, output) = (unique_name("readings"), unique_name("enriched"));
+    stack.create_topic(&input, 2).await.expect("input");
+    stack.create_topic(&output, 2).await.expect("output");
+    let app = builder(&stack, &unique_name("g")).build().expect("app");
+    let lookup = CassandraLookup::table(&table)
+        .nodes(cassandra.nodes())
+        .cache(LookupCache::default().preload(Duration::from_millis(500)));
+    pipeline(&app, lookup, (&input, &output));
+    let running = start(app);
+    stack
+        .produce(&input, readings(DEVICES, 1))
+        .await
+        .expect("produce");
+    stack
+        .wait_for_count(&output, DEVICES, DEADLINE)
+        .await
+        .expect("wave 1");
+    upsert(&session, &table, "dev-1", "moved", -1.0).await;
+    let moved = serde_json::json!({"site": "moved", "max_temp": -1.0});
+    expected.insert("dev-1".into(), moved.clone());
+    // Probe readings of dev-1 (waves 100, 101, ...) until one is moved.
+    let started = Instant::now();
+    for probe in 100.. {
+        let reading =
+            r#"{"device":"dev-1","wave":PROBE,"temp":1}"#.replace("PROBE", &probe.to_string());
+        let record = TestRecord::new("dev-1", reading);
+        stack.produce(&input, vec![record]).await.expect("probe");
+        let count = DEVICES + (probe - 99) as usize;
+        stack
+            .wait_for_count(&output, count, DEADLINE)
+            .await
+            .expect("probe enriched");
+        let seen = enriched(&stack, &output).await;
+        if seen.get(&("dev-1".to_string(), probe)) == Some(&moved) {
+            break;
+        }
+        assert!(started.elapsed() < DEADLINE, "the update never showed");
+    }
+    let before = enriched(&stack, &output).await.len();
+    stack
+        .produce(&input, readings(DEVICES, 2))
+        .await
+        .expect("produce");
+    stack
+        .wait_for_count(&output, before + DEVICES, DEADLINE)
+        .await
+        .expect("wave 2");
+    running.stop().await.expect("run");
+
+    let seen = enriched(&stack, &output).await;
+    let nulls = serde_json::json!({"site": null, "max_temp": null});
+    for ((device, wave), looked_up) in seen.iter().filter(|((_, w), _)| *w <= 2) {
+        let n: usize = device.trim_start_matches("dev-").parse().unwrap_or(0);
+        let now = expected.get(device).unwrap_or(&nulls);
+        if *wave == 2 || n != 1 {
+            assert_eq!(looked_up, now, "{device} wave {wave}");
+        }
+    }
+}
