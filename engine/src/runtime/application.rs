@@ -627,17 +627,7 @@ impl Application {
             unacknowledged_bytes: s.max_unacknowledged_bytes,
             drain_timeout: Duration::from_secs(120),
         };
-        let replay_logged = sources.values().any(|s| !s.replay_logs.is_empty());
-        let replay = replay_logged
-            .then(|| ReplayClients::new(&with_extra(&self.kafka, &s.producer_extra)))
-            .transpose()?;
-        let state = StateSettings {
-            kafka: with_extra(&self.kafka, &self.settings.consumer_extra),
-            dir: self.state_dir(),
-            application: self.group.clone(),
-            cache: flumen_state::BlockCache::new(s.block_cache_bytes),
-            replay: replay.map(Arc::new),
-        };
+        let state = self.state_settings(&sources)?;
         let transactions = exactly_once.then(|| TransactionSettings {
             config: with_extra(&self.kafka, &self.settings.producer_extra),
             id_prefix: self.group.clone(),
@@ -660,6 +650,22 @@ impl Application {
 }
 
 impl Application {
+    /// Where and how the partitions of `sources` keep their state.
+    fn state_settings(&self, sources: &HashMap<String, Arc<SourcePlan>>) -> Result<StateSettings> {
+        let s = &self.settings;
+        let replay_logged = sources.values().any(|s| !s.replay_logs.is_empty());
+        let replay = replay_logged
+            .then(|| ReplayClients::new(&with_extra(&self.kafka, &s.producer_extra)))
+            .transpose()?;
+        Ok(StateSettings {
+            kafka: with_extra(&self.kafka, &s.consumer_extra),
+            dir: self.state_dir(),
+            application: self.group.clone(),
+            cache: flumen_state::BlockCache::new(s.block_cache_bytes),
+            replay: replay.map(Arc::new),
+        })
+    }
+
     /// The plan of input `topic` with its `outputs`, after checking the
     /// topics it reads and writes; adds those it writes to `produced`.
     async fn source_of(
