@@ -878,9 +878,11 @@ fn cassandra_nodes(
         .cassandra
         .clone()
         .or_else(|| flumen_examples::env("FLUMEN_CASSANDRA_NODES"));
-    let needed = wanted
-        .iter()
-        .any(|s| s.starts_with("cassandra") || s.starts_with("source"));
+    let needed = wanted.iter().any(|s| {
+        ["cassandra", "source", "lookup"]
+            .iter()
+            .any(|p| s.starts_with(p))
+    });
     Ok(match named {
         Some(nodes) => (nodes, None),
         None if needed => {
