@@ -619,14 +619,14 @@ impl Pipeline {
     }
 }
 
-async fn run_pipeline(
+/// The application of `pipeline`, with its state in `state` and the
+/// settings `args` asks for.
+fn pipeline_app(
     stack: &DevStack,
-    topic: &str,
     args: &Args,
     pipeline: Pipeline,
-    cassandra: &str,
-) -> Result<Measured, BoxError> {
-    let state = tempfile::tempdir()?;
+    state: &std::path::Path,
+) -> Result<Application, BoxError> {
     let exactly_once = [Pipeline::TumblingExactlyOnce, Pipeline::LookupExactlyOnce];
     let guarantee = if exactly_once.contains(&pipeline) {
         ProcessingGuarantee::ExactlyOnce
@@ -634,7 +634,7 @@ async fn run_pipeline(
         ProcessingGuarantee::AtLeastOnce
     };
     let mut builder = flumen_examples::dev_app(stack, "bench")
-        .state_dir(state.path())
+        .state_dir(state)
         .processing_guarantee(guarantee)
         .commit_interval(Duration::from_millis(args.commit_interval_ms));
     if let Some(mb) = args.max_unacknowledged_mb {
@@ -646,7 +646,18 @@ async fn run_pipeline(
     for (k, v) in &args.producer_config {
         builder = builder.producer_config(k, v);
     }
-    let app = builder.build()?;
+    Ok(builder.build()?)
+}
+
+async fn run_pipeline(
+    stack: &DevStack,
+    topic: &str,
+    args: &Args,
+    pipeline: Pipeline,
+    cassandra: &str,
+) -> Result<Measured, BoxError> {
+    let state = tempfile::tempdir()?;
+    let app = pipeline_app(stack, args, pipeline, state.path())?;
     let frame = readings(&app, topic)?;
     let output = unique_name("bench-out");
     if pipeline != Pipeline::Cassandra {

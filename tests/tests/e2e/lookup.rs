@@ -49,6 +49,34 @@ async fn devices_table(
     (table, expected)
 }
 
+/// A dev stack, a Cassandra with the devices table of [`DEVICES`]
+/// devices, and what the table holds.
+struct Setup {
+    stack: DevStack,
+    cassandra: DevCassandra,
+    session: Session,
+    table: String,
+    devices: BTreeMap<String, Value>,
+}
+
+async fn setup() -> Setup {
+    let stack = DevStack::start().expect("dev stack");
+    let cassandra = DevCassandra::start().expect("cassandra");
+    let session = cassandra.session().await.expect("session");
+    let keyspace = cassandra
+        .create_keyspace(&session, "lookup")
+        .await
+        .expect("keyspace");
+    let (table, devices) = devices_table(&session, &keyspace, DEVICES).await;
+    Setup {
+        stack,
+        cassandra,
+        session,
+        table,
+        devices,
+    }
+}
+
 async fn upsert(session: &Session, table: &str, device: &str, site: &str, max_temp: f64) {
     let insert = format!("INSERT INTO {table} (device_id, site, max_temp) VALUES (?, ?, ?)");
     session
@@ -189,14 +217,13 @@ async fn readings_carry_their_devices_row_and_updates_show_after_the_ttl() {
 /// run resumes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_cassandra_stalls_the_stream_without_wrong_enrichment() {
-    let stack = DevStack::start().expect("dev stack");
-    let cassandra = DevCassandra::start().expect("cassandra");
-    let session = cassandra.session().await.expect("session");
-    let keyspace = cassandra
-        .create_keyspace(&session, "lookup")
-        .await
-        .expect("keyspace");
-    let (table, expected) = devices_table(&session, &keyspace, DEVICES).await;
+    let Setup {
+        stack,
+        cassandra,
+        session: _,
+        table,
+        devices: expected,
+    } = setup().await;
     let node = cassandra.nodes().parse().expect("node address");
     let proxy = OutageProxy::start(node).expect("proxy");
     let (input, output) = (unique_name("readings"), unique_name("enriched"));
@@ -250,14 +277,13 @@ async fn an_unreachable_cassandra_stalls_the_stream_without_wrong_enrichment() {
 /// run committed, and looks wave 3 up afresh.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_wave_keeps_the_enrichment_the_killed_run_gave_it() {
-    let stack = DevStack::start().expect("dev stack");
-    let cassandra = DevCassandra::start().expect("cassandra");
-    let session = cassandra.session().await.expect("session");
-    let keyspace = cassandra
-        .create_keyspace(&session, "lookup")
-        .await
-        .expect("keyspace");
-    let (table, before) = devices_table(&session, &keyspace, DEVICES).await;
+    let Setup {
+        stack,
+        cassandra,
+        session,
+        table,
+        devices: before,
+    } = setup().await;
     let (input, output) = (unique_name("readings"), unique_name("enriched"));
     stack.create_topic(&input, 2).await.expect("input");
     stack.create_topic(&output, 2).await.expect("output");
@@ -338,14 +364,13 @@ async fn committed_records(stack: &DevStack, output: &str, count: usize) -> Vec<
 /// the others are enriched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readings_of_missing_devices_go_to_the_dead_letter_topic() {
-    let stack = DevStack::start().expect("dev stack");
-    let cassandra = DevCassandra::start().expect("cassandra");
-    let session = cassandra.session().await.expect("session");
-    let keyspace = cassandra
-        .create_keyspace(&session, "lookup")
-        .await
-        .expect("keyspace");
-    let (table, expected) = devices_table(&session, &keyspace, DEVICES).await;
+    let Setup {
+        stack,
+        cassandra,
+        session: _,
+        table,
+        devices: expected,
+    } = setup().await;
     let (input, output, misses) = (
         unique_name("readings"),
         unique_name("enriched"),
@@ -402,14 +427,13 @@ async fn readings_of_missing_devices_go_to_the_dead_letter_topic() {
 /// reading.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_preloaded_table_enriches_readings_and_refreshes() {
-    let stack = DevStack::start().expect("dev stack");
-    let cassandra = DevCassandra::start().expect("cassandra");
-    let session = cassandra.session().await.expect("session");
-    let keyspace = cassandra
-        .create_keyspace(&session, "lookup")
-        .await
-        .expect("keyspace");
-    let (table, mut expected) = devices_table(&session, &keyspace, DEVICES).await;
+    let Setup {
+        stack,
+        cassandra,
+        session,
+        table,
+        devices: mut expected,
+    } = setup().await;
     let (input, output) = (unique_name("readings"), unique_name("enriched"));
     stack.create_topic(&input, 2).await.expect("input");
     stack.create_topic(&output, 2).await.expect("output");
