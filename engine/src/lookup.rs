@@ -6,8 +6,9 @@
 //! looked up once, in the engine's cache first ([`LookupCache`]: bounded by
 //! entries and bytes, with a time to live for rows and one for misses), and
 //! the rest in one [`LookupTable::fetch`]. Rows keep their order. A row whose
-//! key is not found keeps nulls in the looked-up columns, is dropped, or
-//! goes to a dead-letter topic ([`OnMiss`]).
+//! key is not found keeps nulls in the looked-up columns, is dropped, goes
+//! to a dead-letter topic, or is held and looked up again for a bounded time
+//! ([`OnMiss`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -95,6 +96,104 @@ pub enum OnMiss {
     /// `flumen.source.{topic,partition,offset}`. Needs the `_offset`
     /// column in the lookup's input.
     DeadLetter(String),
+    /// Hold the row and look its key up again, for when the table's row may
+    /// arrive after the event ([`RetryMisses`]).
+    Retry(RetryMisses),
+}
+
+impl OnMiss {
+    /// Holds a row whose key is not found and looks it up again every
+    /// second for up to `within`; then keeps it with nulls (change that with
+    /// [`RetryMisses::then`]).
+    pub fn retry_for(within: Duration) -> Self {
+        OnMiss::Retry(RetryMisses {
+            within,
+            every: Duration::from_secs(1),
+            then: Box::new(OnMiss::KeepNulls),
+        })
+    }
+
+    /// The policy that applies once retries are over (itself, unless it
+    /// retries).
+    pub(crate) fn last_resort(&self) -> &OnMiss {
+        match self {
+            OnMiss::Retry(retry) => &retry.then,
+            other => other,
+        }
+    }
+
+    /// The dead-letter topic rows may end in, if any.
+    pub(crate) fn dead_letter_topic(&self) -> Option<&str> {
+        match self.last_resort() {
+            OnMiss::DeadLetter(topic) => Some(topic),
+            _ => None,
+        }
+    }
+}
+
+/// [`OnMiss::Retry`]: a row whose key is not found is held (in the lookup's
+/// state store, so a restart keeps it and its offset can be committed) and
+/// its key looked up again every `every`, bypassing the cache, until found
+/// or `within` has passed since it arrived; then `then` applies. Held rows
+/// come out after the rows of later batches, in offset order among
+/// themselves; they are retried when no record arrives too.
+///
+/// ```
+/// use std::time::Duration;
+/// use flumen::lookup::{OnMiss, RetryMisses};
+///
+/// let on_miss = OnMiss::Retry(
+///     RetryMisses::within(Duration::from_secs(60))
+///         .every(Duration::from_millis(500))
+///         .then(OnMiss::DeadLetter("readings-unknown-device".into())),
+/// );
+/// assert_ne!(on_miss, OnMiss::retry_for(Duration::from_secs(60)));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryMisses {
+    within: Duration,
+    every: Duration,
+    then: Box<OnMiss>,
+}
+
+impl RetryMisses {
+    /// Retries for up to `within` after a row arrived, every second, then
+    /// keeps it with nulls.
+    pub fn within(within: Duration) -> Self {
+        RetryMisses {
+            within,
+            every: Duration::from_secs(1),
+            then: Box::new(OnMiss::KeepNulls),
+        }
+    }
+
+    /// How often held keys are looked up again (at least 10 ms).
+    pub fn every(mut self, every: Duration) -> Self {
+        self.every = every.max(Duration::from_millis(10));
+        self
+    }
+
+    /// What becomes of a row still not found after `within`: keep with
+    /// nulls, drop or dead-letter (not retry again).
+    pub fn then(mut self, then: OnMiss) -> Self {
+        self.then = Box::new(then);
+        self
+    }
+
+    /// How long a row is held at most.
+    pub fn within_value(&self) -> Duration {
+        self.within
+    }
+
+    /// How often held keys are looked up again.
+    pub fn every_value(&self) -> Duration {
+        self.every
+    }
+
+    /// What applies once the retries are over.
+    pub fn then_value(&self) -> &OnMiss {
+        &self.then
+    }
 }
 
 /// The cache in front of a lookup table, shared by the partitions of a run.

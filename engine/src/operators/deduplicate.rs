@@ -73,7 +73,8 @@ impl LogicalOperator for Deduplicate {
         Some(StoreRequest {
             name: None,
             default_prefix: "deduplicate",
-            for_replay_log: false,
+            replay_log: false,
+            keeps_state: true,
         })
     }
 }

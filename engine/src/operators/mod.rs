@@ -12,6 +12,7 @@
 //! Adding an operator takes one file here (its logical and running forms) and
 //! one DSL method that adds it with `Op::Operator(Arc::new(..))`.
 
+mod dead_letter;
 mod deduplicate;
 mod drop;
 mod error;
@@ -28,10 +29,12 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::prelude::SessionContext;
+use flumen_kafka::RawBatch;
 use futures::future::BoxFuture;
 
 use crate::state::StoreHandle;
 
+pub(crate) use dead_letter::{DeadLetter, DeadLetterReason, SourceRecord};
 pub(crate) use deduplicate::Deduplicate;
 pub(crate) use drop::DropColumns;
 pub(crate) use error::OpError;
@@ -84,10 +87,12 @@ pub(crate) struct StoreRequest {
     /// The default name's prefix: the planner appends the store's index
     /// among the stores of its input (`window` -> `window-0`).
     pub(crate) default_prefix: &'static str,
-    /// The store holds nothing but the position of its replay log
-    /// ([`StoreHandle::replay_log`]): it is kept only where replay logs are
-    /// (exactly-once runs).
-    pub(crate) for_replay_log: bool,
+    /// The store also keeps a replay log ([`StoreHandle::replay_log`])
+    /// where replay logs are kept (exactly-once runs).
+    pub(crate) replay_log: bool,
+    /// The store keeps the operator's state; when `false` it holds nothing
+    /// but its replay log's position, and is kept only with a replay log.
+    pub(crate) keeps_state: bool,
 }
 
 /// One operator of one partition.
@@ -95,12 +100,19 @@ pub(crate) trait Operator: Send + Sync {
     /// The schema of the batches it returns (for the schema it was planned with).
     fn output_schema(&self) -> SchemaRef;
 
-    /// Processes one batch. May await I/O; must not panic on data.
+    /// Processes one batch. May await I/O; must not panic on data. The
+    /// batch is empty on an idle tick ([`Operator::due`]).
     fn process<'a>(
         &'a mut self,
         batch: RecordBatch,
-        ctx: &'a mut OpContext,
+        ctx: &'a mut OpContext<'_>,
     ) -> BoxFuture<'a, Result<RecordBatch, OpError>>;
+
+    /// When the operator wants to run even if no record arrives (a held row
+    /// to retry): the partition then processes an empty batch.
+    fn due(&self) -> Option<std::time::Instant> {
+        None
+    }
 
     /// The operator's state, when it keeps one.
     fn state(&mut self) -> Option<&mut dyn OperatorState> {
@@ -137,61 +149,20 @@ pub(crate) enum StoreError {
 /// What an operator sees besides its input batch, and where its side
 /// outputs go.
 #[derive(Debug, Default)]
-pub(crate) struct OpContext {
+pub(crate) struct OpContext<'r> {
     heartbeat: Option<i64>,
+    /// The source records of the batch (none on an idle tick).
+    raw: Option<&'r RawBatch>,
     dead_letters: Vec<DeadLetter>,
 }
 
-/// A source record an operator sends to a dead-letter topic.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct DeadLetter {
-    /// The topic it goes to.
-    pub(crate) topic: Arc<str>,
-    /// Its source offset.
-    pub(crate) offset: i64,
-    /// Why the operator did not use it.
-    pub(crate) reason: DeadLetterReason,
-}
-
-/// Why an operator sent a record to a dead-letter topic.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum DeadLetterReason {
-    /// It arrived after a window it belongs to had closed, at `watermark`.
-    Late { watermark: i64 },
-    /// `lookup` found no row for its key (or the key was null).
-    LookupMiss { lookup: Arc<str> },
-}
-
-impl DeadLetterReason {
-    /// The headers that say why (`flumen.error.kind`, `flumen.error.reason`
-    /// and details).
-    pub(crate) fn headers(&self) -> Vec<(&'static str, String)> {
-        match self {
-            DeadLetterReason::Late { watermark } => vec![
-                ("flumen.error.kind", "late".into()),
-                (
-                    "flumen.error.reason",
-                    "the record arrived after at least one of its windows had closed".into(),
-                ),
-                ("flumen.watermark", watermark.to_string()),
-            ],
-            DeadLetterReason::LookupMiss { lookup } => vec![
-                ("flumen.error.kind", "lookup-miss".into()),
-                (
-                    "flumen.error.reason",
-                    format!("{lookup} has no row for the record's key (or the key is null)"),
-                ),
-            ],
-        }
-    }
-}
-
-impl OpContext {
-    /// A context for a batch after which event time moved to `heartbeat`
-    /// without a record.
-    pub(crate) fn new(heartbeat: Option<i64>) -> Self {
+impl<'r> OpContext<'r> {
+    /// A context for a batch of `raw` after which event time moved to
+    /// `heartbeat` without a record.
+    pub(crate) fn new(heartbeat: Option<i64>, raw: Option<&'r RawBatch>) -> Self {
         OpContext {
             heartbeat,
+            raw,
             dead_letters: Vec::new(),
         }
     }
@@ -201,12 +172,21 @@ impl OpContext {
         self.heartbeat
     }
 
-    /// Sends a source record to a dead-letter topic (in offset order).
+    /// A copy of the batch's source record at `offset`, for an operator that
+    /// holds a row past its batch and may dead-letter it later.
+    pub(crate) fn source_record(&self, offset: i64) -> Option<SourceRecord> {
+        let raw = self.raw?;
+        let index = (0..raw.len()).find(|&i| raw.offset(i) == offset)?;
+        Some(SourceRecord::copy(raw, index))
+    }
+
+    /// Sends a source record to a dead-letter topic (those of the batch in
+    /// offset order).
     pub(crate) fn dead_letter(&mut self, record: DeadLetter) {
         self.dead_letters.push(record);
     }
 
-    /// The dead letters since the last call, in offset order.
+    /// The dead letters since the last call.
     pub(crate) fn take_dead_letters(&mut self) -> Vec<DeadLetter> {
         std::mem::take(&mut self.dead_letters)
     }

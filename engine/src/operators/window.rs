@@ -81,7 +81,8 @@ impl LogicalOperator for WindowAggregate {
         Some(StoreRequest {
             name: self.0.store.clone(),
             default_prefix: "window",
-            for_replay_log: false,
+            replay_log: false,
+            keeps_state: true,
         })
     }
 
@@ -131,6 +132,7 @@ impl WindowOperator {
                     topic: Arc::clone(topic),
                     offset,
                     reason: DeadLetterReason::Late { watermark },
+                    copy: None,
                 });
             }
         }

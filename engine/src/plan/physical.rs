@@ -119,10 +119,10 @@ impl PhysicalPlan {
             let Some(request) = node.op.store() else {
                 continue;
             };
-            if request.for_replay_log && !replay_logs {
+            node.replay_log = request.replay_log && replay_logs;
+            if !request.keeps_state && !node.replay_log {
                 continue;
             }
-            node.replay_log = request.for_replay_log;
             let n = per_kind.entry(request.default_prefix).or_default();
             let default = format!("{}-{n}", request.default_prefix);
             *n += 1;

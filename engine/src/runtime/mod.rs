@@ -21,6 +21,7 @@ mod worker;
 pub(crate) use application::decoder_of;
 pub use application::{Application, ApplicationBuilder, ProcessingGuarantee};
 pub use driver::TestDriver;
+pub(crate) use event_time::now_ms;
 pub use prometheus::serve_metrics;
 pub use stats::Stats;
 pub use stop::StopHandle;

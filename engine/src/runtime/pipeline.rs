@@ -64,6 +64,10 @@ pub(crate) struct PartitionPipeline {
     skip_below: i64,
     /// Rejects records whose event time is too far ahead.
     event_time: EventTimeBound,
+    /// The partition and the offset the next batch starts at, once known
+    /// (from the attached state's checkpoint or the last batch): where an
+    /// idle tick commits.
+    position: Option<(i32, i64)>,
 }
 
 /// Identifies the batch in error messages.
@@ -119,6 +123,7 @@ impl PartitionPipeline {
             state: None,
             skip_below: i64::MIN,
             event_time,
+            position: None,
         };
         // Until a run attaches the partition's stores, state lives in memory.
         if in_memory {
@@ -165,6 +170,7 @@ impl PartitionPipeline {
             })?;
         }
         self.skip_below = state.checkpoint().unwrap_or(i64::MIN);
+        self.position = state.checkpoint().map(|next| (state.partition(), next));
         self.state = Some(state);
         Ok(())
     }
@@ -254,6 +260,44 @@ impl PartitionPipeline {
         // committed that far) must not move the checkpoint back: the state
         // already reflects every record up to it.
         let next_offset = next_offset.max(self.skip_below);
+        self.position = Some((raw.partition(), next_offset));
+        self.end_batch(next_offset, ack, failure).await
+    }
+
+    /// When an operator wants to run although no record arrived (known only
+    /// once the partition's position is).
+    pub(crate) fn due(&self) -> Option<std::time::Instant> {
+        self.position?;
+        self.operators.iter().filter_map(|op| op.due()).min()
+    }
+
+    /// Runs the operators on no records (an operator is [`due`](Self::due)),
+    /// at the partition's current position; `None` when it is not known.
+    pub(crate) async fn tick(&mut self) -> Result<Option<BatchOutcome>> {
+        let Some((partition, next_offset)) = self.position else {
+            return Ok(None);
+        };
+        let ack = DeliveryBatch::new();
+        let empty = RecordBatch::new_empty(Arc::clone(self.source.decoder.schema()));
+        let topic = self.source.topic.name().to_string();
+        let at = BatchRef {
+            topic: &topic,
+            partition,
+            first: next_offset,
+            last: next_offset - 1,
+            raw: None,
+        };
+        self.run_outputs(&empty, None, &ack, &at).await?;
+        self.end_batch(next_offset, ack, None).await.map(Some)
+    }
+
+    /// Seals the batch's state changes at `next_offset` and logs them.
+    async fn end_batch(
+        &mut self,
+        next_offset: i64,
+        ack: Arc<DeliveryBatch>,
+        failure: Option<Error>,
+    ) -> Result<BatchOutcome> {
         let state = self.seal_state(next_offset);
         let logged = self.state.as_ref().filter(|s| s.is_logged());
         if let (Some(partition_state), false) = (logged, state.is_empty()) {
@@ -375,15 +419,28 @@ impl PartitionPipeline {
     }
 
     /// Writes the source records an operator did not use to their
-    /// dead-letter topics.
+    /// dead-letter topics: first those it held past their batch (copies),
+    /// then those of `raw` (in offset order).
     async fn write_dead_letters(
         &self,
-        raw: &RawBatch,
+        at: &BatchRef<'_>,
         dead_letters: &[DeadLetter],
         ack: &Arc<DeliveryBatch>,
     ) -> Result<()> {
+        let (copies, in_batch): (Vec<_>, Vec<_>) =
+            dead_letters.iter().partition(|d| d.copy.is_some());
+        let topic: Arc<str> = Arc::from(at.topic);
+        for record in copies {
+            if let Some(copy) = &record.copy {
+                let one = copy.to_raw(&topic, at.partition);
+                self.dead_letter_of(record, &one, 0, ack).await?;
+            }
+        }
         let mut index = 0;
-        for record in dead_letters {
+        for record in in_batch {
+            let Some(raw) = at.raw else {
+                return Err(Error::Internal("a dead letter without its batch"));
+            };
             // Offsets ascend in both the batch and `dead_letters`.
             while index < raw.len() && raw.offset(index) < record.offset {
                 index += 1;
@@ -391,12 +448,24 @@ impl PartitionPipeline {
             if index >= raw.len() || raw.offset(index) != record.offset {
                 return Err(Error::Internal("a dead letter is not in its batch"));
             }
-            let headers = record.reason.headers();
-            let extra: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            self.dead_letter(&record.topic, raw, index, &extra, ack)
-                .await?;
-            self.stats.add_out(&record.topic, 1);
+            self.dead_letter_of(record, raw, index, ack).await?;
         }
+        Ok(())
+    }
+
+    /// Writes record `index` of `raw` as the dead letter `record`.
+    async fn dead_letter_of(
+        &self,
+        record: &DeadLetter,
+        raw: &RawBatch,
+        index: usize,
+        ack: &Arc<DeliveryBatch>,
+    ) -> Result<()> {
+        let headers = record.reason.headers();
+        let extra: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        self.dead_letter(&record.topic, raw, index, &extra, ack)
+            .await?;
+        self.stats.add_out(&record.topic, 1);
         Ok(())
     }
 
@@ -438,7 +507,7 @@ impl PartitionPipeline {
         ack: &Arc<DeliveryBatch>,
         at: &BatchRef<'_>,
     ) -> Result<RecordBatch> {
-        let mut ctx = OpContext::new(heartbeat);
+        let mut ctx = OpContext::new(heartbeat, at.raw);
         let operator = &mut self.operators[node];
         let out = match operator.process(batch, &mut ctx).await {
             Ok(out) => out,
@@ -452,9 +521,9 @@ impl PartitionPipeline {
             self.stats
                 .set_dropped(at.topic, at.partition, node, dropped);
         }
-        if let Some(raw) = at.raw {
-            self.write_dead_letters(raw, &ctx.take_dead_letters(), ack)
-                .await?;
+        let dead_letters = ctx.take_dead_letters();
+        if !dead_letters.is_empty() {
+            self.write_dead_letters(at, &dead_letters, ack).await?;
         }
         Ok(out)
     }

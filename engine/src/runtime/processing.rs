@@ -71,6 +71,35 @@ pub(crate) async fn run(
     strategy.finish(end).await
 }
 
+/// What the loop does next.
+enum Next {
+    /// Process this batch (`None`: the input ended).
+    Batch(Option<RawBatch>),
+    /// The strategy's time has come.
+    StrategyDue,
+    /// An operator wants to run without input.
+    Tick,
+}
+
+/// Waits for a batch, the strategy's due time or an operator's.
+async fn next(
+    pipeline: &PartitionPipeline,
+    strategy: &impl CommitStrategy,
+    rx: &mut mpsc::Receiver<RawBatch>,
+) -> Next {
+    let sleep = |due: Option<Instant>| async move {
+        match due {
+            Some(due) => tokio::time::sleep_until(due.into()).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        raw = rx.recv() => Next::Batch(raw),
+        () = sleep(strategy.due()) => Next::StrategyDue,
+        () = sleep(pipeline.due()) => Next::Tick,
+    }
+}
+
 async fn process(
     failed: impl Fn() -> bool + Send,
     pipeline: &mut PartitionPipeline,
@@ -78,28 +107,27 @@ async fn process(
     rx: &mut mpsc::Receiver<RawBatch>,
 ) -> Result<LoopEnd> {
     loop {
-        let next = match strategy.due() {
-            Some(due) => {
-                tokio::select! {
-                    raw = rx.recv() => raw,
-                    () = tokio::time::sleep_until(due.into()) => {
-                        strategy.on_due().await?;
-                        continue;
-                    }
-                }
+        let raw = match next(pipeline, strategy, rx).await {
+            Next::StrategyDue => {
+                strategy.on_due().await?;
+                continue;
             }
-            None => rx.recv().await,
-        };
-        let Some(raw) = next else {
-            return Ok(LoopEnd::Drained);
+            Next::Batch(None) => return Ok(LoopEnd::Drained),
+            Next::Batch(Some(raw)) => Some(raw),
+            Next::Tick => None,
         };
         if failed() {
             return Ok(LoopEnd::Drained);
         }
         strategy.before_batch().await?;
         let started = Instant::now();
-        let mut outcome = match pipeline.process(raw).await {
-            Ok(outcome) => outcome,
+        let processed = match raw {
+            Some(raw) => pipeline.process(raw).await.map(Some),
+            None => pipeline.tick().await,
+        };
+        let mut outcome = match processed {
+            Ok(Some(outcome)) => outcome,
+            Ok(None) => continue,
             Err(error) => return Ok(LoopEnd::Failed(error)),
         };
         metrics::histogram!("flumen_batch_seconds").record(started.elapsed().as_secs_f64());

@@ -81,6 +81,11 @@ impl PartitionState {
         handle.with_replay_log(self.replay_logs.get(name).cloned())
     }
 
+    /// The source partition whose state this is.
+    pub(crate) fn partition(&self) -> i32 {
+        self.partition
+    }
+
     /// The input offset the state reflects records up to (`None`: new state).
     pub(crate) fn checkpoint(&self) -> Option<i64> {
         self.checkpoint

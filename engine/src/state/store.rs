@@ -118,6 +118,7 @@ impl Layers {
 /// when opened and writes its changes with [`StoreHandle::write_batch`];
 /// those bulk writes are logged and committed like the others but are not
 /// readable before they are committed.
+#[derive(Clone)]
 pub(crate) struct StoreHandle {
     name: Arc<str>,
     local: Arc<dyn StateStore>,

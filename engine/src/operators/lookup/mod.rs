@@ -9,7 +9,7 @@ use std::time::Instant;
 use arrow::array::{
     new_null_array, Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, UInt32Array,
 };
-use arrow::compute::{filter_record_batch, interleave, take};
+use arrow::compute::{concat_batches, filter_record_batch, interleave, take};
 use arrow::datatypes::{Field, Int64Type, Schema, SchemaRef};
 use arrow::row::{RowConverter, Rows, SortField};
 use datafusion::physical_expr::PhysicalExpr;
@@ -18,6 +18,7 @@ use futures::future::BoxFuture;
 use tokio::sync::OnceCell;
 
 mod cache;
+mod held;
 mod preload;
 mod replay;
 
@@ -32,6 +33,7 @@ use crate::state::StoreHandle;
 use crate::window::Dropped;
 use crate::BoxError;
 use cache::{Row, RowCache};
+use held::{Held, Holding, Outcome};
 use preload::{Preload, PreloadIndex};
 use replay::{Enriched, ReplayWriter, Replayed};
 
@@ -107,13 +109,11 @@ impl LogicalOperator for LookupJoin {
         let key_fields = key_types.iter().cloned().map(SortField::new).collect();
         let converter = RowConverter::new(key_fields).map_err(OpError::eval)?;
         let on_miss = self.lookup.on_miss();
-        if matches!(on_miss, OnMiss::DeadLetter(_)) && offset_column(input).is_none() {
-            return Err(OpError::Plan(format!(
-                "OnMiss::DeadLetter needs the {OFFSET_COLUMN} column to find the source \
-                 records, and the lookup's input has none ({})",
-                column_list(input)
-            )));
-        }
+        check_on_miss(&on_miss, input)?;
+        let holding = match &on_miss {
+            OnMiss::Retry(retry) => Some(Holding::new(retry.clone(), Arc::clone(input))),
+            _ => None,
+        };
         Ok(Box::new(LookupOperator {
             name: Arc::from(self.lookup.name()),
             keys,
@@ -124,6 +124,7 @@ impl LogicalOperator for LookupJoin {
             preload: self.preload.clone(),
             preloaded: None,
             on_miss,
+            holding,
             schema: enriched_schema(input, &table.columns())?,
             offset_column: offset_column(input),
             fetches: 0,
@@ -133,21 +134,48 @@ impl LogicalOperator for LookupJoin {
     }
 
     fn dead_letter_topic(&self) -> Option<(String, String)> {
-        match self.lookup.on_miss() {
-            OnMiss::DeadLetter(topic) => Some((topic, "lookup-miss dead-letter".into())),
-            OnMiss::KeepNulls | OnMiss::Drop => None,
-        }
+        let on_miss = self.lookup.on_miss();
+        let topic = on_miss.dead_letter_topic()?;
+        Some((topic.to_string(), "lookup-miss dead-letter".into()))
     }
 
-    /// A store for the replay log's position: exactly-once runs log what
-    /// each batch was given.
+    /// A store for the replay log's position (exactly-once runs log what
+    /// each batch was given) and the rows `OnMiss::Retry` holds.
     fn store(&self) -> Option<StoreRequest> {
         Some(StoreRequest {
             name: None,
             default_prefix: "lookup",
-            for_replay_log: true,
+            replay_log: true,
+            keeps_state: matches!(self.lookup.on_miss(), OnMiss::Retry(_)),
         })
     }
+}
+
+/// Refuses a miss policy the input cannot serve: dead letters and held rows
+/// need the source offsets, and retries end in another policy.
+fn check_on_miss(on_miss: &OnMiss, input: &SchemaRef) -> Result<(), OpError> {
+    let name = match on_miss {
+        OnMiss::KeepNulls | OnMiss::Drop => return Ok(()),
+        OnMiss::DeadLetter(_) => "OnMiss::DeadLetter",
+        OnMiss::Retry(retry) => {
+            if matches!(retry.then_value(), OnMiss::Retry(_)) {
+                return Err(OpError::Plan(
+                    "OnMiss::Retry(..).then(..) must keep, drop or dead-letter a row, \
+                     not retry again"
+                        .into(),
+                ));
+            }
+            "OnMiss::Retry"
+        }
+    };
+    if offset_column(input).is_none() {
+        return Err(OpError::Plan(format!(
+            "{name} needs the {OFFSET_COLUMN} column to find the source records, and the \
+             lookup's input has none ({})",
+            column_list(input)
+        )));
+    }
+    Ok(())
 }
 
 /// The index of `input`'s `_offset` column, if it has one of type Int64.
@@ -190,6 +218,8 @@ struct LookupOperator {
     /// ... and this partition's index of its latest scan.
     preloaded: Option<PreloadIndex>,
     on_miss: OnMiss,
+    /// The rows held for a retry (`OnMiss::Retry`).
+    holding: Option<Holding>,
     schema: SchemaRef,
     /// The input's `_offset` column, which replay logs need.
     offset_column: Option<usize>,
@@ -199,6 +229,17 @@ struct LookupOperator {
     replayed: Option<Replayed>,
     /// Logs the enrichment (exactly-once runs).
     writer: Option<ReplayWriter>,
+}
+
+/// The rows of a batch and what they found, for the miss policy.
+struct Misses<'a> {
+    /// The lookup's input.
+    input: &'a RecordBatch,
+    /// The row each found (`None`: a miss).
+    used: &'a [Option<&'a Row>],
+    /// The distinct key of each row (null: a null key).
+    slots: &'a UInt32Array,
+    offsets: Option<&'a Int64Array>,
 }
 
 /// The distinct keys of a batch.
@@ -213,7 +254,7 @@ impl LookupOperator {
     async fn enrich(
         &mut self,
         batch: RecordBatch,
-        ctx: &mut OpContext,
+        ctx: &mut OpContext<'_>,
     ) -> Result<RecordBatch, OpError> {
         let keys = self
             .keys
@@ -257,43 +298,192 @@ impl LookupOperator {
         all.extend(looked_up(&columns, &used)?);
         let enriched =
             RecordBatch::try_new(Arc::clone(&self.schema), all).map_err(OpError::eval)?;
-        self.apply_misses(enriched, &used, offsets.as_ref(), ctx)
+        let misses = Misses {
+            input: &batch,
+            used: &used,
+            slots: &distinct.slots,
+            offsets: offsets.as_ref(),
+        };
+        self.apply_misses(enriched, &misses, ctx)
     }
 
-    /// Drops the rows that found no row (`used`), unless misses keep
-    /// nulls, and sends their source records to the dead-letter topic if
-    /// there is one.
+    /// Applies the miss policy to the rows that found no row: keeps them
+    /// with nulls, holds them for a retry, or drops them (and sends their
+    /// source records to the dead-letter topic).
     fn apply_misses(
-        &self,
+        &mut self,
         enriched: RecordBatch,
-        used: &[Option<&Row>],
-        offsets: Option<&Int64Array>,
-        ctx: &mut OpContext,
+        misses: &Misses<'_>,
+        ctx: &mut OpContext<'_>,
     ) -> Result<RecordBatch, OpError> {
-        if self.on_miss == OnMiss::KeepNulls {
+        if self.on_miss == OnMiss::KeepNulls || misses.used.iter().all(Option::is_some) {
             return Ok(enriched);
         }
-        let keep: BooleanArray = used.iter().map(|row| Some(row.is_some())).collect();
-        let dropped = keep.false_count() as u64;
-        if dropped == 0 {
-            return Ok(enriched);
-        }
-        metrics::counter!("flumen_lookup_dropped_total", "lookup" => self.name.to_string())
-            .increment(dropped);
-        if let (OnMiss::DeadLetter(topic), Some(offsets)) = (&self.on_miss, offsets) {
-            let topic: Arc<str> = Arc::from(topic.as_str());
-            let missed = used.iter().zip(offsets.iter());
-            for offset in missed.filter_map(|(row, offset)| offset.filter(|_| row.is_none())) {
-                ctx.dead_letter(DeadLetter {
-                    topic: Arc::clone(&topic),
-                    offset,
-                    reason: DeadLetterReason::LookupMiss {
-                        lookup: Arc::clone(&self.name),
-                    },
-                });
+        let mut keep: Vec<bool> = misses.used.iter().map(Option::is_some).collect();
+        let offset = |r: usize| {
+            misses
+                .offsets
+                .and_then(|o| o.is_valid(r).then(|| o.value(r)))
+        };
+        let mut held = Vec::new();
+        let mut dropped = 0;
+        for r in 0..keep.len() {
+            if keep[r] {
+                continue;
+            }
+            // A null key is never found: no retry helps.
+            if self.holding.is_some() && offset(r).is_some() && misses.slots.is_valid(r) {
+                held.push(r as u32);
+            } else {
+                keep[r] = self.miss_now(offset(r), None, ctx);
+                dropped += usize::from(!keep[r]);
             }
         }
-        filter_record_batch(&enriched, &keep).map_err(OpError::eval)
+        if let (Some(holding), Some(offsets)) = (&mut self.holding, misses.offsets) {
+            let copies = self.on_miss.dead_letter_topic().is_some();
+            let mut sources = |o: i64| copies.then(|| ctx.source_record(o)).flatten();
+            holding.hold(misses.input, (&held, offsets), &mut sources)?;
+        }
+        self.count_dropped(dropped);
+        filter_record_batch(&enriched, &BooleanArray::from(keep)).map_err(OpError::eval)
+    }
+
+    /// The last resort for a row not found (`held`: after being held):
+    /// whether it is kept with nulls; a dropped row's source record at
+    /// `offset` goes to the dead-letter topic, if there is one.
+    fn miss_now(
+        &self,
+        offset: Option<i64>,
+        held: Option<Box<Held>>,
+        ctx: &mut OpContext<'_>,
+    ) -> bool {
+        let topic = match self.on_miss.last_resort() {
+            OnMiss::KeepNulls | OnMiss::Retry(_) => return true,
+            OnMiss::Drop => return false,
+            OnMiss::DeadLetter(topic) => topic,
+        };
+        let Some(offset) = offset else {
+            return false;
+        };
+        let lookup = Arc::clone(&self.name);
+        let (reason, copy) = match held {
+            None => (DeadLetterReason::LookupMiss { lookup }, None),
+            Some(held) => {
+                let held_ms =
+                    u64::try_from(crate::runtime::now_ms() - held.arrived_ms).unwrap_or(0);
+                let reason = DeadLetterReason::LookupMissAfterRetries { lookup, held_ms };
+                let Some(copy) = held.source else {
+                    tracing::warn!(lookup = %self.name, offset, "a held row has no copy of its source record to dead-letter; dropped");
+                    return false;
+                };
+                (reason, Some(Box::new(copy)))
+            }
+        };
+        ctx.dead_letter(DeadLetter {
+            topic: Arc::from(topic.as_str()),
+            offset,
+            reason,
+            copy,
+        });
+        false
+    }
+
+    fn count_dropped(&self, dropped: usize) {
+        if dropped > 0 {
+            metrics::counter!("flumen_lookup_dropped_total", "lookup" => self.name.to_string())
+                .increment(dropped as u64);
+        }
+    }
+
+    /// Looks the held rows up again when their retry is due: returns those
+    /// found, enriched, and those whose time is up and are kept with nulls.
+    async fn retry_held(
+        &mut self,
+        ctx: &mut OpContext<'_>,
+    ) -> Result<Option<RecordBatch>, OpError> {
+        let Some(retry) = self.holding.as_mut().map(Holding::take_due).transpose()? else {
+            return Ok(None);
+        };
+        let Some(retry) = retry else {
+            return Ok(None);
+        };
+        let keys = self
+            .keys
+            .iter()
+            .map(|k| evaluate(k, &retry.rows))
+            .collect::<Result<Vec<ArrayRef>, OpError>>()?;
+        let rows = self
+            .converter
+            .convert_columns(&keys)
+            .map_err(OpError::eval)?;
+        let distinct = distinct(&keys, &rows);
+        let found = self.look_up_again(&keys, &rows, &distinct.firsts).await?;
+        let used: Vec<Option<&Row>> = distinct
+            .slots
+            .iter()
+            .map(|slot| slot.and_then(|s| found[s as usize].as_ref()))
+            .collect();
+        metrics::counter!("flumen_lookup_retried_total", "lookup" => self.name.to_string())
+            .increment(retry.offsets.len() as u64);
+        let mut keep = Vec::with_capacity(used.len());
+        let mut dropped = 0;
+        for (offset, row) in retry.offsets.iter().zip(&used) {
+            let outcome = match &mut self.holding {
+                Some(holding) => holding.settle(*offset, row.is_some()),
+                None => Outcome::Held,
+            };
+            keep.push(match outcome {
+                Outcome::Found => true,
+                Outcome::Held => false,
+                Outcome::Expired(held) => {
+                    let kept = self.miss_now(Some(*offset), Some(held), ctx);
+                    dropped += usize::from(!kept);
+                    kept
+                }
+            });
+        }
+        self.count_dropped(dropped);
+        self.held_gauge();
+        let mut all = retry.rows.columns().to_vec();
+        all.extend(looked_up(&self.table.columns(), &used)?);
+        let released =
+            RecordBatch::try_new(Arc::clone(&self.schema), all).map_err(OpError::eval)?;
+        filter_record_batch(&released, &BooleanArray::from(keep))
+            .map(Some)
+            .map_err(OpError::eval)
+    }
+
+    /// The row of each distinct key (first rows `firsts`) of held rows: in
+    /// the latest scan of a preloaded table, else from the table itself
+    /// (not the cache, which may still hold the miss; it gets the result).
+    async fn look_up_again(
+        &mut self,
+        keys: &[ArrayRef],
+        rows: &Rows,
+        firsts: &[u32],
+    ) -> Result<Vec<Option<Row>>, OpError> {
+        if firsts.is_empty() {
+            return Ok(Vec::new());
+        }
+        if self.preload.is_some() {
+            return self.preloaded_rows(rows, firsts, &vec![true; firsts.len()]);
+        }
+        let found = self
+            .fetch(keys, &UInt32Array::from(firsts.to_vec()))
+            .await?;
+        if let Some(cache) = &self.cache {
+            for (&first, row) in firsts.iter().zip(&found) {
+                cache.insert(rows.row(first as usize).as_ref(), row.clone());
+            }
+        }
+        Ok(found)
+    }
+
+    fn held_gauge(&self) {
+        if let Some(holding) = &self.holding {
+            metrics::gauge!("flumen_lookup_held", "lookup" => self.name.to_string())
+                .set(holding.len() as f64);
+        }
     }
 
     /// For each row an earlier run enriched, the row it gave (`Some(None)`:
@@ -517,7 +707,20 @@ impl Operator for LookupOperator {
         batch: RecordBatch,
         ctx: &'a mut OpContext,
     ) -> BoxFuture<'a, Result<RecordBatch, OpError>> {
-        Box::pin(self.enrich(batch, ctx))
+        Box::pin(async move {
+            let released = self.retry_held(ctx).await?;
+            let enriched = self.enrich(batch, ctx).await?;
+            match released {
+                Some(released) if released.num_rows() > 0 => {
+                    concat_batches(&self.schema, [&released, &enriched]).map_err(OpError::eval)
+                }
+                _ => Ok(enriched),
+            }
+        })
+    }
+
+    fn due(&self) -> Option<Instant> {
+        self.holding.as_ref().and_then(Holding::due)
     }
 
     fn state(&mut self) -> Option<&mut dyn OperatorState> {
@@ -526,18 +729,35 @@ impl Operator for LookupOperator {
 }
 
 impl OperatorState for LookupOperator {
+    /// Loads the rows held for a retry, and opens the replay log when the
+    /// store keeps one.
+    fn open(&mut self, store: StoreHandle) -> Result<(), StoreError> {
+        if let Some(holding) = &mut self.holding {
+            holding.open(store.clone())?;
+            self.held_gauge();
+        }
+        self.open_replay_log(store);
+        Ok(())
+    }
+
+    fn dropped(&self) -> Dropped {
+        Dropped::default()
+    }
+}
+
+impl LookupOperator {
     /// Opens the replay log, when the store keeps one, and reads back what
     /// the previous run gave the records this run will replay.
-    fn open(&mut self, store: StoreHandle) -> Result<(), StoreError> {
+    fn open_replay_log(&mut self, store: StoreHandle) {
         let Some(log) = store.replay_log().cloned() else {
-            return Ok(());
+            return;
         };
         if self.offset_column.is_none() {
             tracing::warn!(
                 lookup = %self.name,
                 "the lookup's input has no _offset column: its enrichment is not replay-stable"
             );
-            return Ok(());
+            return;
         }
         let records = log.take_recovered();
         let columns = self.table.columns();
@@ -558,11 +778,6 @@ impl OperatorState for LookupOperator {
             }
         };
         self.writer = Some(ReplayWriter::new(log, store));
-        Ok(())
-    }
-
-    fn dropped(&self) -> Dropped {
-        Dropped::default()
     }
 }
 
@@ -576,6 +791,7 @@ mod tests {
     use super::*;
     use crate::expr::col;
     use crate::lookup::{Fetched, LookupCache, Scanned};
+    use flumen_kafka::RawBatch;
     use std::time::Duration;
 
     /// Devices and their sites; counts the keys it is asked for.
@@ -587,6 +803,8 @@ mod tests {
 
     /// Scans made of the table so far (the sites of a scan end in `-v<n>`).
     static SCANS: AtomicUsize = AtomicUsize::new(0);
+    /// Whether the rows of devices `late-*` are in the table yet.
+    static LATE_ARRIVED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
     impl LookupTable for Sites {
         fn columns(&self) -> SchemaRef {
@@ -599,7 +817,8 @@ mod tests {
             let sites: StringArray = devices
                 .iter()
                 .map(|d| {
-                    d.filter(|d| d.starts_with("dev"))
+                    let late = LATE_ARRIVED.load(Ordering::SeqCst);
+                    d.filter(|d| d.starts_with("dev") || (late && d.starts_with("late")))
                         .map(|d| format!("site-of-{d}"))
                 })
                 .collect();
@@ -814,5 +1033,186 @@ mod tests {
             .map(|e| e.to_string());
         let error = error.unwrap_or_default();
         assert!(error.contains("'site' is already a column"), "{error}");
+    }
+
+    /// Readings of `names` at offsets from 7, as a batch and as source records.
+    fn readings(names: &[&str]) -> (RecordBatch, RawBatch) {
+        let mut raw = RawBatch::new(Arc::from("readings"), 0);
+        let offsets: Vec<i64> = (7..).take(names.len()).collect();
+        for (name, offset) in names.iter().zip(&offsets) {
+            raw.push(Some(name.as_bytes()), Some(b"{}"), Some(1), *offset, None);
+        }
+        let batch = RecordBatch::try_from_iter([
+            (
+                "device",
+                Arc::new(StringArray::from(names.to_vec())) as ArrayRef,
+            ),
+            (
+                OFFSET_COLUMN,
+                Arc::new(Int64Array::from(offsets)) as ArrayRef,
+            ),
+        ]);
+        (batch.unwrap_or_else(|e| panic!("{e}")), raw)
+    }
+
+    /// A lookup of [`Sites`] planned for [`readings`], opened on `state`.
+    async fn retrying(on_miss: OnMiss, state: &crate::state::PartitionState) -> Box<dyn Operator> {
+        let join = LookupJoin::new(Arc::new(Sites {
+            asked: Arc::default(),
+            cache: LookupCache::default(),
+            on_miss,
+        }));
+        join.connect().await.unwrap_or_else(|e| panic!("{e}"));
+        let schema = readings(&[]).0.schema();
+        let mut op = join
+            .plan(&schema, &Arc::new(SessionContext::new()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let opened = op.state().map(|s| s.open(state.handle("lookup-0")));
+        assert!(matches!(opened, Some(Ok(()))), "the store opens");
+        op
+    }
+
+    /// Runs `op` on `batch` (an idle tick when empty) once it is due.
+    async fn when_due(
+        op: &mut Box<dyn Operator>,
+        batch: RecordBatch,
+        raw: Option<&RawBatch>,
+    ) -> (RecordBatch, Vec<DeadLetter>) {
+        if let Some(due) = op.due() {
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let mut ctx = OpContext::new(None, raw);
+        let out = op
+            .process(batch, &mut ctx)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        (out, ctx.take_dead_letters())
+    }
+
+    fn column(batch: &RecordBatch, name: &str) -> Vec<String> {
+        let column = batch
+            .column_by_name(name)
+            .map(|c| arrow::compute::cast(c, &DataType::Utf8));
+        let column = column
+            .and_then(Result::ok)
+            .unwrap_or_else(|| panic!("no column {name}"));
+        column
+            .as_string::<i32>()
+            .iter()
+            .map(|v| v.unwrap_or("null").to_string())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_held_miss_survives_a_restart_and_comes_out_once_its_row_arrives() {
+        use flumen_state::{MemoryStore, StateStore};
+        let local: Arc<dyn StateStore> = Arc::new(MemoryStore::default());
+        let state = crate::state::PartitionState::in_memory(Arc::clone(&local), 0);
+        let state = state.unwrap_or_else(|e| panic!("{e}"));
+        let on_miss = OnMiss::Retry(
+            crate::lookup::RetryMisses::within(Duration::from_secs(600))
+                .every(Duration::from_millis(10)),
+        );
+        let mut op = retrying(on_miss.clone(), &state).await;
+        assert_eq!(op.due(), None, "nothing held");
+        let (batch, raw) = readings(&["late-1", "dev-1"]);
+        let (out, _) = when_due(&mut op, batch, Some(&raw)).await;
+        assert_eq!(column(&out, "device"), ["dev-1"], "late-1 is held");
+        assert!(op.due().is_some(), "a held row asks to run without input");
+        let (out, _) = when_due(&mut op, readings(&[]).0, None).await;
+        assert_eq!(out.num_rows(), 0, "still not in the table");
+        // The batch commits; a new run (an empty memory) loads the held row.
+        let committed = state.seal(9);
+        state.commit(committed, 9).unwrap_or_else(|e| panic!("{e}"));
+        let state = crate::state::PartitionState::in_memory(Arc::clone(&local), 0);
+        let state = state.unwrap_or_else(|e| panic!("{e}"));
+        let mut op = retrying(on_miss.clone(), &state).await;
+        assert!(
+            op.due().is_some(),
+            "the restarted lookup retries what was held"
+        );
+        LATE_ARRIVED.store(true, Ordering::SeqCst);
+        let (batch, raw) = readings(&["dev-2"]);
+        let (out, _) = when_due(&mut op, batch, Some(&raw)).await;
+        assert_eq!(
+            column(&out, "device"),
+            ["late-1", "dev-2"],
+            "the held row first"
+        );
+        assert_eq!(column(&out, "site"), ["site-of-late-1", "site-of-dev-2"]);
+        assert_eq!(column(&out, OFFSET_COLUMN), ["7", "7"]);
+        assert_eq!(op.due(), None, "nothing held any more");
+        let committed = state.seal(8);
+        state.commit(committed, 8).unwrap_or_else(|e| panic!("{e}"));
+        let state = crate::state::PartitionState::in_memory(local, 0);
+        let op = retrying(on_miss, &state.unwrap_or_else(|e| panic!("{e}"))).await;
+        assert_eq!(op.due(), None, "the released row left the store");
+    }
+
+    #[tokio::test]
+    async fn a_miss_still_missing_after_its_time_goes_to_the_dead_letter_topic_as_it_came() {
+        let state = crate::state::PartitionState::ephemeral(0);
+        let on_miss = OnMiss::Retry(
+            crate::lookup::RetryMisses::within(Duration::ZERO)
+                .every(Duration::from_millis(10))
+                .then(OnMiss::DeadLetter("unknown".into())),
+        );
+        let mut op = retrying(on_miss, &state).await;
+        let (batch, raw) = readings(&["nope-1", "dev-1", "nope-2"]);
+        let (out, letters) = when_due(&mut op, batch, Some(&raw)).await;
+        assert_eq!(column(&out, "device"), ["dev-1"]);
+        assert!(letters.is_empty(), "held first");
+        let (out, letters) = when_due(&mut op, readings(&[]).0, None).await;
+        assert_eq!(out.num_rows(), 0);
+        let offsets: Vec<i64> = letters.iter().map(|l| l.offset).collect();
+        assert_eq!(offsets, [7, 9]);
+        let copy = letters[1]
+            .copy
+            .as_deref()
+            .map(|c| (c.offset, c.key.clone()));
+        assert_eq!(
+            copy,
+            Some((9, Some(b"nope-2".to_vec()))),
+            "the source record travels with it"
+        );
+        let reason = letters[0].reason.headers();
+        assert!(
+            reason
+                .iter()
+                .any(|(k, v)| *k == "flumen.error.reason" && v.contains("looked up again")),
+            "{reason:?}"
+        );
+        assert_eq!(op.due(), None);
+    }
+
+    #[tokio::test]
+    async fn retries_need_offsets_and_end_in_another_policy() {
+        let join = |then: OnMiss| {
+            LookupJoin::new(Arc::new(Sites {
+                asked: Arc::default(),
+                cache: LookupCache::default(),
+                on_miss: OnMiss::Retry(
+                    crate::lookup::RetryMisses::within(Duration::from_secs(1)).then(then),
+                ),
+            }))
+        };
+        let refused = |join: LookupJoin, schema: SchemaRef| async move {
+            join.connect().await.unwrap_or_else(|e| panic!("{e}"));
+            let ctx = Arc::new(SessionContext::new());
+            join.plan(&schema, &ctx)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        let error = refused(join(OnMiss::Drop), devices(&[]).schema()).await;
+        assert!(
+            error.contains("OnMiss::Retry needs the _offset column"),
+            "{error}"
+        );
+        let again = OnMiss::retry_for(Duration::from_secs(1));
+        let error = refused(join(again), readings(&[]).0.schema()).await;
+        assert!(error.contains("not retry again"), "{error}");
+        let dlq = join(OnMiss::DeadLetter("unknown".into())).dead_letter_topic();
+        assert_eq!(dlq.map(|(topic, _)| topic), Some("unknown".to_string()));
     }
 }
