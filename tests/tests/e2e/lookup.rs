@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::{builder, start, wait_until, DEADLINE};
 use arrow::datatypes::{DataType, Field, Schema};
-use flumen::lookup::{LookupCache, OnMiss};
+use flumen::lookup::{LookupCache, OnMiss, RetryMisses};
 use flumen::prelude::*;
 use flumen_cassandra::CassandraLookup;
 use flumen_testkit::topics::{ReadRecord, TestRecord};
@@ -492,4 +492,103 @@ async fn a_preloaded_table_enriches_readings_and_refreshes() {
             assert_eq!(looked_up, now, "{device} wave {wave}");
         }
     }
+}
+
+/// `OnMiss::Retry`, exactly-once: readings of devices missing from the
+/// table are held (the others go on). The run stops; two of the devices
+/// arrive in the table; a new run on an empty state directory restores the
+/// held readings from the lookup's changelog and, with no new input, finds
+/// those two and gives them their rows. The other missing devices' readings
+/// go to the dead-letter topic, unchanged, when their time is up. Every
+/// reading comes out once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_readings_come_out_when_their_device_arrives_also_after_a_restart() {
+    let Setup {
+        stack,
+        cassandra,
+        session,
+        table,
+        devices: mut expected,
+    } = setup().await;
+    let (input, output, misses) = (
+        unique_name("readings"),
+        unique_name("enriched"),
+        unique_name("misses"),
+    );
+    for topic in [&input, &output, &misses] {
+        stack.create_topic(topic, 2).await.expect("topic");
+    }
+    let group = unique_name("g");
+    let within = Duration::from_secs(30);
+    let run = |state: &std::path::Path| {
+        let app = builder(&stack, &group)
+            .processing_guarantee(ProcessingGuarantee::ExactlyOnce)
+            .state_dir(state)
+            .build()
+            .expect("app");
+        let retry = RetryMisses::within(within)
+            .every(Duration::from_millis(200))
+            .then(OnMiss::DeadLetter(misses.clone()));
+        let lookup = CassandraLookup::table(&table)
+            .nodes(cassandra.nodes())
+            .on_miss(OnMiss::Retry(retry));
+        pipeline(&app, lookup, (&input, &output));
+        start(app)
+    };
+    let first_state = tempfile::tempdir().expect("state dir");
+    let first = run(first_state.path());
+    let produced = Instant::now();
+    stack
+        .produce(&input, readings(DEVICES, 1))
+        .await
+        .expect("produce");
+    committed_records(&stack, &output, expected.len()).await;
+    first.stop().await.expect("first run");
+    let arrived = ["dev-0", "dev-50"];
+    for device in arrived {
+        upsert(&session, &table, device, "late", 0.5).await;
+        expected.insert(
+            device.into(),
+            serde_json::json!({"site": "late", "max_temp": 0.5}),
+        );
+    }
+
+    let second_state = tempfile::tempdir().expect("state dir");
+    let second = run(second_state.path());
+    let committed = committed_records(&stack, &output, expected.len()).await;
+    let held_for = produced.elapsed();
+    let left = DEVICES - expected.len();
+    let letters = committed_records(&stack, &misses, left).await;
+    second.stop().await.expect("second run");
+    assert!(
+        held_for < within,
+        "the arrived devices came out after {held_for:?}, not before their time was up"
+    );
+
+    let seen = enrichment_of(committed);
+    let want: BTreeMap<(String, i64), Value> = expected
+        .iter()
+        .map(|(device, row)| ((device.clone(), 1), row.clone()))
+        .collect();
+    assert_eq!(
+        seen, want,
+        "every found reading once, the held ones with their new rows"
+    );
+    let mut unknown: Vec<String> = letters
+        .iter()
+        .map(|l| {
+            assert_eq!(l.header("flumen.error.kind"), Some("lookup-miss"));
+            let reason = l.header("flumen.error.reason").unwrap_or_default();
+            assert!(reason.contains("looked up again"), "{reason}");
+            assert_eq!(l.header("flumen.source.topic"), Some(input.as_str()));
+            l.json()["device"].as_str().unwrap_or_default().to_string()
+        })
+        .collect();
+    unknown.sort();
+    let mut never: Vec<String> = (0..DEVICES)
+        .map(|n| format!("dev-{n}"))
+        .filter(|d| !expected.contains_key(d))
+        .collect();
+    never.sort();
+    assert_eq!(unknown, never, "each device never found, once");
 }
