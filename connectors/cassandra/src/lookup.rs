@@ -15,6 +15,7 @@ use flumen::BoxError;
 use futures::future::BoxFuture;
 use futures::{StreamExt, TryStreamExt};
 use scylla::client::session::Session;
+use scylla::response::{PagingState, PagingStateResponse};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlValue, Row};
 use serde_json::{Map, Value};
@@ -25,6 +26,7 @@ use crate::error::CassandraError;
 use crate::schema::{qualified_ident, quote_ident, CqlType};
 use crate::sink::Consistency;
 use crate::source::json::to_json;
+use crate::source::ranges::{split_ring, TokenRange};
 use crate::source::table::{arrow_type, read_table, Column, Table};
 
 /// Looks rows up in a Cassandra table by key, for
@@ -189,7 +191,7 @@ impl CassandraLookup {
         })
     }
 
-    /// Prepares the paged scan of a preloaded table.
+    /// Prepares the scan of a token range of a preloaded table.
     async fn prepare_scan(
         &self,
         session: &Session,
@@ -320,16 +322,27 @@ fn select_cql(table: &Table, keys: &[Column], selected: &[Column]) -> String {
 
 /// Rows per page of a preloading scan.
 const SCAN_PAGE_ROWS: i32 = 5_000;
+/// The token ranges a preloading scan reads (more than run at once, so a
+/// slow range does not hold the others up) ...
+const SCAN_SPLITS: u32 = 64;
+/// ... and how many it reads at once.
+const SCAN_IN_FLIGHT: usize = 8;
 
-/// The scan of a preloaded table: the key columns, then the looked-up ones.
+/// The scan of one token range of a preloaded table: the key columns, then
+/// the looked-up ones.
 fn scan_cql(table: &Table, keys: &[Column], selected: &[Column]) -> String {
     let columns: Vec<String> = keys
         .iter()
         .chain(selected)
         .map(|c| quote_ident(&c.name))
         .collect();
+    let partition_key: Vec<String> = table
+        .partition_key()
+        .map(|c| quote_ident(&c.name))
+        .collect();
+    let token = format!("token({})", partition_key.join(", "));
     format!(
-        "SELECT {} FROM {}",
+        "SELECT {} FROM {} WHERE {token} > ? AND {token} <= ?",
         columns.join(", "),
         qualified_ident(&table.keyspace, &table.name)
     )
@@ -366,7 +379,7 @@ struct CassandraTable {
     table: String,
     session: Arc<Session>,
     prepared: PreparedStatement,
-    /// The paged scan, for a preloaded table.
+    /// The scan of a token range, for a preloaded table.
     scan: Option<PreparedStatement>,
     /// The key columns, as a scan returns them.
     key_schema: SchemaRef,
@@ -411,26 +424,22 @@ impl CassandraTable {
         Ok(Some(json_object(&self.schema, &row.columns)))
     }
 
-    /// Every key's first row (in clustering order), by a paged scan of the
-    /// whole table.
+    /// Every key's first row (in clustering order), by paged scans of the
+    /// ring's token ranges, [`SCAN_IN_FLIGHT`] at a time.
     async fn scan_all(&self) -> Result<Option<Scanned>, BoxError> {
         let Some(scan) = &self.scan else {
             return Ok(None);
         };
-        let failed = |reason: String| CassandraError::Request {
-            table: self.table.clone(),
-            operation: "scanning the table to preload it".into(),
-            reason,
-        };
-        let pager = self.session.execute_iter(scan.clone(), ()).await;
-        let mut rows = pager
-            .map_err(|e| failed(e.to_string()))?
-            .rows_stream::<Row>()
-            .map_err(|e| failed(e.to_string()))?;
+        let ranges: Vec<Vec<Row>> = futures::stream::iter(split_ring(SCAN_SPLITS))
+            .map(|range| self.scan_range(scan, range))
+            .buffered(SCAN_IN_FLIGHT)
+            .try_collect()
+            .await?;
         let n = self.key_schema.fields().len();
         let (mut keys, mut values) = (Vec::new(), Vec::new());
+        // A key covers the partition key, so all its rows are in one range.
         let mut seen = std::collections::HashSet::new();
-        while let Some(row) = rows.try_next().await.map_err(|e| failed(e.to_string()))? {
+        for row in ranges.iter().flatten() {
             let (key, value) = row.columns.split_at(n.min(row.columns.len()));
             let key = json_object(&self.key_schema, key);
             if seen.insert(key.to_string()) {
@@ -442,6 +451,51 @@ impl CassandraTable {
             keys: to_batch(&self.key_schema, &keys.iter().collect::<Vec<_>>())?,
             rows: to_batch(&self.schema, &values.iter().collect::<Vec<_>>())?,
         }))
+    }
+
+    /// The rows of one token range, page by page, each page retried with
+    /// backoff on timeouts and unavailable nodes.
+    async fn scan_range(
+        &self,
+        scan: &PreparedStatement,
+        range: TokenRange,
+    ) -> Result<Vec<Row>, CassandraError> {
+        let failed = |reason: String| CassandraError::Request {
+            table: self.table.clone(),
+            operation: format!(
+                "scanning tokens ({}, {}] to preload the table",
+                range.start, range.end
+            ),
+            reason,
+        };
+        let mut rows = Vec::new();
+        let mut paging = PagingState::start();
+        loop {
+            let page = || async {
+                let values = (range.start, range.end);
+                self.session
+                    .execute_single_page(scan, values, paging.clone())
+                    .await
+            };
+            let (result, next) = page
+                .retry(crate::retry::backoff(self.retries))
+                .when(crate::retry::retryable)
+                .notify(|error, after| {
+                    tracing::warn!(table = %self.table, %error, ?after, "retrying a page of a preloading scan");
+                })
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            let result = result
+                .into_rows_result()
+                .map_err(|e| failed(e.to_string()))?;
+            for row in result.rows::<Row>().map_err(|e| failed(e.to_string()))? {
+                rows.push(row.map_err(|e| failed(e.to_string()))?);
+            }
+            match next {
+                PagingStateResponse::HasMorePages { state } => paging = state,
+                PagingStateResponse::NoMorePages => return Ok(rows),
+            }
+        }
     }
 
     /// The bound values of each key of `keys`.
@@ -521,5 +575,75 @@ impl LookupTable for CassandraTable {
 
     fn scan(&self) -> BoxFuture<'_, Result<Option<Scanned>, BoxError>> {
         Box::pin(self.scan_all())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn column(name: &str, kind: &str, position: i32, cql: &str) -> Column {
+        Column {
+            name: name.into(),
+            kind: kind.into(),
+            position,
+            cql: cql.into(),
+        }
+    }
+
+    fn readings() -> Table {
+        Table {
+            keyspace: "ks".into(),
+            name: "devices".into(),
+            columns: vec![
+                column("device", "partition_key", 0, "text"),
+                column("region", "partition_key", 1, "text"),
+                column("since", "clustering", 0, "timestamp"),
+                column("site", "regular", -1, "text"),
+            ],
+        }
+    }
+
+    #[test]
+    fn a_preloading_scan_reads_one_token_range_of_the_partition_key() {
+        let table = readings();
+        let keys = key_columns(
+            &table,
+            &[
+                (flumen::expr::col("d"), "device".to_string()),
+                (flumen::expr::col("r"), "region".to_string()),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let selected = [column("site", "regular", -1, "text")];
+        assert_eq!(
+            scan_cql(&table, &keys, &selected),
+            "SELECT \"device\", \"region\", \"site\" FROM \"ks\".\"devices\" \
+             WHERE token(\"device\", \"region\") > ? AND token(\"device\", \"region\") <= ?"
+        );
+    }
+
+    #[test]
+    fn a_key_must_cover_the_partition_key_and_a_prefix_of_the_clustering_columns() {
+        let table = readings();
+        let on = |names: &[&str]| -> Vec<(Expr, String)> {
+            names
+                .iter()
+                .map(|n| (flumen::expr::col(*n), n.to_string()))
+                .collect()
+        };
+        let error = key_columns(&table, &on(&["device"]))
+            .err()
+            .unwrap_or_default();
+        assert!(
+            error.contains("must cover the partition key (device, region)"),
+            "{error}"
+        );
+        let error = key_columns(&table, &on(&["device", "site"]))
+            .err()
+            .unwrap_or_default();
+        assert!(error.contains("'site' is not a key column"), "{error}");
+        let full = key_columns(&table, &on(&["region", "device", "since"]));
+        assert_eq!(full.map(|k| k.len()), Ok(3));
     }
 }

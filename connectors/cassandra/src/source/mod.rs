@@ -40,7 +40,7 @@ pub(crate) mod json;
 mod leader;
 mod progress;
 mod publish;
-mod ranges;
+pub(crate) mod ranges;
 mod scan;
 mod stats;
 pub(crate) mod table;
