@@ -18,6 +18,7 @@ mod deduplicate;
 mod exactly_once;
 mod faults;
 mod lookup;
+mod lookup_partitions;
 mod metrics;
 mod outage;
 mod restart;

@@ -1,8 +1,11 @@
 //! [`CassandraLookup`]: enriches a stream with the rows of a Cassandra table
 //! (`frame.lookup(..)`). Each distinct key of a batch not in the engine's
 //! cache is read with a prepared, token-aware `SELECT .. LIMIT 1`, a bounded
-//! number at a time, retried with backoff on timeouts and unavailable nodes.
+//! number at a time, retried with backoff on timeouts and unavailable nodes;
+//! keys that share a partition are read together when that is cheaper
+//! (`grouped.rs`). A preloaded table is scanned by token ranges.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -20,6 +23,8 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlValue, Row};
 use serde_json::{Map, Value};
 
+mod grouped;
+
 use crate::connection::Connection;
 use crate::convert::{column_values, Bind};
 use crate::error::CassandraError;
@@ -28,6 +33,7 @@ use crate::sink::Consistency;
 use crate::source::json::to_json;
 use crate::source::ranges::{split_ring, TokenRange};
 use crate::source::table::{arrow_type, read_table, Column, Table};
+use grouped::{Grouping, Request};
 
 /// Looks rows up in a Cassandra table by key, for
 /// [`StreamingDataFrame::lookup`](flumen::StreamingDataFrame::lookup).
@@ -159,16 +165,9 @@ impl CassandraLookup {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let select = select_cql(&table, &keys, &selected);
-        let prepared =
-            session
-                .prepare(select.as_str())
-                .await
-                .map_err(|e| CassandraError::Request {
-                    table: self.qualified(),
-                    operation: format!("preparing `{select}`"),
-                    reason: e.to_string(),
-                })?;
+        let prepared = self
+            .prepare(&session, &select_cql(&table, &keys, &selected))
+            .await?;
         let scan = self
             .cache
             .preload_value()
@@ -178,11 +177,19 @@ impl CassandraLookup {
             Some(cql) => Some(self.prepare_scan(&session, &cql).await?),
             None => None,
         };
+        let grouped = match Grouping::of(&table, &keys, &selected) {
+            Some(grouping) => {
+                let prepared = self.prepare(&session, &grouping.cql).await?;
+                Some((grouping, prepared))
+            }
+            None => None,
+        };
         Ok(CassandraTable {
             table: self.qualified(),
             session: Arc::new(session),
             prepared,
             scan,
+            grouped,
             key_schema: lookup_schema(&keys).map_err(schema_error)?,
             key_types,
             schema,
@@ -197,16 +204,24 @@ impl CassandraLookup {
         session: &Session,
         cql: &str,
     ) -> Result<PreparedStatement, CassandraError> {
-        let mut prepared = session
+        let mut prepared = self.prepare(session, cql).await?;
+        prepared.set_page_size(SCAN_PAGE_ROWS);
+        Ok(prepared)
+    }
+
+    async fn prepare(
+        &self,
+        session: &Session,
+        cql: &str,
+    ) -> Result<PreparedStatement, CassandraError> {
+        session
             .prepare(cql)
             .await
             .map_err(|e| CassandraError::Request {
                 table: self.qualified(),
                 operation: format!("preparing `{cql}`"),
                 reason: e.to_string(),
-            })?;
-        prepared.set_page_size(SCAN_PAGE_ROWS);
-        Ok(prepared)
+            })
     }
 
     /// The columns to add: the named ones, or every non-key column.
@@ -381,6 +396,9 @@ struct CassandraTable {
     prepared: PreparedStatement,
     /// The scan of a token range, for a preloaded table.
     scan: Option<PreparedStatement>,
+    /// The read of several keys of one partition, when the key is the whole
+    /// primary key of a table with clustering columns.
+    grouped: Option<(Grouping, PreparedStatement)>,
     /// The key columns, as a scan returns them.
     key_schema: SchemaRef,
     key_types: Vec<CqlType>,
@@ -390,20 +408,22 @@ struct CassandraTable {
 }
 
 impl CassandraTable {
-    /// The row of one key, as JSON (`None`: not found).
-    async fn get(
+    /// Runs a read, retried with backoff on timeouts and unavailable nodes
+    /// (counted in `retried`).
+    async fn read(
         &self,
-        key: Vec<Bind>,
+        (prepared, values): (&PreparedStatement, &[Bind]),
         retried: &AtomicU64,
-    ) -> Result<Option<Value>, CassandraError> {
+        operation: &str,
+    ) -> Result<Vec<Row>, CassandraError> {
         let failed = |reason: String| CassandraError::Request {
             table: self.table.clone(),
-            operation: "looking a key up".into(),
+            operation: operation.into(),
             reason,
         };
         let in_flight = metrics::gauge!("flumen_lookup_in_flight", "table" => self.table.clone());
         in_flight.increment(1.0);
-        let result = (|| async { self.session.execute_unpaged(&self.prepared, &key).await })
+        let result = (|| async { self.session.execute_unpaged(prepared, values).await })
             .retry(crate::retry::backoff(self.retries))
             .when(crate::retry::retryable)
             .notify(|error, after| {
@@ -416,12 +436,52 @@ impl CassandraTable {
         let rows = result
             .into_rows_result()
             .map_err(|e| failed(e.to_string()))?;
-        let mut rows = rows.rows::<Row>().map_err(|e| failed(e.to_string()))?;
-        let Some(row) = rows.next() else {
-            return Ok(None);
+        let rows = rows.rows::<Row>().map_err(|e| failed(e.to_string()))?;
+        rows.map(|row| row.map_err(|e| failed(e.to_string())))
+            .collect()
+    }
+
+    /// The row of each key a request reads, as JSON (`None`: not found).
+    async fn answer(
+        &self,
+        request: Request,
+        keys: &[Vec<Bind>],
+        retried: &AtomicU64,
+    ) -> Result<Vec<(usize, Option<Value>)>, CassandraError> {
+        let (grouping, prepared, indices) = match (request, &self.grouped) {
+            (Request::Partition(indices), Some((grouping, prepared))) => {
+                (grouping, prepared, indices)
+            }
+            (Request::One(k), _) => {
+                let read = (&self.prepared, keys[k].as_slice());
+                let rows = self.read(read, retried, "looking a key up").await?;
+                let row = rows.first().map(|r| json_object(&self.schema, &r.columns));
+                return Ok(vec![(k, row)]);
+            }
+            (Request::Partition(_), None) => {
+                return Err(CassandraError::Config(format!(
+                    "lookup in {}: a grouped read without its statement (a bug in flumen)",
+                    self.table
+                )))
+            }
         };
-        let row = row.map_err(|e| failed(e.to_string()))?;
-        Ok(Some(json_object(&self.schema, &row.columns)))
+        let values = grouping.values(keys, &indices);
+        let operation = "looking keys of one partition up";
+        let rows = self.read((prepared, &values), retried, operation).await?;
+        let mut found: HashMap<String, Value> = HashMap::new();
+        for row in &rows {
+            let values = row
+                .columns
+                .get(grouping.clustering_len()..)
+                .unwrap_or_default();
+            found
+                .entry(grouping.row_identity(&row.columns))
+                .or_insert_with(|| json_object(&self.schema, values));
+        }
+        Ok(indices
+            .into_iter()
+            .map(|k| (k, found.get(&grouping.key_identity(&keys[k])).cloned()))
+            .collect())
     }
 
     /// Every key's first row (in clustering order), by paged scans of the
@@ -515,8 +575,13 @@ impl CassandraTable {
 
     async fn fetch_keys(&self, keys: RecordBatch) -> Result<Fetched, BoxError> {
         let retried = AtomicU64::new(0);
-        let found: Result<Vec<Option<Value>>, _> = futures::stream::iter(self.binds(&keys)?)
-            .map(|key| self.get(key, &retried))
+        let binds = self.binds(&keys)?;
+        let requests = match &self.grouped {
+            Some((grouping, _)) => grouping.requests(&binds),
+            None => (0..binds.len()).map(Request::One).collect(),
+        };
+        let answers: Result<Vec<_>, _> = futures::stream::iter(requests)
+            .map(|request| self.answer(request, &binds, &retried))
             .buffered(self.max_in_flight)
             .try_collect()
             .await;
@@ -527,7 +592,10 @@ impl CassandraTable {
             metrics::counter!("flumen_lookup_retries_total", "table" => table).increment(retries);
             tracing::warn!(table = %self.table, keys = keys.num_rows(), retries, "lookups were retried");
         }
-        let found = found?;
+        let mut found: Vec<Option<Value>> = vec![None; binds.len()];
+        for (k, row) in answers?.into_iter().flatten() {
+            found[k] = row;
+        }
         // A key not found is an empty object: nulls in every column.
         let missing = Value::Object(Map::new());
         let rows: Vec<&Value> = found
