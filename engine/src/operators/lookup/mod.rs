@@ -327,16 +327,13 @@ impl LookupOperator {
         };
         let mut held = Vec::new();
         let mut dropped = 0;
-        for r in 0..keep.len() {
-            if keep[r] {
-                continue;
-            }
+        for (r, kept) in keep.iter_mut().enumerate().filter(|(_, kept)| !**kept) {
             // A null key is never found: no retry helps.
             if self.holding.is_some() && offset(r).is_some() && misses.slots.is_valid(r) {
                 held.push(r as u32);
             } else {
-                keep[r] = self.miss_now(offset(r), None, ctx);
-                dropped += usize::from(!keep[r]);
+                *kept = self.miss_now(offset(r), None, ctx);
+                dropped += usize::from(!*kept);
             }
         }
         if let (Some(holding), Some(offsets)) = (&mut self.holding, misses.offsets) {
