@@ -126,21 +126,26 @@ pub(crate) fn pipeline(
 
 /// Every row of the table: (device, window start) -> values, and the write
 /// timestamps seen.
+///
+/// The test's own session may still be reconnecting after a fault (a node
+/// restarted behind the proxy): the query is tried again until [`DEADLINE`].
 pub(crate) async fn table_rows(cluster: &Cluster) -> (BTreeMap<(String, i64), Row>, Vec<i64>) {
-    let rows = cluster
-        .session
-        .query_unpaged(
-            format!(
-                "SELECT device, window_start, count, sum, min, max, mean, writetime(count) \
-                 FROM {}",
-                cluster.table
-            ),
-            &[],
-        )
-        .await
-        .expect("select")
-        .into_rows_result()
-        .expect("rows");
+    let select = format!(
+        "SELECT device, window_start, count, sum, min, max, mean, writetime(count) FROM {}",
+        cluster.table
+    );
+    let started = std::time::Instant::now();
+    let result = loop {
+        match cluster.session.query_unpaged(select.as_str(), &[]).await {
+            Ok(result) => break result,
+            Err(error) if started.elapsed() < DEADLINE => {
+                eprintln!("reading the table back failed, trying again: {error}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(error) => panic!("select after {DEADLINE:?}: {error}"),
+        }
+    };
+    let rows = result.into_rows_result().expect("rows");
     let mut out = BTreeMap::new();
     let mut stamps = Vec::new();
     type Typed = (String, CqlTimestamp, i64, f64, f64, f64, f64, i64);
