@@ -79,6 +79,42 @@ pub(crate) fn to_json(value: Option<&CqlValue>) -> Value {
     }
 }
 
+/// Appends `value` as JSON to `out`, as [`to_json`] gives it, without
+/// building a [`Value`] for the common scalar types (the source's hot path).
+pub(crate) fn write_json(out: &mut Vec<u8>, value: Option<&CqlValue>) {
+    let written = match value {
+        None | Some(CqlValue::Empty) => {
+            out.extend_from_slice(b"null");
+            Ok(())
+        }
+        Some(CqlValue::Ascii(s) | CqlValue::Text(s)) => serde_json::to_writer(&mut *out, s),
+        Some(CqlValue::Boolean(b)) => serde_json::to_writer(&mut *out, b),
+        Some(CqlValue::Int(i)) => serde_json::to_writer(&mut *out, i),
+        Some(CqlValue::BigInt(i)) => serde_json::to_writer(&mut *out, i),
+        Some(CqlValue::SmallInt(i)) => serde_json::to_writer(&mut *out, i),
+        Some(CqlValue::TinyInt(i)) => serde_json::to_writer(&mut *out, i),
+        Some(CqlValue::Counter(c)) => serde_json::to_writer(&mut *out, &c.0),
+        Some(CqlValue::Timestamp(t)) => serde_json::to_writer(&mut *out, &t.0),
+        Some(CqlValue::Time(t)) => serde_json::to_writer(&mut *out, &t.0),
+        Some(CqlValue::Double(f)) if f.is_finite() => serde_json::to_writer(&mut *out, f),
+        Some(other) => serde_json::to_writer(&mut *out, &to_json(Some(other))),
+    };
+    // Writing to a Vec fails only on a non-string map key, which `to_json`
+    // never makes; keep the output valid anyway.
+    if written.is_err() {
+        out.extend_from_slice(b"null");
+    }
+}
+
+/// Appends `"name":` to `out`.
+pub(crate) fn write_name(out: &mut Vec<u8>, name: &str) {
+    // A string always serializes into a Vec.
+    if serde_json::to_writer(&mut *out, name).is_err() {
+        out.extend_from_slice(b"\"\"");
+    }
+    out.push(b':');
+}
+
 /// A map key or a single-column partition key as text: strings as they are,
 /// everything else as its JSON.
 pub(crate) fn key_string(value: &CqlValue) -> String {
@@ -192,6 +228,44 @@ mod tests {
             to_json(Some(&CqlValue::Duration(d))),
             Value::String("1mo2d3ns".into())
         );
+    }
+
+    #[test]
+    fn written_json_is_the_json_of_the_value() {
+        let values = [
+            None,
+            Some(CqlValue::Empty),
+            Some(CqlValue::Text("a \"quoted\"\nline \u{e9}".into())),
+            Some(CqlValue::Ascii("plain".into())),
+            Some(CqlValue::Boolean(true)),
+            Some(CqlValue::Int(-7)),
+            Some(CqlValue::BigInt(i64::MIN)),
+            Some(CqlValue::SmallInt(3)),
+            Some(CqlValue::TinyInt(-1)),
+            Some(CqlValue::Timestamp(CqlTimestamp(1_700_000_000_123))),
+            Some(CqlValue::Double(20.1)),
+            Some(CqlValue::Double(1e300)),
+            Some(CqlValue::Double(f64::NAN)),
+            Some(CqlValue::Double(f64::NEG_INFINITY)),
+            Some(CqlValue::Float(0.1)),
+            Some(CqlValue::Blob(vec![0, 255])),
+            Some(CqlValue::Date(CqlDate(1 << 31))),
+            Some(CqlValue::List(vec![
+                CqlValue::Int(1),
+                CqlValue::Text("x".into()),
+            ])),
+        ];
+        for value in &values {
+            let mut out = Vec::new();
+            write_json(&mut out, value.as_ref());
+            let written: Value = serde_json::from_slice(&out).unwrap_or(Value::Bool(false));
+            assert_eq!(written, to_json(value.as_ref()), "{value:?}");
+            assert_eq!(
+                out,
+                to_json(value.as_ref()).to_string().into_bytes(),
+                "{value:?}"
+            );
+        }
     }
 
     #[test]

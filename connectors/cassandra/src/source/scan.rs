@@ -12,12 +12,12 @@ use scylla::response::query_result::QueryResult;
 use scylla::response::{PagingState, PagingStateResponse};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlTimestamp, CqlValue, Row};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio::sync::{mpsc, Mutex, Semaphore};
 use tokio::task::JoinSet;
 
 use super::bucket::Buckets;
-use super::json::{key_string, to_json};
+use super::json::{key_string, to_json, write_json, write_name};
 use super::progress::{Pass, PassKind, Progress, RangeProgress};
 use super::ranges::{split_ring, TokenRange};
 use super::table::Table;
@@ -267,21 +267,27 @@ impl Scan {
     }
 
     fn record(&self, values: &[Option<CqlValue>], timestamp_ms: i64) -> Record {
-        let mut object = Map::with_capacity(self.table.columns.len());
+        let mut value = Vec::with_capacity(32 * values.len());
         let mut key = Vec::new();
-        for (column, value) in self.table.columns.iter().zip(values) {
+        value.push(b'{');
+        for (i, (column, cell)) in self.table.columns.iter().zip(values).enumerate() {
             if column.kind == "partition_key" {
-                key.push(value.as_ref());
+                key.push(cell.as_ref());
             }
-            object.insert(column.name.clone(), to_json(value.as_ref()));
+            if i > 0 {
+                value.push(b',');
+            }
+            write_name(&mut value, &column.name);
+            write_json(&mut value, cell.as_ref());
         }
+        value.push(b'}');
         let key = match key.as_slice() {
             [Some(single)] => key_string(single),
             several => Value::Array(several.iter().map(|v| to_json(*v)).collect()).to_string(),
         };
         Record {
             key: key.into_bytes(),
-            value: Value::Object(object).to_string().into_bytes(),
+            value,
             timestamp_ms,
         }
     }
