@@ -245,11 +245,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let idle = args.exit_when_idle.map(Duration::from_secs);
         tokio::spawn(async move {
             let mut seen = 0;
-            // A run with nothing left to read is idle from its assignment on.
+            let mut restored = 0;
+            // A run with nothing left to read is idle from its assignment on
+            // (or from the last state change it restored: a restore is work).
             let mut assigned_at = None;
             while !done.load(Ordering::Relaxed) {
                 let now = Instant::now();
                 let read = stats.records_in();
+                if stats.restored_changes() > restored {
+                    restored = stats.restored_changes();
+                    assigned_at = Some(now);
+                }
                 if read > seen {
                     seen = read;
                     let mut s = span.lock().unwrap_or_else(|p| p.into_inner());

@@ -54,7 +54,12 @@ impl Run<'_> {
             .args(["--group", &self.group])
             .args(["--window", "tumbling:10s"])
             .args(&self.sink)
-            .args(["--exit-when-idle", "3"])
+            // Long enough for a loaded machine (CI runs these tests side by
+            // side) to restore the state and fence the killed run's
+            // transactions before the first record. With 3 s, one CI run's
+            // final run added nothing (the output stopped at the last kill's
+            // 70%), as a run that exits idle before its first record does.
+            .args(["--exit-when-idle", "8"])
             .arg("--state-dir")
             .arg(state)
             .stdout(Stdio::null())
