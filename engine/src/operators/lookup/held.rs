@@ -177,7 +177,12 @@ impl Holding {
         if let Some(store) = &self.store {
             store.delete(&key(offset));
         }
-        match (found, self.held.remove(&offset)) {
+        let removed = self.held.remove(&offset);
+        if self.held.is_empty() {
+            // The next row held waits a whole interval.
+            self.next_retry = None;
+        }
+        match (found, removed) {
             (true, _) | (false, None) => Outcome::Found,
             (false, Some(held)) => Outcome::Expired(Box::new(held)),
         }

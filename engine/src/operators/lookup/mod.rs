@@ -1142,8 +1142,16 @@ mod tests {
         let committed = state.seal(8);
         state.commit(committed, 8).unwrap_or_else(|e| panic!("{e}"));
         let state = crate::state::PartitionState::in_memory(local, 0);
-        let op = retrying(on_miss, &state.unwrap_or_else(|e| panic!("{e}"))).await;
-        assert_eq!(op.due(), None, "the released row left the store");
+        let reopened = retrying(on_miss, &state.unwrap_or_else(|e| panic!("{e}"))).await;
+        assert_eq!(reopened.due(), None, "the released row left the store");
+        // The next row held waits a whole interval, not the old schedule.
+        let before = Instant::now();
+        let (batch, raw) = readings(&["nope-1"]);
+        let mut ctx = OpContext::new(None, Some(&raw));
+        let out = op.process(batch, &mut ctx).await;
+        assert_eq!(out.map(|o| o.num_rows()).ok(), Some(0));
+        let due = op.due().map(|due| due.duration_since(before));
+        assert!(due >= Some(Duration::from_millis(10)), "{due:?}");
     }
 
     #[tokio::test]
