@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use arrow::datatypes::{DataType, Field, Schema};
 use clap::Parser;
 use flumen::prelude::*;
+use flumen::{Stats, StopHandle};
 use flumen_cassandra::CassandraSink;
 use flumen_testkit::sensor::SensorWorkload;
 use flumen_testkit::{unique_name, DevStack};
@@ -122,13 +123,12 @@ enum Output {
     Stdout,
 }
 
+type BoxError = Box<dyn std::error::Error>;
+
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> Result<(), BoxError> {
     flumen_examples::init_logging();
     let args = Args::parse();
-    let (size, step) = window(&args.window)?;
-    let grace = duration(&args.grace)?;
-
     // A local broker, when started, runs as long as `stack` lives.
     let stack = match args
         .brokers
@@ -138,9 +138,54 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(brokers) => DevStack::connect(brokers),
         None => flumen_examples::start_dev_stack()?,
     };
-    let mut _server = None;
-    let output = match args.sink.as_str() {
+    // So does a local Cassandra, with `_server`.
+    let (output, _server) = open_output(&args, &stack).await?;
+    let (input, generated) = prepare_input(&args, &stack).await?;
+    let app = build_app(&args, &stack, &input, &output)?;
+
+    let stats = app.stats();
+    let span: Arc<Mutex<Option<(Instant, Instant)>>> = Arc::default();
+    let done = Arc::new(AtomicBool::new(false));
+    let watch = Watch {
+        stats: Arc::clone(&stats),
+        stop: app.stop_handle(),
+        span: Arc::clone(&span),
+        done: Arc::clone(&done),
+        generated,
+        idle: args.exit_when_idle.map(Duration::from_secs),
+    };
+    tokio::spawn(watch.run());
+    app.run().await?;
+    done.store(true, Ordering::Relaxed);
+
+    if let (Output::Cassandra(_, session), Some(path)) = (&output, &args.dump_table) {
+        dump_table(session, &args, path).await?;
+    }
+    let seconds = lock(&span).map_or(0.0, |(first, last)| {
+        last.duration_since(first).as_secs_f64()
+    });
+    let input_records = stats.records_in();
+    println!(
+        "{}",
+        serde_json::json!({
+            "input_records": input_records,
+            "output_rows": stats.records_out(),
+            "seconds": seconds,
+            "records_per_sec": if seconds > 0.0 { input_records as f64 / seconds } else { 0.0 },
+        })
+    );
+    Ok(())
+}
+
+/// The sink `--sink` names (preparing its table or topic), and the local
+/// Cassandra started for it, if one was.
+async fn open_output(
+    args: &Args,
+    stack: &DevStack,
+) -> Result<(Output, Option<flumen_testkit::DevCassandra>), BoxError> {
+    match args.sink.as_str() {
         "cassandra" => {
+            let mut server = None;
             let nodes = match args
                 .cassandra
                 .clone()
@@ -150,46 +195,54 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 None => {
                     let cassandra = flumen_examples::start_cassandra()?;
                     let node = cassandra.nodes().to_string();
-                    _server = Some(cassandra);
+                    server = Some(cassandra);
                     node
                 }
             };
             let session =
                 flumen_examples::cassandra::prepare_table(&nodes, &args.keyspace, &args.table)
                     .await?;
-            Output::Cassandra(nodes, Box::new(session))
+            Ok((Output::Cassandra(nodes, Box::new(session)), server))
         }
-        "stdout" => Output::Stdout,
+        "stdout" => Ok((Output::Stdout, None)),
         other => match other.strip_prefix("kafka:") {
             Some(topic) if !topic.is_empty() => {
                 stack.create_topic(topic, 3).await?;
-                Output::Kafka(topic.to_string())
+                Ok((Output::Kafka(topic.to_string()), None))
             }
-            _ => {
-                return Err(
-                    format!("--sink '{other}': expected cassandra, kafka:TOPIC or stdout").into(),
-                )
-            }
+            _ => Err(format!("--sink '{other}': expected cassandra, kafka:TOPIC or stdout").into()),
         },
-    };
+    }
+}
 
-    let (input, generated) = match &args.input {
-        Some(topic) => (topic.clone(), None),
-        None => {
-            let topic = unique_name("readings");
-            stack.create_topic(&topic, 3).await?;
-            let workload = SensorWorkload {
-                events: args.events,
-                devices: args.devices,
-                step_ms: args.step_ms,
-                ..Default::default()
-            };
-            stack.produce(&topic, workload.records()).await?;
-            eprintln!("produced {} readings to '{topic}'", args.events);
-            (topic, Some(args.events))
-        }
+/// The input topic, and how many readings were generated into it (none when
+/// `--input` names one).
+async fn prepare_input(args: &Args, stack: &DevStack) -> Result<(String, Option<u64>), BoxError> {
+    if let Some(topic) = &args.input {
+        return Ok((topic.clone(), None));
+    }
+    let topic = unique_name("readings");
+    stack.create_topic(&topic, 3).await?;
+    let workload = SensorWorkload {
+        events: args.events,
+        devices: args.devices,
+        step_ms: args.step_ms,
+        ..Default::default()
     };
+    stack.produce(&topic, workload.records()).await?;
+    eprintln!("produced {} readings to '{topic}'", args.events);
+    Ok((topic, Some(args.events)))
+}
 
+/// The application: readings of `input` -> `temp >= 0` -> windows -> `output`.
+fn build_app(
+    args: &Args,
+    stack: &DevStack,
+    input: &str,
+    output: &Output,
+) -> Result<Application, BoxError> {
+    let (size, step) = window(&args.window)?;
+    let grace = duration(&args.grace)?;
     let group = args
         .group
         .clone()
@@ -209,7 +262,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let app = builder.build()?;
     let readings = app
         .dataframe(
-            Topic::json(&input)
+            Topic::json(input)
                 .schema(Schema::new(vec![
                     Field::new("device", DataType::Utf8, false),
                     Field::new("ts", DataType::Int64, false),
@@ -228,85 +281,78 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .agg(flumen_examples::temperature_aggregations())
         .final_()
         .select(flumen_examples::device_temp_columns());
-    match &output {
+    match output {
         Output::Cassandra(nodes, _) => windows
             .sink(CassandraSink::new(&format!("{}.{}", args.keyspace, args.table)).nodes(nodes)),
         Output::Kafka(topic) => windows.to_topic(Topic::json(topic)),
         Output::Stdout => windows.print(),
     }
+    Ok(app)
+}
 
-    // Watch the input: first and last record processed, idle exit.
-    let stats = app.stats();
-    let stop = app.stop_handle();
-    let span: Arc<Mutex<Option<(Instant, Instant)>>> = Arc::default();
-    let done = Arc::new(AtomicBool::new(false));
-    {
-        let (stats, span, done) = (Arc::clone(&stats), Arc::clone(&span), Arc::clone(&done));
-        let idle = args.exit_when_idle.map(Duration::from_secs);
-        tokio::spawn(async move {
-            let mut seen = 0;
-            let mut restored = 0;
-            // A run with nothing left to read is idle from its assignment on
-            // (or from the last state change it restored: a restore is work).
-            let mut assigned_at = None;
-            while !done.load(Ordering::Relaxed) {
-                let now = Instant::now();
-                let read = stats.records_in();
-                if stats.restored_changes() > restored {
-                    restored = stats.restored_changes();
-                    assigned_at = Some(now);
-                }
-                if read > seen {
-                    seen = read;
-                    let mut s = span.lock().unwrap_or_else(|p| p.into_inner());
-                    let first = s.map_or(now, |(f, _)| f);
-                    *s = Some((first, now));
-                }
-                let last = span
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .map(|(_, l)| l);
-                let all_read = generated.is_some_and(|n| read >= n);
-                if assigned_at.is_none() && stats.assigned_partitions() > 0 {
-                    assigned_at = Some(now);
-                }
-                let idle_for = last.or(assigned_at).map(|l| now.duration_since(l));
-                if all_read || idle.zip(idle_for).is_some_and(|(limit, d)| d >= limit) {
-                    stop.stop();
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
+/// Watches the input while the application runs: the first and last record
+/// processed (`span`), and the stop once every generated reading was read
+/// or nothing arrived for `idle`.
+struct Watch {
+    stats: Arc<Stats>,
+    stop: StopHandle,
+    span: Arc<Mutex<Option<(Instant, Instant)>>>,
+    done: Arc<AtomicBool>,
+    generated: Option<u64>,
+    idle: Option<Duration>,
+}
+
+impl Watch {
+    async fn run(self) {
+        let mut seen = 0;
+        let mut restored = 0;
+        // A run with nothing left to read is idle from its assignment on
+        // (or from the last state change it restored: a restore is work).
+        let mut assigned_at = None;
+        while !self.done.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            let read = self.stats.records_in();
+            if self.stats.restored_changes() > restored {
+                restored = self.stats.restored_changes();
+                assigned_at = Some(now);
             }
-        });
-    }
-    app.run().await?;
-    done.store(true, Ordering::Relaxed);
-
-    if let (Output::Cassandra(_, session), Some(path)) = (&output, &args.dump_table) {
-        let rows =
-            flumen_examples::cassandra::read_rows(session, &args.keyspace, &args.table).await?;
-        let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
-        for row in &rows {
-            writeln!(file, "{}", flumen_examples::cassandra::row_json(row))?;
+            if read > seen {
+                seen = read;
+                let mut span = lock(&self.span);
+                let first = span.map_or(now, |(f, _)| f);
+                *span = Some((first, now));
+            }
+            let last = lock(&self.span).map(|(_, l)| l);
+            let all_read = self.generated.is_some_and(|n| read >= n);
+            if assigned_at.is_none() && self.stats.assigned_partitions() > 0 {
+                assigned_at = Some(now);
+            }
+            let idle_for = last.or(assigned_at).map(|l| now.duration_since(l));
+            if all_read || self.idle.zip(idle_for).is_some_and(|(limit, d)| d >= limit) {
+                self.stop.stop();
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        file.flush()?;
-        eprintln!("wrote {} rows to {}", rows.len(), path.display());
     }
-    let seconds = span
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .map_or(0.0, |(first, last)| {
-            last.duration_since(first).as_secs_f64()
-        });
-    let input_records = stats.records_in();
-    println!(
-        "{}",
-        serde_json::json!({
-            "input_records": input_records,
-            "output_rows": stats.records_out(),
-            "seconds": seconds,
-            "records_per_sec": if seconds > 0.0 { input_records as f64 / seconds } else { 0.0 },
-        })
-    );
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Writes the table's rows as JSON lines to `path`.
+async fn dump_table(
+    session: &scylla::client::session::Session,
+    args: &Args,
+    path: &std::path::Path,
+) -> Result<(), BoxError> {
+    let rows = flumen_examples::cassandra::read_rows(session, &args.keyspace, &args.table).await?;
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for row in &rows {
+        writeln!(file, "{}", flumen_examples::cassandra::row_json(row))?;
+    }
+    file.flush()?;
+    eprintln!("wrote {} rows to {}", rows.len(), path.display());
     Ok(())
 }
