@@ -106,11 +106,7 @@ impl OnMiss {
     /// second for up to `within`; then keeps it with nulls (change that with
     /// [`RetryMisses::then`]).
     pub fn retry_for(within: Duration) -> Self {
-        OnMiss::Retry(RetryMisses {
-            within,
-            every: Duration::from_secs(1),
-            then: Box::new(OnMiss::KeepNulls),
-        })
+        OnMiss::Retry(RetryMisses::within(within))
     }
 
     /// The policy that applies once retries are over (itself, unless it

@@ -138,6 +138,11 @@ impl RawBatch {
             .is_some_and(|h| h.iter().any(|header| header.key == HEARTBEAT_HEADER))
     }
 
+    /// The index of the record at `offset` (offsets ascend in a batch).
+    pub fn index_of(&self, offset: i64) -> Option<usize> {
+        self.offsets.binary_search(&offset).ok()
+    }
+
     /// Offset of the last record (`None` when empty).
     pub fn last_offset(&self) -> Option<i64> {
         self.offsets.last().copied()

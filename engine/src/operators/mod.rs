@@ -176,8 +176,7 @@ impl<'r> OpContext<'r> {
     /// holds a row past its batch and may dead-letter it later.
     pub(crate) fn source_record(&self, offset: i64) -> Option<SourceRecord> {
         let raw = self.raw?;
-        let index = (0..raw.len()).find(|&i| raw.offset(i) == offset)?;
-        Some(SourceRecord::copy(raw, index))
+        Some(SourceRecord::copy(raw, raw.index_of(offset)?))
     }
 
     /// Sends a source record to a dead-letter topic (those of the batch in

@@ -404,21 +404,39 @@ async fn readings_of_missing_devices_go_to_the_dead_letter_topic() {
     let found: Vec<&String> = seen.keys().map(|(device, _)| device).collect();
     assert_eq!(found, expected.keys().collect::<Vec<_>>(), "found devices");
     let letters = stack.read_all(&misses, DEADLINE).await.expect("read");
+    let devices = dead_lettered_devices(&letters, &input, "");
+    assert_eq!(
+        devices,
+        absent(&expected),
+        "each missing device's reading once"
+    );
+}
+
+/// The devices of lookup-miss dead letters from `input`, sorted; each
+/// letter's reason contains `reason`.
+fn dead_lettered_devices(letters: &[ReadRecord], input: &str, reason: &str) -> Vec<String> {
     let mut devices: Vec<String> = letters
         .iter()
         .map(|l| {
             assert_eq!(l.header("flumen.error.kind"), Some("lookup-miss"));
-            assert_eq!(l.header("flumen.source.topic"), Some(input.as_str()));
+            let why = l.header("flumen.error.reason").unwrap_or_default();
+            assert!(why.contains(reason), "{why}");
+            assert_eq!(l.header("flumen.source.topic"), Some(input));
             l.json()["device"].as_str().unwrap_or_default().to_string()
         })
         .collect();
     devices.sort();
+    devices
+}
+
+/// The devices of the tests that are not in `table`, sorted.
+fn absent(table: &BTreeMap<String, Value>) -> Vec<String> {
     let mut absent: Vec<String> = (0..DEVICES)
         .map(|n| format!("dev-{n}"))
-        .filter(|d| !expected.contains_key(d))
+        .filter(|d| !table.contains_key(d))
         .collect();
     absent.sort();
-    assert_eq!(devices, absent, "each missing device's reading once");
+    absent
 }
 
 /// `LookupCache::preload`: the table is scanned at start (readings are
@@ -574,21 +592,6 @@ async fn held_readings_come_out_when_their_device_arrives_also_after_a_restart()
         seen, want,
         "every found reading once, the held ones with their new rows"
     );
-    let mut unknown: Vec<String> = letters
-        .iter()
-        .map(|l| {
-            assert_eq!(l.header("flumen.error.kind"), Some("lookup-miss"));
-            let reason = l.header("flumen.error.reason").unwrap_or_default();
-            assert!(reason.contains("looked up again"), "{reason}");
-            assert_eq!(l.header("flumen.source.topic"), Some(input.as_str()));
-            l.json()["device"].as_str().unwrap_or_default().to_string()
-        })
-        .collect();
-    unknown.sort();
-    let mut never: Vec<String> = (0..DEVICES)
-        .map(|n| format!("dev-{n}"))
-        .filter(|d| !expected.contains_key(d))
-        .collect();
-    never.sort();
-    assert_eq!(unknown, never, "each device never found, once");
+    let unknown = dead_lettered_devices(&letters, &input, "looked up again");
+    assert_eq!(unknown, absent(&expected), "each device never found, once");
 }

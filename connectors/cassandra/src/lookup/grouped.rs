@@ -188,12 +188,7 @@ mod tests {
     use super::*;
 
     fn column(name: &str, kind: &str, position: i32) -> Column {
-        Column {
-            name: name.into(),
-            kind: kind.into(),
-            position,
-            cql: "text".into(),
-        }
+        crate::source::table::column(name, kind, position, "text")
     }
 
     fn orders() -> Table {

@@ -649,15 +649,7 @@ impl LookupTable for CassandraTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn column(name: &str, kind: &str, position: i32, cql: &str) -> Column {
-        Column {
-            name: name.into(),
-            kind: kind.into(),
-            position,
-            cql: cql.into(),
-        }
-    }
+    use crate::source::table::column;
 
     fn readings() -> Table {
         Table {

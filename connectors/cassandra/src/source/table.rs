@@ -230,18 +230,20 @@ fn split_top_level(s: &str) -> Option<(&str, &str)> {
     None
 }
 
+/// A column as `system_schema.columns` describes it, for tests.
+#[cfg(test)]
+pub(crate) fn column(name: &str, kind: &str, position: i32, cql: &str) -> Column {
+    Column {
+        name: name.into(),
+        kind: kind.into(),
+        position,
+        cql: cql.into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn column(name: &str, kind: &str, position: i32, cql: &str) -> Column {
-        Column {
-            name: name.into(),
-            kind: kind.into(),
-            position,
-            cql: cql.into(),
-        }
-    }
 
     #[test]
     fn the_select_reads_every_column_their_write_times_and_the_token() {

@@ -182,9 +182,9 @@ impl Holding {
             // The next row held waits a whole interval.
             self.next_retry = None;
         }
-        match (found, removed) {
-            (true, _) | (false, None) => Outcome::Found,
-            (false, Some(held)) => Outcome::Expired(Box::new(held)),
+        match removed {
+            Some(held) if !found => Outcome::Expired(Box::new(held)),
+            _ => Outcome::Found,
         }
     }
 

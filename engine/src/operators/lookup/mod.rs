@@ -256,15 +256,7 @@ impl LookupOperator {
         batch: RecordBatch,
         ctx: &mut OpContext<'_>,
     ) -> Result<RecordBatch, OpError> {
-        let keys = self
-            .keys
-            .iter()
-            .map(|k| evaluate(k, &batch))
-            .collect::<Result<Vec<ArrayRef>, OpError>>()?;
-        let rows = self
-            .converter
-            .convert_columns(&keys)
-            .map_err(OpError::eval)?;
+        let (keys, rows) = self.keys_of(&batch)?;
         let distinct = distinct(&keys, &rows);
         let offsets = self
             .offset_column
@@ -305,6 +297,20 @@ impl LookupOperator {
             offsets: offsets.as_ref(),
         };
         self.apply_misses(enriched, &misses, ctx)
+    }
+
+    /// The key columns of `batch` and its keys as rows.
+    fn keys_of(&self, batch: &RecordBatch) -> Result<(Vec<ArrayRef>, Rows), OpError> {
+        let keys = self
+            .keys
+            .iter()
+            .map(|k| evaluate(k, batch))
+            .collect::<Result<Vec<ArrayRef>, OpError>>()?;
+        let rows = self
+            .converter
+            .convert_columns(&keys)
+            .map_err(OpError::eval)?;
+        Ok((keys, rows))
     }
 
     /// Applies the miss policy to the rows that found no row: keeps them
@@ -398,21 +404,10 @@ impl LookupOperator {
         &mut self,
         ctx: &mut OpContext<'_>,
     ) -> Result<Option<RecordBatch>, OpError> {
-        let Some(retry) = self.holding.as_mut().map(Holding::take_due).transpose()? else {
+        let Some(Some(retry)) = self.holding.as_mut().map(Holding::take_due).transpose()? else {
             return Ok(None);
         };
-        let Some(retry) = retry else {
-            return Ok(None);
-        };
-        let keys = self
-            .keys
-            .iter()
-            .map(|k| evaluate(k, &retry.rows))
-            .collect::<Result<Vec<ArrayRef>, OpError>>()?;
-        let rows = self
-            .converter
-            .convert_columns(&keys)
-            .map_err(OpError::eval)?;
+        let (keys, rows) = self.keys_of(&retry.rows)?;
         let distinct = distinct(&keys, &rows);
         let found = self.look_up_again(&keys, &rows, &distinct.firsts).await?;
         let used: Vec<Option<&Row>> = distinct
