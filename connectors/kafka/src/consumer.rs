@@ -189,9 +189,21 @@ impl ConsumerContext for ListenerContext {
         }
         if let Rebalance::Revoke(tpl) = rebalance {
             let partitions = partitions_of(tpl);
-            tracing::info!(?partitions, "partitions revoked");
+            let lost = consumer.assignment_lost();
+            tracing::info!(?partitions, lost, "partitions revoked");
             let offsets = self.listener.on_revoke(&partitions);
             if offsets.is_empty() {
+                return;
+            }
+            if lost {
+                // The session timed out: the group has moved on, so a commit
+                // can only be refused, and with the coordinator unreachable it
+                // would first block this thread for up to the session timeout.
+                tracing::warn!(
+                    ?partitions,
+                    "partitions lost (the group session timed out); \
+                    their last offsets are not committed, their new owner re-reads them"
+                );
                 return;
             }
             match offsets_list(&offsets) {

@@ -461,52 +461,70 @@ impl Application {
             self.settings.reset,
             Arc::new(Rebalancer(Arc::downgrade(&worker))),
         )?;
-        let topics: Vec<String> = worker.sources.keys().cloned().collect();
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-        let thread_worker = Arc::clone(&worker);
-        std::thread::Builder::new()
-            .name(format!("flumen-poll-{}", self.group))
-            .spawn(move || {
-                let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-                let result = consumer
-                    .subscribe(&refs)
-                    .map_err(Error::from)
-                    .and_then(|()| thread_worker.poll_loop(&consumer));
-                drop(consumer);
-                let _ = done_tx.send(result);
-            })
-            .map_err(|e| Error::Io {
-                what: "starting the polling thread".into(),
-                source: e,
-            })?;
+        let mut polling = self.spawn_polling_thread(&worker, consumer)?;
         tracing::info!(group = %self.group, inputs = worker.sources.len(), "running");
         // If this future is dropped mid-run, the polling thread still winds down.
         let guard = StopOnDrop(Some(self.stop.clone()));
         let (stop_publishers, _) = tokio::sync::watch::channel(false);
         let mut publishers = self.start_publishers(&stop_publishers);
-        let mut done_rx = done_rx;
-        let died = || {
-            Err(Error::Task {
-                task: "the polling thread".into(),
-                source: "it stopped without a result".into(),
-            })
-        };
-        let result = tokio::select! {
-            result = &mut done_rx => result.unwrap_or_else(|_| died()),
+        let done_rx = &mut polling.result;
+        let died = || Err(polling_thread_error("it stopped without a result"));
+        let (result, close_by) = tokio::select! {
+            result = &mut *done_rx => (result.unwrap_or_else(|_| died()), None),
             () = until => {
                 self.stop.stop();
-                (&mut done_rx).await.unwrap_or_else(|_| died())
+                (done_rx.await.unwrap_or_else(|_| died()), None)
             }
             error = first_failure(&mut publishers) => {
                 self.stop.stop();
-                let _ = (&mut done_rx).await;
-                Err(error)
+                let _ = done_rx.await;
+                (Err(error), None)
+            }
+            () = worker.wait_failed() => {
+                // A failed run has one deadline for its whole stop.
+                let close_by = tokio::time::Instant::now() + CLOSE_TIMEOUT;
+                let result = result_within(CLOSE_TIMEOUT, done_rx, || worker.take_failure()).await;
+                (result, Some(close_by))
             }
         };
         guard.disarm();
+        let close_by = close_by.unwrap_or_else(|| tokio::time::Instant::now() + CLOSE_TIMEOUT);
+        polling.closed_by(close_by).await;
         let _ = stop_publishers.send(true);
         let publishers = finish_publishers(publishers).await;
         result.and(publishers)
+    }
+
+    /// Starts the thread that subscribes, polls and, once stopped, commits,
+    /// leaves the group and closes `consumer`.
+    fn spawn_polling_thread(
+        &self,
+        worker: &Arc<Worker>,
+        consumer: GroupConsumer,
+    ) -> Result<PollingThread> {
+        let topics: Vec<String> = worker.sources.keys().cloned().collect();
+        let (result_tx, result) = tokio::sync::oneshot::channel();
+        let (closed_tx, closed) = tokio::sync::oneshot::channel();
+        let worker = Arc::clone(worker);
+        std::thread::Builder::new()
+            .name(format!("flumen-poll-{}", self.group))
+            .spawn(move || {
+                let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+                let polled = consumer
+                    .subscribe(&refs)
+                    .map_err(Error::from)
+                    .and_then(|()| worker.poll_loop(&consumer));
+                let _ = result_tx.send(polled);
+                let closing = std::time::Instant::now();
+                drop(consumer);
+                tracing::debug!(elapsed = ?closing.elapsed(), "consumer closed");
+                let _ = closed_tx.send(());
+            })
+            .map_err(|e| Error::Io {
+                what: "starting the polling thread".into(),
+                source: e,
+            })?;
+        Ok(PollingThread { result, closed })
     }
 
     /// The outputs of the frames built so far.
@@ -893,6 +911,65 @@ async fn first_failure(publishers: &mut tokio::task::JoinSet<Result<()>>) -> Err
     std::future::pending().await
 }
 
+/// What the polling thread reports: its result once it has stopped
+/// (committed and left the group), then that its consumer has closed.
+struct PollingThread {
+    result: tokio::sync::oneshot::Receiver<Result<()>>,
+    closed: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl PollingThread {
+    /// Waits until `deadline` for the consumer to close: with the brokers
+    /// unreachable, librdkafka's close waits for requests to time out, and a
+    /// stopping run need not (the consumer goes on closing in the background).
+    async fn closed_by(self, deadline: tokio::time::Instant) {
+        if tokio::time::timeout_at(deadline, self.closed)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "the Kafka consumer has not closed in time (are the brokers reachable?); \
+                 it goes on closing in the background"
+            );
+        }
+    }
+}
+
+/// The polling thread's result; after `timeout`, the failure the run stops
+/// with (the thread then goes on in the background: with the brokers
+/// unreachable, librdkafka's final commit and leave can each wait for its
+/// socket timeout).
+async fn result_within(
+    timeout: Duration,
+    done: &mut tokio::sync::oneshot::Receiver<Result<()>>,
+    failure: impl FnOnce() -> Option<Error>,
+) -> Result<()> {
+    match tokio::time::timeout(timeout, done).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => Err(polling_thread_error("it stopped without a result")),
+        Err(_) => {
+            tracing::warn!(
+                ?timeout,
+                "the polling thread has not stopped since the run failed (are the brokers \
+                 reachable?); returning, it goes on stopping in the background"
+            );
+            Err(failure().unwrap_or_else(|| polling_thread_error("it did not close in time")))
+        }
+    }
+}
+
+fn polling_thread_error(reason: &str) -> Error {
+    Error::Task {
+        task: "the polling thread".into(),
+        source: reason.into(),
+    }
+}
+
+/// How long a failed run waits for its polling thread to commit and leave
+/// the group, and any run for its consumer to close (Kafka's Java consumer's
+/// default close timeout).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Waits (up to [`PUBLISHER_STOP_TIMEOUT`]) for stopped publishers to finish
 /// what they have in flight.
 async fn finish_publishers(mut publishers: tokio::task::JoinSet<Result<()>>) -> Result<()> {
@@ -980,5 +1057,39 @@ mod tests {
             "{shown}"
         );
         assert!(shown.contains("SASL_SSL"), "{shown}");
+    }
+
+    fn failure() -> Option<Error> {
+        Some(Error::Plan("the failure".into()))
+    }
+
+    /// A failed run whose consumer cannot close (librdkafka waiting on
+    /// unreachable brokers) still returns its failure, after the timeout.
+    #[tokio::test]
+    async fn a_failed_run_returns_its_failure_when_the_consumer_does_not_close() {
+        let (_never_sent, mut done) = tokio::sync::oneshot::channel::<Result<()>>();
+        let timeout = Duration::from_millis(50);
+        let started = tokio::time::Instant::now();
+        let result = result_within(timeout, &mut done, failure).await;
+        assert!(
+            matches!(&result, Err(Error::Plan(m)) if m == "the failure"),
+            "{result:?}"
+        );
+        assert!(started.elapsed() >= timeout);
+    }
+
+    /// A consumer that closes in time gives the polling thread's own result.
+    #[tokio::test]
+    async fn a_closed_consumer_gives_the_polling_threads_result() {
+        let (sent, mut done) = tokio::sync::oneshot::channel::<Result<()>>();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let _ = sent.send(Err(Error::Plan("from the thread".into())));
+        });
+        let result = result_within(CLOSE_TIMEOUT, &mut done, failure).await;
+        assert!(
+            matches!(&result, Err(Error::Plan(m)) if m == "from the thread"),
+            "{result:?}"
+        );
     }
 }

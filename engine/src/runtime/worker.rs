@@ -110,6 +110,8 @@ pub(crate) struct Worker {
     /// Set when an offset commit failed: the next commit repeats every offset.
     recommit: AtomicBool,
     failure: Mutex<Option<Error>>,
+    /// Becomes `true` at the first fatal error.
+    failed_tx: tokio::sync::watch::Sender<bool>,
     /// The budget of `BatchSettings::unacknowledged_bytes`, in KiB.
     unacknowledged: Arc<tokio::sync::Semaphore>,
 }
@@ -154,6 +156,7 @@ impl Worker {
             assigned: Mutex::new(HashSet::new()),
             recommit: AtomicBool::new(false),
             failure: Mutex::new(None),
+            failed_tx: tokio::sync::watch::Sender::new(false),
             unacknowledged: Arc::new(tokio::sync::Semaphore::new(budget_kib)),
         }
     }
@@ -162,10 +165,24 @@ impl Worker {
     pub(crate) fn fail(&self, error: Error) {
         tracing::error!(%error, "stopping");
         lock(&self.failure).get_or_insert(error);
+        self.failed_tx.send_replace(true);
+    }
+
+    /// Resolves once a fatal error was recorded.
+    pub(crate) async fn wait_failed(&self) {
+        let mut failed = self.failed_tx.subscribe();
+        // The sender lives as long as `self`, so this cannot fail.
+        let _ = failed.wait_for(|failed| *failed).await;
+    }
+
+    /// The first fatal error, taken (when the run returns it before the
+    /// polling thread has finished closing).
+    pub(crate) fn take_failure(&self) -> Option<Error> {
+        lock(&self.failure).take()
     }
 
     pub(crate) fn failed(&self) -> bool {
-        lock(&self.failure).is_some()
+        *self.failed_tx.borrow()
     }
 
     /// How this run should go on: the application's stop handle, or a
@@ -437,15 +454,20 @@ impl Worker {
         if !self.failed() {
             batcher.drain(self.as_ref());
         }
+        let started = Instant::now();
         self.close_tasks(None);
+        tracing::debug!(elapsed = ?started.elapsed(), "shutdown: tasks closed");
         self.commit(consumer, committed, true);
+        tracing::debug!(elapsed = ?started.elapsed(), "shutdown: committed");
         consumer.unsubscribe();
+        tracing::debug!(elapsed = ?started.elapsed(), "shutdown: unsubscribed");
         if let Some(producer) = &self.producer {
             if let Err(error) = producer.flush(Duration::from_secs(10)) {
                 tracing::warn!(%error, "producer flush at shutdown");
             }
         }
-        match lock(&self.failure).take() {
+        tracing::debug!(elapsed = ?started.elapsed(), "shutdown: flushed");
+        match self.take_failure() {
             Some(error) => Err(error),
             None => Ok(()),
         }
