@@ -237,6 +237,52 @@ mod process {
             .map(|s| cpu_of(&s))
             .unwrap_or(0.0)
     }
+
+    /// CPU seconds of the Kafka and Cassandra servers this process started
+    /// (its child processes), by server.
+    pub fn servers_cpu_seconds() -> Servers {
+        let own = std::process::id().to_string();
+        let mut servers = Servers::default();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let path = entry.path();
+            let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
+                continue;
+            };
+            // The parent's pid is the second field after the name.
+            let parent = stat
+                .rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().nth(1));
+            if parent != Some(own.as_str()) {
+                continue;
+            }
+            let command = std::fs::read(path.join("cmdline")).unwrap_or_default();
+            let command = String::from_utf8_lossy(&command);
+            if command.contains("CassandraDaemon") {
+                servers.cassandra += cpu_of(&stat);
+            } else if command.contains("kafka.Kafka") {
+                servers.kafka += cpu_of(&stat);
+            }
+        }
+        servers
+    }
+
+    /// CPU seconds of the servers.
+    #[derive(Debug, Default, Clone, Copy)]
+    pub struct Servers {
+        pub cassandra: f64,
+        pub kafka: f64,
+    }
+
+    impl std::ops::Sub for Servers {
+        type Output = Servers;
+
+        fn sub(self, earlier: Servers) -> Servers {
+            Servers {
+                cassandra: self.cassandra - earlier.cassandra,
+                kafka: self.kafka - earlier.kafka,
+            }
+        }
+    }
 }
 
 /// The metrics recorded so far (histograms: since the last snapshot).

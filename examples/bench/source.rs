@@ -126,8 +126,9 @@ fn split(splits: u32) -> Vec<(i64, i64)> {
 /// Cassandra's JIT and caches, which otherwise dominate the first).
 pub async fn raw_scan(session: &Session) -> Result<Measured, BoxError> {
     scan(session).await?;
-    let cpu = process::cpu_seconds();
+    let (cpu, servers) = (process::cpu_seconds(), process::servers_cpu_seconds());
     let (rows, seconds) = scan(session).await?;
+    print_cpu("(s0)", process::cpu_seconds() - cpu, servers);
     Ok(Measured {
         name: "s0 cassandra scan (raw)",
         records: rows,
@@ -144,12 +145,17 @@ pub async fn raw_scan(session: &Session) -> Result<Measured, BoxError> {
 /// transactional produce (with a cold broker, its compiler threads took a
 /// third of the machine's CPU during the snapshot).
 pub async fn snapshot(stack: &DevStack, nodes: &str, rows: u64) -> Result<Measured, BoxError> {
-    publish_snapshot(stack, nodes, rows).await?;
-    publish_snapshot(stack, nodes, rows).await
+    publish_snapshot(stack, nodes, rows, "(s) warm-up").await?;
+    publish_snapshot(stack, nodes, rows, "(s)").await
 }
 
 /// One snapshot of the table into a new topic.
-async fn publish_snapshot(stack: &DevStack, nodes: &str, rows: u64) -> Result<Measured, BoxError> {
+async fn publish_snapshot(
+    stack: &DevStack,
+    nodes: &str,
+    rows: u64,
+    label: &str,
+) -> Result<Measured, BoxError> {
     let source = CassandraSource::table(&format!("{KEYSPACE}.{TABLE}"))
         .nodes(nodes)
         .splits(SPLITS)
@@ -157,7 +163,7 @@ async fn publish_snapshot(stack: &DevStack, nodes: &str, rows: u64) -> Result<Me
         .page_size(PAGE_SIZE)
         .replication_factor(1);
     let stats = source.stats();
-    let cpu = process::cpu_seconds();
+    let (cpu, servers) = (process::cpu_seconds(), process::servers_cpu_seconds());
     // Timed from the start of the snapshot's scan, as (b)-(e) are from the
     // first record processed: creating the topics, joining the publishers'
     // group and opening the transactional producer are shown apart.
@@ -182,6 +188,7 @@ async fn publish_snapshot(stack: &DevStack, nodes: &str, rows: u64) -> Result<Me
         "(s) started scanning {:.2} s after publish() was called",
         (first - started).as_secs_f64()
     );
+    print_cpu(label, process::cpu_seconds() - cpu, servers);
     if stats.rows() != rows {
         return Err(format!("the snapshot published {} rows of {rows}", stats.rows()).into());
     }
@@ -194,4 +201,15 @@ async fn publish_snapshot(stack: &DevStack, nodes: &str, rows: u64) -> Result<Me
         writes_only: true,
         ..Default::default()
     })
+}
+
+/// Prints the CPU seconds `what` took in this process and in the servers
+/// started by it (since `servers_before`): on a machine they share, the
+/// snapshot's rows/s is bound by their sum, not by the scan alone.
+fn print_cpu(what: &str, own: f64, servers_before: process::Servers) {
+    let servers = process::servers_cpu_seconds() - servers_before;
+    eprintln!(
+        "{what} CPU: cassandra {:.1} s, kafka {:.1} s, this process {own:.1} s",
+        servers.cassandra, servers.kafka
+    );
 }
