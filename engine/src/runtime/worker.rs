@@ -341,10 +341,12 @@ impl Worker {
                 (tp, task.join)
             })
             .collect();
-        let deadline = self.settings.drain_timeout;
+        // One deadline for all: the tasks drain at once, so waiting for each
+        // in turn must not add their timeouts up.
+        let deadline = tokio::time::Instant::now() + self.settings.drain_timeout;
         self.runtime.block_on(async {
             for (tp, mut join) in joins {
-                match tokio::time::timeout(deadline, &mut join).await {
+                match tokio::time::timeout_at(deadline, &mut join).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => self.fail(Error::Task {
                         task: format!("the task of {tp}"),
@@ -355,7 +357,8 @@ impl Worker {
                         // checkpointed or made committable for it.
                         join.abort();
                         let _ = join.await;
-                        tracing::warn!(%tp, ?deadline, "partition task did not drain in time and was stopped; its uncommitted records will be read again");
+                        let timeout = self.settings.drain_timeout;
+                        tracing::warn!(%tp, ?timeout, "partition task did not drain in time and was stopped; its uncommitted records will be read again");
                     }
                 }
             }
@@ -716,6 +719,10 @@ mod tests {
     /// A worker for the stateless pipeline `readings` -> filter -> print,
     /// without a broker: partitions are assigned and revoked by hand.
     async fn worker() -> Result<Arc<Worker>> {
+        worker_draining_for(Duration::from_secs(10)).await
+    }
+
+    async fn worker_draining_for(drain_timeout: Duration) -> Result<Arc<Worker>> {
         let app = Application::builder()
             .brokers("unused:9092")
             .consumer_group("worker-test")
@@ -737,7 +744,7 @@ mod tests {
             queued_batches: 2,
             unacknowledged_batches: 4,
             unacknowledged_bytes: 1 << 20,
-            drain_timeout: Duration::from_secs(10),
+            drain_timeout,
         };
         let state = StateSettings {
             kafka: KafkaConfig::new("unused:9092"),
@@ -820,6 +827,33 @@ mod tests {
             source: Box::new(e),
         })?;
         assert!(offsets.is_empty(), "{offsets:?}");
+        Ok(())
+    }
+
+    /// Tasks that do not drain are stopped at one deadline for all of them,
+    /// not one after another (four tasks took four drain timeouts).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tasks_that_do_not_drain_are_stopped_at_one_deadline() -> Result<()> {
+        let timeout = Duration::from_millis(300);
+        let worker = worker_draining_for(timeout).await?;
+        for partition in 0..4 {
+            let (tx, _rx) = mpsc::channel(1);
+            let join = tokio::spawn(std::future::pending::<()>());
+            let tp = TopicPartition::new("readings", partition);
+            lock(&worker.tasks).insert(tp, PartitionTask { tx, join });
+        }
+        let closing = Arc::clone(&worker);
+        let started = Instant::now();
+        tokio::task::spawn_blocking(move || closing.close_tasks(None))
+            .await
+            .map_err(|e| Error::Task {
+                task: "the test's poll thread".into(),
+                source: Box::new(e),
+            })?;
+        let took = started.elapsed();
+        assert!(took >= timeout, "{took:?}");
+        assert!(took < timeout * 3, "four stuck tasks took {took:?}");
+        assert!(lock(&worker.tasks).is_empty());
         Ok(())
     }
 }
