@@ -239,7 +239,8 @@ mod process {
     }
 
     /// CPU seconds of the Kafka and Cassandra servers this process started
-    /// (its child processes), by server.
+    /// (its child processes), by server (0 for a server it did not start,
+    /// e.g. one named with `--cassandra`).
     pub fn servers_cpu_seconds() -> Servers {
         let own = std::process::id().to_string();
         let mut servers = Servers::default();

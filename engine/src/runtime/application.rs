@@ -953,7 +953,7 @@ async fn result_within(
                 "the polling thread has not stopped since the run failed (are the brokers \
                  reachable?); returning, it goes on stopping in the background"
             );
-            Err(failure().unwrap_or_else(|| polling_thread_error("it did not close in time")))
+            Err(failure().unwrap_or_else(|| polling_thread_error("it did not stop in time")))
         }
     }
 }
@@ -1063,10 +1063,10 @@ mod tests {
         Some(Error::Plan("the failure".into()))
     }
 
-    /// A failed run whose consumer cannot close (librdkafka waiting on
-    /// unreachable brokers) still returns its failure, after the timeout.
+    /// A failed run whose polling thread does not stop (librdkafka waiting
+    /// on unreachable brokers) still returns its failure, after the timeout.
     #[tokio::test]
-    async fn a_failed_run_returns_its_failure_when_the_consumer_does_not_close() {
+    async fn a_failed_run_returns_its_failure_when_the_polling_thread_does_not_stop() {
         let (_never_sent, mut done) = tokio::sync::oneshot::channel::<Result<()>>();
         let timeout = Duration::from_millis(50);
         let started = tokio::time::Instant::now();
@@ -1078,9 +1078,9 @@ mod tests {
         assert!(started.elapsed() >= timeout);
     }
 
-    /// A consumer that closes in time gives the polling thread's own result.
+    /// A polling thread that stops in time gives its own result.
     #[tokio::test]
-    async fn a_closed_consumer_gives_the_polling_threads_result() {
+    async fn a_polling_thread_that_stops_in_time_gives_its_own_result() {
         let (sent, mut done) = tokio::sync::oneshot::channel::<Result<()>>();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(20)).await;
