@@ -853,6 +853,8 @@ async fn main() -> Result<(), BoxError> {
         .install()
         .map_err(|e| format!("installing the metrics recorder: {e}"))?;
     let args = Args::parse();
+    let allocator = if flumen_kafka::JEMALLOC { "jemalloc" } else { "the system's" };
+    eprintln!("allocator: {allocator} (flumen's `jemalloc` feature)");
     let stack = match args
         .brokers
         .clone()

@@ -16,6 +16,7 @@
 //! ```
 
 mod admin;
+mod allocator;
 mod config;
 mod consumer;
 mod error;
@@ -24,6 +25,7 @@ mod reader;
 mod record;
 
 pub use admin::{Admin, TopicSpec};
+pub use allocator::JEMALLOC;
 pub use config::{is_secret_property, redacted, KafkaConfig};
 pub use consumer::{
     AutoOffsetReset, GroupConsumer, GroupMetadata, ListenerContext, RebalanceListener,
