@@ -853,7 +853,11 @@ async fn main() -> Result<(), BoxError> {
         .install()
         .map_err(|e| format!("installing the metrics recorder: {e}"))?;
     let args = Args::parse();
-    let allocator = if flumen_kafka::JEMALLOC { "jemalloc" } else { "the system's" };
+    let allocator = if flumen_kafka::JEMALLOC {
+        "jemalloc"
+    } else {
+        "the system's"
+    };
     eprintln!("allocator: {allocator} (flumen's `jemalloc` feature)");
     let stack = match args
         .brokers
@@ -898,8 +902,11 @@ async fn main() -> Result<(), BoxError> {
         if name == "raw" {
             input_bytes = measured.input_bytes;
         }
-        // (q) reports its own process's peak.
-        measured.peak_rss_bytes = measured.peak_rss_bytes.max(process::peak_rss());
+        // (q) reports its own process's peak; (s) its peak before it reads
+        // its topic back to check it.
+        if measured.peak_rss_bytes == 0 {
+            measured.peak_rss_bytes = process::peak_rss();
+        }
         let [batch, ack] = percentiles(after, ["flumen_batch_seconds", "flumen_ack_seconds"]);
         (measured.batch_p50_ms, measured.batch_p99_ms) = batch;
         (measured.ack_p50_ms, measured.ack_p99_ms) = ack;

@@ -3,8 +3,9 @@
 //! ranges with the same splits, concurrency and page size as the source;
 //! (s) is `CassandraSource`'s snapshot of the same table into a Kafka topic
 //! (exactly-once: pages and positions in transactions), ending when the
-//! snapshot is committed. Both count rows; (s) is checked to publish every
-//! row once.
+//! snapshot is committed. Both count rows; after (s) is timed, its topic is
+//! read back (`read_committed`) and checked to hold the table exactly:
+//! every row once, with its values.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,8 +15,9 @@ use scylla::client::session::Session;
 use scylla::response::{PagingState, PagingStateResponse};
 
 use crate::{process, BoxError, Measured};
+use flumen::publisher::Publisher as _;
 use flumen_cassandra::CassandraSource;
-use flumen_testkit::{unique_name, DevStack};
+use flumen_testkit::{unique_name, DevStack, ReadRecord};
 
 const SPLITS: u32 = 64;
 const CONCURRENCY: usize = 8;
@@ -146,16 +148,73 @@ pub async fn raw_scan(session: &Session) -> Result<Measured, BoxError> {
 /// third of the machine's CPU during the snapshot).
 pub async fn snapshot(stack: &DevStack, nodes: &str, rows: u64) -> Result<Measured, BoxError> {
     publish_snapshot(stack, nodes, rows, "(s) warm-up").await?;
-    publish_snapshot(stack, nodes, rows, "(s)").await
+    let (measured, topic) = publish_snapshot(stack, nodes, rows, "(s)").await?;
+    let started = Instant::now();
+    verify(stack, &topic, rows).await?;
+    eprintln!(
+        "(s) checked: '{topic}' holds every row of {KEYSPACE}.{TABLE} once, \
+         with its values, as read_committed ({:.1} s)",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(measured)
 }
 
-/// One snapshot of the table into a new topic.
+/// Checks that `topic`, as a `read_committed` consumer sees it, holds the
+/// rows [`prepare`] wrote, each once: row `n` is device `dev-{n % 10000}`
+/// (also the record's key), ts `n` and temp `20 + (n % 100) / 10`.
+async fn verify(stack: &DevStack, topic: &str, rows: u64) -> Result<(), BoxError> {
+    let mut seen = vec![false; rows as usize];
+    let check = move |record: ReadRecord| check_row(&record, &mut seen);
+    let count = stack
+        .visit_committed(topic, std::time::Duration::from_secs(600), check)
+        .await?;
+    if count as u64 != rows {
+        return Err(format!("'{topic}' holds {count} records, the table {rows} rows").into());
+    }
+    Ok(())
+}
+
+/// One record of [`verify`]: a row of the table not seen before.
+fn check_row(record: &ReadRecord, seen: &mut [bool]) -> Result<(), String> {
+    let at = format!("partition {} offset {}", record.partition, record.offset);
+    let json: serde_json::Value =
+        serde_json::from_slice(record.value.as_deref().unwrap_or_default())
+            .map_err(|e| format!("{at}: the value is not JSON: {e}"))?;
+    let ts = json["ts"]
+        .as_i64()
+        .ok_or_else(|| format!("{at}: no integer ts in {json}"))?;
+    let slot = usize::try_from(ts)
+        .ok()
+        .and_then(|n| seen.get_mut(n))
+        .ok_or_else(|| format!("{at}: ts {ts} is not a row of the table"))?;
+    if std::mem::replace(slot, true) {
+        return Err(format!("{at}: row ts={ts} published twice"));
+    }
+    let device = format!("dev-{}", ts % 10_000);
+    let temp = 20.0 + (ts % 100) as f64 / 10.0;
+    let key = record.key.as_deref().map(String::from_utf8_lossy);
+    if json["device"].as_str() != Some(device.as_str()) || key.as_deref() != Some(device.as_str()) {
+        return Err(format!(
+            "{at}: row ts={ts} has device {} and key {key:?}, expected {device}",
+            json["device"]
+        ));
+    }
+    if json["temp"].as_f64() != Some(temp) {
+        return Err(format!(
+            "{at}: row ts={ts} has temp {}, expected {temp}",
+            json["temp"]
+        ));
+    }
+    Ok(())
+}
+
+/// One snapshot of the table into a new topic; returns it with the topic.
 async fn publish_snapshot(
     stack: &DevStack,
     nodes: &str,
     rows: u64,
     label: &str,
-) -> Result<Measured, BoxError> {
+) -> Result<(Measured, String), BoxError> {
     let source = CassandraSource::table(&format!("{KEYSPACE}.{TABLE}"))
         .nodes(nodes)
         .splits(SPLITS)
@@ -175,12 +234,9 @@ async fn publish_snapshot(
         }
         Instant::now()
     });
+    let group = unique_name("bench-source");
     source
-        .publish(
-            stack.brokers(),
-            &unique_name("bench-source"),
-            std::future::pending(),
-        )
+        .publish(stack.brokers(), &group, std::future::pending())
         .await?;
     let first = first_row.await?;
     let seconds = first.elapsed().as_secs_f64();
@@ -192,15 +248,17 @@ async fn publish_snapshot(
     if stats.rows() != rows {
         return Err(format!("the snapshot published {} rows of {rows}", stats.rows()).into());
     }
-    Ok(Measured {
+    let measured = Measured {
         name: "s cassandra source",
         records: stats.rows(),
         output_rows: stats.rows(),
         seconds,
         cpu_seconds: process::cpu_seconds() - cpu,
+        peak_rss_bytes: process::peak_rss(),
         writes_only: true,
         ..Default::default()
-    })
+    };
+    Ok((measured, source.topic_name(&group)))
 }
 
 /// Prints the CPU seconds `what` took in this process and in the servers

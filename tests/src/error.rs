@@ -53,6 +53,9 @@ pub enum TestkitError {
         #[source]
         source: std::io::Error,
     },
+    /// A record failed the caller's check while a topic was read.
+    #[error("{0}")]
+    Check(String),
     /// A wait ran past its deadline.
     #[error("timed out: {0}")]
     Timeout(String),

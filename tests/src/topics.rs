@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use flumen_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
@@ -194,6 +195,20 @@ impl DevStack {
             .await
     }
 
+    /// Hands every record of `topic` a `read_committed` consumer sees to
+    /// `visit`, partition by partition in offset order, up to each
+    /// partition's last stable offset, without keeping them; stops at
+    /// `visit`'s first error. Returns how many records it saw.
+    pub async fn visit_committed(
+        &self,
+        topic: &str,
+        deadline: Duration,
+        visit: impl FnMut(ReadRecord) -> Result<(), String> + Send + 'static,
+    ) -> Result<usize, TestkitError> {
+        self.visit_to_end(topic, Isolation::ReadCommitted, deadline, visit)
+            .await
+    }
+
     /// Reads each partition from its start until the consumer reports its end.
     async fn read_to_end(
         &self,
@@ -201,32 +216,57 @@ impl DevStack {
         isolation: Isolation,
         deadline: Duration,
     ) -> Result<Vec<ReadRecord>, TestkitError> {
+        let records = Arc::new(Mutex::new(Vec::new()));
+        let collected = Arc::clone(&records);
+        self.visit_to_end(topic, isolation, deadline, move |record| {
+            collected.lock().map_err(|e| e.to_string())?.push(record);
+            Ok(())
+        })
+        .await?;
+        // A panic in `visit` (the only way to poison the lock) already failed the read.
+        let mut out = records
+            .lock()
+            .map(|mut r| std::mem::take(&mut *r))
+            .unwrap_or_default();
+        out.sort_by_key(|r| (r.partition, r.offset));
+        Ok(out)
+    }
+
+    /// Hands each record to `visit` until every partition reported its end.
+    async fn visit_to_end(
+        &self,
+        topic: &str,
+        isolation: Isolation,
+        deadline: Duration,
+        mut visit: impl FnMut(ReadRecord) -> Result<(), String> + Send + 'static,
+    ) -> Result<usize, TestkitError> {
         let reader = Reader::new(self, topic, isolation)?;
         let partitions = reader.partitions;
         let topic = topic.to_string();
         tokio::task::spawn_blocking(move || {
             let start = Instant::now();
             let mut ended: HashSet<i32> = HashSet::new();
-            let mut out = Vec::new();
+            let mut seen = 0;
             while ended.len() < partitions as usize {
                 if start.elapsed() > deadline {
                     return Err(TestkitError::Timeout(format!(
-                        "reading '{topic}': {} records, {} of {partitions} partitions \
+                        "reading '{topic}': {seen} records, {} of {partitions} partitions \
                          read to their end after {deadline:?}",
-                        out.len(),
                         ended.len()
                     )));
                 }
                 match reader.next()? {
-                    Some(Polled::Record(record)) => out.push(record),
+                    Some(Polled::Record(record)) => {
+                        seen += 1;
+                        visit(record).map_err(TestkitError::Check)?;
+                    }
                     Some(Polled::End(partition)) => {
                         ended.insert(partition);
                     }
                     None => {}
                 }
             }
-            out.sort_by_key(|r| (r.partition, r.offset));
-            Ok(out)
+            Ok(seen)
         })
         .await
         .map_err(|e| TestkitError::Timeout(format!("reader task: {e}")))?
