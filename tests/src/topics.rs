@@ -5,10 +5,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use flumen_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
+use flumen_kafka::rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use flumen_kafka::rdkafka::error::KafkaError;
 use flumen_kafka::rdkafka::message::{BorrowedMessage, Headers};
-use flumen_kafka::rdkafka::{Message, Offset, TopicPartitionList};
+use flumen_kafka::rdkafka::types::RDKafkaErrorCode;
+use flumen_kafka::rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use flumen_kafka::{Admin, DeliveryBatch, OutRecord, Producer};
 
 use crate::{DevStack, TestkitError};
@@ -288,9 +289,24 @@ enum Polled {
     End(i32),
 }
 
+/// The [`Reader`]'s client context: librdkafka also reports each partition
+/// end as a client error, which the default context logs at ERROR; the reader
+/// takes the ends from its polls, so those reports are dropped here.
+struct EndsQuietly;
+
+impl ClientContext for EndsQuietly {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::Global(RDKafkaErrorCode::PartitionEOF)) {
+            tracing::error!(%error, reason, "testkit reader");
+        }
+    }
+}
+
+impl ConsumerContext for EndsQuietly {}
+
 /// Reads a topic from the beginning of every partition, outside any group.
 struct Reader {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<EndsQuietly>,
     topic: String,
     partitions: i32,
 }
@@ -302,7 +318,7 @@ impl Reader {
             Isolation::ReadUncommitted => "read_uncommitted",
             Isolation::ReadCommitted => "read_committed",
         };
-        let consumer: BaseConsumer = stack
+        let consumer: BaseConsumer<EndsQuietly> = stack
             .kafka_config()
             .client_config(&[
                 ("group.id", "flumen-testkit-reader"),
@@ -310,7 +326,7 @@ impl Reader {
                 ("enable.partition.eof", "true"),
                 ("isolation.level", isolation),
             ])
-            .create()
+            .create_with_context(EndsQuietly)
             .map_err(|e| flumen_kafka::KafkaError::client("creating reader", e))?;
         let mut assignment = TopicPartitionList::new();
         for p in 0..partitions {
