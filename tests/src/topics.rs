@@ -197,9 +197,10 @@ impl DevStack {
     }
 
     /// Hands every record of `topic` a `read_committed` consumer sees to
-    /// `visit`, partition by partition in offset order, up to each
-    /// partition's last stable offset, without keeping them; stops at
-    /// `visit`'s first error. Returns how many records it saw.
+    /// `visit` as it comes (each partition's in offset order, partitions
+    /// interleaved), up to each partition's last stable offset, without
+    /// keeping them; stops at `visit`'s first error. Returns how many
+    /// records it saw.
     pub async fn visit_committed(
         &self,
         topic: &str,
