@@ -5,7 +5,7 @@
 //! the broker thread's and the polling thread's. glibc's malloc serves that
 //! badly: in the Cassandra source's snapshot, malloc and free took about a
 //! third of the process's CPU, and jemalloc cut the process's CPU per row
-//! from ~3.1 µs to ~1.8 µs (README, "Benchmarks").
+//! from ~3.1 µs to ~1.8 µs (README, "Memory allocator").
 //!
 //! The feature makes jemalloc Rust's global allocator and, being built with
 //! unprefixed symbols, the `malloc` and `free` of the whole process, so C
