@@ -51,14 +51,7 @@ pub async fn prepare(session: &Session, rows: u64) -> Result<(), BoxError> {
     let started = Instant::now();
     let writes = (0..rows as i64).map(|n| {
         let (insert, session) = (&insert, session);
-        async move {
-            let values = (
-                format!("dev-{}", n % 10_000),
-                n,
-                20.0 + (n % 100) as f64 / 10.0,
-            );
-            session.execute_unpaged(insert, values).await.map(drop)
-        }
+        async move { session.execute_unpaged(insert, row(n)).await.map(drop) }
     });
     let mut results = futures::stream::iter(writes).buffer_unordered(256);
     while let Some(result) = results.next().await {
@@ -69,6 +62,16 @@ pub async fn prepare(session: &Session, rows: u64) -> Result<(), BoxError> {
         started.elapsed()
     );
     Ok(())
+}
+
+/// Row `n` of the table: device `dev-{n % 10000}`, ts `n`, temp
+/// `20 + (n % 100) / 10`.
+fn row(n: i64) -> (String, i64, f64) {
+    (
+        format!("dev-{}", n % 10_000),
+        n,
+        20.0 + (n % 100) as f64 / 10.0,
+    )
 }
 
 /// Scans the table by token ranges as the source does; returns rows and seconds.
@@ -160,8 +163,7 @@ pub async fn snapshot(stack: &DevStack, nodes: &str, rows: u64) -> Result<Measur
 }
 
 /// Checks that `topic`, as a `read_committed` consumer sees it, holds the
-/// rows [`prepare`] wrote, each once: row `n` is device `dev-{n % 10000}`
-/// (also the record's key), ts `n` and temp `20 + (n % 100) / 10`.
+/// rows [`prepare`] wrote ([`row`]), each once, keyed by their device.
 async fn verify(stack: &DevStack, topic: &str, rows: u64) -> Result<(), BoxError> {
     let mut seen = vec![false; rows as usize];
     let check = move |record: ReadRecord| check_row(&record, &mut seen);
@@ -190,8 +192,7 @@ fn check_row(record: &ReadRecord, seen: &mut [bool]) -> Result<(), String> {
     if std::mem::replace(slot, true) {
         return Err(format!("{at}: row ts={ts} published twice"));
     }
-    let device = format!("dev-{}", ts % 10_000);
-    let temp = 20.0 + (ts % 100) as f64 / 10.0;
+    let (device, _, temp) = row(ts);
     let key = record.key.as_deref().map(String::from_utf8_lossy);
     if json["device"].as_str() != Some(device.as_str()) || key.as_deref() != Some(device.as_str()) {
         return Err(format!(
@@ -241,7 +242,7 @@ async fn publish_snapshot(
     let first = first_row.await?;
     let seconds = first.elapsed().as_secs_f64();
     eprintln!(
-        "(s) started scanning {:.2} s after publish() was called",
+        "{label} started scanning {:.2} s after publish() was called",
         (first - started).as_secs_f64()
     );
     print_cpu(label, process::cpu_seconds() - cpu, servers);
